@@ -1,0 +1,80 @@
+"""What a probe is: variables it declares, hooks it attaches, values it measures at a recorded step.
+
+A probe separates *what* is computed (``measure``) from *when* (the recorder's cadence) and from *what it
+needs* (hooks installed by ``attach``). Measured values are device tensors; they reach the host only when
+the recorder flushes, so a probe never synchronises with the device.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+
+@dataclass(frozen=True)
+class Variable:
+    """A recorded variable: its name, its dimensions after ``step`` and its attributes (units, meaning)."""
+
+    name: str
+    dims: tuple[str, ...] = ()
+    attrs: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class StepData:
+    """What the training loop hands to ``Recorder.step``: the loss, and optionally outputs and targets."""
+
+    loss: torch.Tensor
+    output: torch.Tensor | None = None
+    target: torch.Tensor | None = None
+
+
+class Context:
+    """State shared by the probes of one recorder: the model, its trainable parameters, the cadence flag."""
+
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer | None) -> None:
+        self.model = model
+        self.optimizer = optimizer
+        named = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
+        self.param_names: list[str] = [name for name, _ in named]
+        self.params: list[torch.Tensor] = [p for _, p in named]
+        self.recording = True
+        """True while the current optimizer step is one the recorder will record (hooks check it)."""
+        self.paused = False
+        """True while another computation (an evaluation, a probe's extra pass) must not be recorded."""
+
+    @property
+    def capturing(self) -> bool:
+        """Whether hooks should capture now: a recorded step, not paused, and a gradient-enabled pass."""
+        return self.recording and not self.paused and torch.is_grad_enabled()
+
+
+class Probe(ABC):
+    """A family of recorded variables. Subclasses declare ``variables`` and implement ``measure``."""
+
+    name: str = ""
+
+    def attach(self, context: Context) -> None:  # noqa: B027 - optional hook installation
+        """Install hooks; called once when the recorder starts."""
+
+    def coords(self, context: Context) -> dict[str, list[str]]:
+        """Coordinate labels of the dimensions this probe introduces (e.g. ``layer``)."""
+        return {}
+
+    @abstractmethod
+    def variables(self, context: Context) -> list[Variable]:
+        """The variables this probe records, in the order ``measure`` returns them."""
+
+    @abstractmethod
+    def measure(self, context: Context, data: StepData) -> dict[str, torch.Tensor]:
+        """Values of this step's variables as device tensors shaped like their non-step dimensions."""
+
+    def before_recorded_step(self, context: Context) -> None:  # noqa: B027 - optional preparation
+        """Called after the step preceding a recorded step, e.g. to keep a copy of the parameters."""
+
+    def detach(self) -> None:  # noqa: B027 - optional hook removal
+        """Remove hooks; called once when the recorder closes."""

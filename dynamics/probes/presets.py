@@ -1,0 +1,46 @@
+"""Named bundles of probes, so a run says ``probes="minimal"`` instead of listing classes."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+from dynamics.errors import ConfigError
+from dynamics.probes.activations import ActivationStats
+from dynamics.probes.base import Probe
+from dynamics.probes.loss import LossAccuracy
+from dynamics.probes.parameters import DistanceFromInit, GradNorm, ParamNorm, UpdateNorm
+
+PROBES: dict[str, Callable[[], Probe]] = {
+    "loss": LossAccuracy,
+    "grad_norm": GradNorm,
+    "param_norm": ParamNorm,
+    "dist_from_init": DistanceFromInit,
+    "update_norm": UpdateNorm,
+    "activations": ActivationStats,
+}
+
+PRESETS: dict[str, tuple[str, ...]] = {
+    "default": ("loss", "grad_norm", "param_norm", "dist_from_init", "update_norm", "activations"),
+    "minimal": ("loss", "grad_norm", "param_norm"),
+    "loss": ("loss",),
+}
+
+
+def resolve_probes(spec: str | Sequence[str | Probe]) -> list[Probe]:
+    """Turn a preset name, or a list of probe names and instances, into fresh probe instances."""
+    if isinstance(spec, str):
+        if spec not in PRESETS:
+            raise ConfigError(f"unknown probe preset {spec!r}; choose one of: {', '.join(PRESETS)} (--probes)")
+        spec = PRESETS[spec]
+    probes: list[Probe] = []
+    for item in spec:
+        if isinstance(item, Probe):
+            probes.append(item)
+        elif item in PROBES:
+            probes.append(PROBES[item]())
+        else:
+            raise ConfigError(f"unknown probe {item!r}; choose from: {', '.join(PROBES)}")
+    names = [p.name for p in probes]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"probe listed twice in {names}; list each probe once")
+    return probes

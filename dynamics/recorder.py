@@ -1,0 +1,295 @@
+"""The Recorder: attaches probes to any model and optimizer and streams what they measure to a run store.
+
+Three lines in a user's loop::
+
+    rec = Recorder(model, optimizer, run_dir)
+    ...  # forward, backward, optimizer.step()
+    rec.step(loss=loss, output=out, target=y)
+    rec.close()
+
+Values stay on the device; a flush (every ``flush_steps`` recorded steps or ``flush_seconds`` seconds,
+whichever comes first, and at close) moves them to the host in one transfer and appends them to
+``data.zarr``. The loss is checked for NaN/Inf on the device at every step; the host looks at that flag
+only every ``check_finite_every`` steps and at flushes, so there is no host synchronisation per step.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from torch import nn
+
+from dynamics.errors import ConfigError, NonFiniteLossError, StoreError
+from dynamics.probes import Context, Probe, StepData, resolve_probes
+from dynamics.runinfo import environment, now_iso
+from dynamics.store import RunWriter, prepare_run_dir, write_json_atomic
+
+Scalar = float | int | bool | torch.Tensor
+
+STEP_ATTRS = {
+    "step": {"long_name": "optimizer step", "description": "index of the optimizer step, contiguous from 0"},
+    "epoch": {"long_name": "epoch of the step"},
+    "lr": {"units": "1", "long_name": "learning rate", "description": "lr of the first parameter group"},
+    "eval_step": {"long_name": "step of evaluation", "description": "last optimizer step before the evaluation"},
+}
+
+
+class Recorder:
+    """Records the probes' variables at every ``every``-th optimizer step into ``run_dir``.
+
+    Args:
+        model: the module being trained; hooks are added to it, nothing else changes.
+        optimizer: its optimizer, read for the learning rate (None records lr as NaN).
+        run_dir: run directory to create (``config.json``, ``meta.json``, ``data.zarr``).
+        every: record steps 0, every, 2*every, ...
+        probes: a preset name (``"default"``, ``"minimal"``, ``"loss"``) or a list of probe names/instances.
+        config: everything needed to rerun, written to ``config.json``.
+        flush_steps / flush_seconds: the bound on unflushed recorded steps and on time between flushes.
+        check_finite_every: steps between host checks of the device-side non-finite-loss flag.
+        on_nonfinite: ``"stop"`` raises NonFiniteLossError (run marked failed); ``"record"`` keeps going.
+        overwrite: replace an existing run in ``run_dir``.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer | None,
+        run_dir: str | os.PathLike[str],
+        every: int = 1,
+        *,
+        probes: str | Sequence[str | Probe] = "default",
+        config: Mapping[str, Any] | None = None,
+        seed: int | None = None,
+        flush_steps: int = 1000,
+        flush_seconds: float = 10.0,
+        check_finite_every: int = 50,
+        on_nonfinite: Literal["stop", "record"] = "stop",
+        overwrite: bool = False,
+    ) -> None:
+        for label, value in (("every", every), ("flush_steps", flush_steps),
+                             ("check_finite_every", check_finite_every)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"{label} must be a positive integer, got {value!r}")
+        if not flush_seconds > 0:
+            raise ConfigError(f"flush_seconds must be positive, got {flush_seconds!r}")
+        if on_nonfinite not in ("stop", "record"):
+            raise ConfigError(f"on_nonfinite must be 'stop' or 'record', got {on_nonfinite!r}")
+        self.run_dir = Path(run_dir)
+        self.every = every
+        self.flush_steps = flush_steps
+        self.flush_seconds = flush_seconds
+        self.check_finite_every = check_finite_every
+        self.on_nonfinite = on_nonfinite
+        self.epoch = 0
+        """Epoch stamped on the following steps; set it from the training loop."""
+        self.context = Context(model, optimizer)
+        self.probes = resolve_probes(probes)
+        self.device = next((p.device for p in model.parameters()), torch.device("cpu"))
+        prepare_run_dir(self.run_dir, overwrite)
+
+        for probe in self.probes:
+            probe.attach(self.context)
+        coords: dict[str, list[str]] = {}
+        self._dims: dict[str, tuple[str, ...]] = {}
+        variable_attrs: dict[str, dict[str, Any]] = {}
+        for probe in self.probes:
+            coords.update(probe.coords(self.context))
+            for variable in probe.variables(self.context):
+                self._dims[variable.name] = ("step", *variable.dims)
+                variable_attrs[variable.name] = {**variable.attrs, "probe": probe.name}
+        self._writer = RunWriter(self.run_dir, coords, {
+            "every": every, "probes": [p.name for p in self.probes], "config": dict(config or {}),
+        })
+        for name, attrs in {**STEP_ATTRS, **variable_attrs}.items():
+            self._writer.describe(name, attrs)
+
+        self._meta: dict[str, Any] = {
+            "status": "running", "error": None, "started": now_iso(), "finished": None, "seed": seed,
+            "every": every, "probes": [p.name for p in self.probes], "steps": 0, "last_flush": None,
+            **environment(self.device),
+        }
+        write_json_atomic(self.run_dir / "config.json", dict(config or {}))
+        write_json_atomic(self.run_dir / "meta.json", self._meta)
+
+        self._step = 0
+        self._layout: list[tuple[str, int, torch.Size]] | None = None
+        self._rows: list[torch.Tensor] = []
+        self._host_rows: list[tuple[int, int, float]] = []
+        self._extras: list[dict[str, Scalar]] = []
+        self._eval_rows: list[tuple[int, dict[str, Scalar]]] = []
+        self._first_bad_step = torch.full((), -1, dtype=torch.long, device=self.device)
+        self._first_bad_value = torch.zeros((), device=self.device)
+        self._last_flush = time.monotonic()
+        self._closed = False
+
+    @property
+    def steps_done(self) -> int:
+        """Number of optimizer steps seen so far (the index the next step will get)."""
+        return self._step
+
+    def step(self, loss: torch.Tensor | float, output: torch.Tensor | None = None,
+             target: torch.Tensor | None = None, **scalars: Scalar) -> None:
+        """Mark the end of one optimizer step; call it after ``optimizer.step()``.
+
+        ``scalars`` are extra per-step values (floats or 0-d tensors) recorded under their own names,
+        e.g. hyperparameters a strategy applied; a name missing at some recorded step is NaN there.
+        """
+        if self._closed:
+            raise RuntimeError("Recorder.step() after close(); create a new Recorder for a new run")
+        loss = loss if isinstance(loss, torch.Tensor) else torch.tensor(float(loss), device=self.device)
+        self._watch_finite(loss.detach())
+        if self.context.recording:
+            self._record(StepData(loss, output, target), scalars)
+        self._step += 1
+        self.context.recording = self._step % self.every == 0
+        if self.context.recording:
+            for probe in self.probes:
+                probe.before_recorded_step(self.context)
+        if self._step % self.check_finite_every == 0:
+            self._check_finite()
+        if len(self._rows) >= self.flush_steps or time.monotonic() - self._last_flush >= self.flush_seconds:
+            self.flush()
+
+    def _record(self, data: StepData, scalars: Mapping[str, Scalar]) -> None:
+        with torch.no_grad():
+            values: dict[str, torch.Tensor] = {}
+            for probe in self.probes:
+                values.update(probe.measure(self.context, data))
+            if self._layout is None:
+                self._layout = [(name, value.numel(), value.shape) for name, value in values.items()]
+            self._rows.append(torch.cat([value.reshape(-1).float() for value in values.values()]))
+        optimizer = self.context.optimizer
+        lr = float(optimizer.param_groups[0]["lr"]) if optimizer is not None else math.nan
+        self._host_rows.append((self._step, self.epoch, lr))
+        self._extras.append({k: v.detach() if isinstance(v, torch.Tensor) else v for k, v in scalars.items()})
+
+    def record_eval(self, **values: Scalar) -> None:
+        """Record evaluation results (e.g. ``val_loss``, ``val_accuracy``) at the last completed step."""
+        if self._closed:
+            raise RuntimeError("Recorder.record_eval() after close()")
+        self._eval_rows.append((self._step - 1, {k: v.detach() if isinstance(v, torch.Tensor) else v
+                                                 for k, v in values.items()}))
+
+    @contextmanager
+    def paused(self) -> Iterator[None]:
+        """Run extra forward/backward passes (probes, diagnostics) without them being recorded."""
+        previous = self.context.paused
+        self.context.paused = True
+        try:
+            yield
+        finally:
+            self.context.paused = previous
+
+    def _watch_finite(self, loss: torch.Tensor) -> None:
+        first = (~torch.isfinite(loss)) & (self._first_bad_step < 0)
+        self._first_bad_step = torch.where(first, self._step, self._first_bad_step)
+        self._first_bad_value = torch.where(first, loss.float(), self._first_bad_value)
+
+    def _check_finite(self) -> None:
+        bad_step = int(self._first_bad_step)
+        if bad_step < 0 or self.on_nonfinite == "record":
+            if bad_step >= 0:
+                self._meta["first_nonfinite_step"] = bad_step
+            return
+        error = NonFiniteLossError(bad_step, float(self._first_bad_value))
+        self._meta["failed_step"] = bad_step
+        self.close(status="failed", error=str(error))
+        raise error
+
+    def flush(self) -> None:
+        """Move everything recorded to the store now (one device-to-host transfer per kind of value)."""
+        self._last_flush = time.monotonic()
+        if not self._rows and not self._eval_rows:
+            return
+        try:
+            if self._rows:
+                self._writer.append("step", self._step_columns())
+            if self._eval_rows:
+                self._writer.append("eval_step", self._eval_columns())
+        except OSError as err:
+            raise StoreError(f"writing {self.run_dir / 'data.zarr'} failed ({err.strerror or err}); "
+                             "free disk space or choose a writable --out") from None
+        self._meta["steps"] = self._writer.lengths["step"]
+        self._meta["last_flush"] = now_iso()
+        self._rows, self._host_rows, self._extras, self._eval_rows = [], [], [], []
+        self._write_meta()
+
+    def _step_columns(self) -> dict[str, tuple[tuple[str, ...], np.ndarray]]:
+        matrix = torch.stack(self._rows).cpu().numpy()
+        columns: dict[str, tuple[tuple[str, ...], np.ndarray]] = {}
+        offset = 0
+        for name, size, shape in self._layout:
+            block = matrix[:, offset:offset + size].reshape(len(matrix), *shape)
+            columns[name] = (self._dims[name], block.astype(np.float32))
+            offset += size
+        steps, epochs, lrs = zip(*self._host_rows, strict=True)
+        columns["step"] = (("step",), np.asarray(steps, dtype=np.int64))
+        columns["epoch"] = (("step",), np.asarray(epochs, dtype=np.int64))
+        columns["lr"] = (("step",), np.asarray(lrs, dtype=np.float64))
+        columns.update(_scalar_columns("step", self._extras))
+        return columns
+
+    def _eval_columns(self) -> dict[str, tuple[tuple[str, ...], np.ndarray]]:
+        steps = np.asarray([step for step, _ in self._eval_rows], dtype=np.int64)
+        return {"eval_step": (("eval_step",), steps),
+                **_scalar_columns("eval_step", [values for _, values in self._eval_rows])}
+
+    def _write_meta(self) -> None:
+        try:
+            write_json_atomic(self.run_dir / "meta.json", self._meta)
+        except OSError as err:
+            raise StoreError(f"writing {self.run_dir / 'meta.json'} failed ({err.strerror or err}); "
+                             "free disk space or choose a writable --out") from None
+
+    def close(self, status: Literal["finished", "failed"] = "finished", error: str | None = None) -> None:
+        """Flush, remove the hooks and mark the run finished (or failed, with ``error``). Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self.flush()
+            if status == "finished" and self.on_nonfinite == "stop" and int(self._first_bad_step) >= 0:
+                bad = NonFiniteLossError(int(self._first_bad_step), float(self._first_bad_value))
+                status, error = "failed", str(bad)
+                self._meta["failed_step"] = bad.step
+        finally:
+            for probe in self.probes:
+                probe.detach()
+            self._meta.update(status=status, error=error, finished=now_iso())
+            self._write_meta()
+
+    def __enter__(self) -> Recorder:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, value: BaseException | None,
+                 traceback: TracebackType | None) -> None:
+        if kind is None:
+            self.close()
+        else:
+            self.close(status="failed", error=f"{kind.__name__}: {value}")
+
+
+def _scalar_columns(append_dim: str, rows: Sequence[Mapping[str, Scalar]]) -> dict[str, tuple[tuple[str, ...],
+                                                                                            np.ndarray]]:
+    """Columns of per-row extra scalars; tensors move to the host in one stacked transfer per name."""
+    names = list(dict.fromkeys(name for row in rows for name in row))
+    columns = {}
+    for name in names:
+        present = [row[name] for row in rows if name in row]
+        tensors = [v for v in present if isinstance(v, torch.Tensor)]
+        host = iter(torch.stack([t.float().reshape(()) for t in tensors]).cpu().tolist()) if tensors else iter(())
+        values = [
+            (next(host) if isinstance(row[name], torch.Tensor) else float(row[name])) if name in row else math.nan
+            for row in rows
+        ]
+        columns[name] = ((append_dim,), np.asarray(values, dtype=np.float64))
+    return columns

@@ -1,0 +1,229 @@
+"""Every recorded variable against a brute-force reference: own hooks, parameter copies, float64 numpy."""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from dynamics import NonFiniteLossError, Recorder, open_run
+from dynamics.probes.flat_regions import flat_rule
+
+RTOL = 1e-6
+SLOPE = 0.05
+ACTIVATIONS = [nn.ReLU, nn.Tanh, nn.GELU, nn.LeakyReLU, nn.Sigmoid, nn.SiLU, nn.ELU, nn.Softplus]
+
+
+class Net(nn.Module):
+    """Conv then dense layers with every supported activation type, some of them in place."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv1d(1, 4, 3, padding=1)
+        self.conv_act = nn.ReLU(inplace=True)
+        layers: list[nn.Module] = []
+        width = 4 * 12
+        for act in ACTIVATIONS:
+            layers += [nn.Linear(width, 16), act()]
+            width = 16
+        self.dense = nn.Sequential(*layers)
+        self.head = nn.Linear(16, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.dense(self.conv_act(self.conv(x)).flatten(1)))
+
+
+@functools.cache
+def tail_threshold(module: nn.Module, side: str) -> float:
+    """Edge of the tail where |f'(x)| <= SLOPE, from autograd derivatives (independent of the rule).
+
+    A dense grid walks in from the far tail to the first steep point; float64 bisection then refines the
+    edge between the last flat and the first steep grid point.
+    """
+    def slopes(x: torch.Tensor) -> torch.Tensor:
+        x = x.clone().requires_grad_(True)
+        module.forward(x).sum().backward()  # forward() skips hooks, so nothing is captured
+        return x.grad.abs()
+
+    grid = torch.linspace(-30.0, 0.0, 30001, dtype=torch.float64)
+    if side == "high":
+        grid = -grid
+    steep = (slopes(grid) > SLOPE).nonzero()
+    first_steep = int(steep[0])
+    flat_x, steep_x = float(grid[first_steep - 1]), float(grid[first_steep])
+    for _ in range(60):
+        mid = (flat_x + steep_x) / 2
+        if float(slopes(torch.tensor([mid], dtype=torch.float64))[0]) <= SLOPE:
+            flat_x = mid
+        else:
+            steep_x = mid
+    return flat_x
+
+
+def reference_flat(module: nn.Module, x: np.ndarray) -> np.ndarray:
+    """Flat mask from the pre-activation, by the documented slope criterion."""
+    if isinstance(module, nn.ReLU | nn.LeakyReLU):
+        return x <= 0
+    low = tail_threshold(module, "low")
+    if isinstance(module, nn.Tanh | nn.Sigmoid):
+        return (x <= low) | (x >= tail_threshold(module, "high"))
+    return x <= low
+
+
+class Reference:
+    """Captures activations with its own hooks and computes every variable in float64."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+        self.modules = {name: m for name, m in model.named_modules() if flat_rule(m) is not None}
+        self.captured: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {name: [] for name in self.modules}
+        for name, module in self.modules.items():
+            module.register_forward_pre_hook(self._pre(name))
+            module.register_forward_hook(self._post(name))
+        self.pending: dict[str, np.ndarray] = {}
+
+    def _pre(self, name):
+        def hook(module, args):
+            self.pending[name] = args[0].detach().double().numpy().copy()
+        return hook
+
+    def _post(self, name):
+        def hook(module, args, output):
+            self.captured[name].append((self.pending.pop(name), output.detach().double().numpy().copy()))
+        return hook
+
+    def activations(self) -> dict[str, dict[str, float]]:
+        stats = {}
+        for name, passes in self.captured.items():
+            module = self.modules[name]
+            flats = [reference_flat(module, x) for x, _ in passes]
+            ys = np.concatenate([y.ravel() for _, y in passes])
+            dead = np.logical_and.reduce([f.all(axis=0) for f in flats])
+            stats[name] = {
+                "act_zero_frac": np.mean(np.concatenate([f.ravel() for f in flats])),
+                "act_dead_frac": dead.mean(),
+                "act_mean": ys.mean(),
+                "act_std": ys.std(),
+            }
+            passes.clear()
+        return stats
+
+
+def train_and_compare(tmp_path, every: int, accumulate: int = 1) -> None:
+    torch.manual_seed(0)
+    model = Net()
+    reference = Reference(model)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.5, momentum=0.9)
+    names = [n for n, _ in model.named_parameters()]
+    initial = [p.detach().double().clone() for p in model.parameters()]
+    previous = [p.clone() for p in initial]
+    x_all = torch.randn(7, accumulate, 24, 1, 12) * 3
+    y_all = torch.randint(0, 5, (7, accumulate, 24))
+    expected: dict[int, dict[str, object]] = {}
+    recorder = Recorder(model, optimizer, tmp_path / "run", every=every, flush_steps=2)
+    for step in range(7):
+        optimizer.zero_grad()
+        for micro in range(accumulate):
+            out = model(x_all[step, micro])
+            loss = F.cross_entropy(out, y_all[step, micro])
+            loss.backward()
+        grads = [p.grad.detach().double().clone() for p in model.parameters()]
+        nn.utils.clip_grad_norm_(model.parameters(), max_norm=0.01)  # recorded norms must be pre-clipping
+        optimizer.step()
+        recorder.step(loss=loss, output=out, target=y_all[step, micro])
+        params = [p.detach().double().clone() for p in model.parameters()]
+        acts = reference.activations()
+        if step % every == 0:
+            expected[step] = {
+                "loss": float(loss.detach()),
+                "accuracy": float((out.argmax(1) == y_all[step, micro]).double().mean()),
+                "grad_norm": [float(g.norm()) for g in grads],
+                "param_norm": [float(p.norm()) for p in params],
+                "dist_from_init": [float((p - p0).norm()) for p, p0 in zip(params, initial, strict=True)],
+                "update_norm": [float((p - q).norm()) for p, q in zip(params, previous, strict=True)],
+                "lr": 0.5,
+                "acts": acts,
+            }
+        previous = params
+    recorder.close()
+
+    ds = open_run(tmp_path / "run")
+    assert list(ds.step.values) == sorted(expected)
+    assert list(ds.param.values) == names
+    assert list(ds.layer.values) == list(reference.modules)
+    for step, want in expected.items():
+        got = ds.sel(step=step)
+        for var in ("loss", "accuracy", "lr"):
+            np.testing.assert_allclose(float(got[var]), want[var], rtol=RTOL, err_msg=f"{var} step {step}")
+        for var in ("grad_norm", "param_norm", "dist_from_init", "update_norm"):
+            np.testing.assert_allclose(got[var].values, want[var], rtol=RTOL, atol=1e-12,
+                                       err_msg=f"{var} step {step}")
+        for layer, stats in want["acts"].items():
+            for var, value in stats.items():
+                np.testing.assert_allclose(float(got[var].sel(layer=layer)), value, rtol=RTOL, atol=1e-12,
+                                           err_msg=f"{var} {layer} step {step}")
+
+
+@pytest.mark.parametrize("every", [1, 3])
+def test_every_variable_matches_brute_force(tmp_path, every):
+    train_and_compare(tmp_path, every)
+
+
+def test_gradient_accumulation_pools_passes(tmp_path):
+    train_and_compare(tmp_path, every=1, accumulate=2)
+
+
+def test_activation_variables_are_not_trivial(tmp_path):
+    """The reference comparison above must exercise non-zero flat and dead fractions, or it proves little."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 64), nn.ReLU(), nn.Linear(64, 8), nn.Tanh())
+    with torch.no_grad():
+        model[0].bias[:32] = -100.0  # half the units can never fire
+        model[2].weight.mul_(50.0)  # tanh saturates
+    with Recorder(model, None, tmp_path / "run") as rec:
+        out = model(torch.randn(16, 4))
+        out.sum().backward()
+        rec.step(loss=out.sum())
+    ds = open_run(tmp_path / "run")
+    assert float(ds.act_dead_frac.sel(layer="1")[0]) >= 0.5
+    assert float(ds.act_zero_frac.sel(layer="3")[0]) > 0.5
+    assert math.isnan(float(ds.accuracy[0]))
+    assert math.isnan(float(ds.lr[0]))
+
+
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+def test_flat_rule_threshold_is_the_slope_criterion(activation):
+    """The stored rule's tail threshold equals where |f'(x)| crosses 0.05, found by bisection here."""
+    module = activation()
+    rule = flat_rule(module)
+    if isinstance(module, nn.ReLU | nn.LeakyReLU):
+        assert rule.low == 0.0 and rule.high is None
+        return
+    low = tail_threshold(module, "low")
+    to_rule_space = (lambda v: v) if rule.space == "input" else (lambda v: float(module(torch.tensor(v))))
+    assert rule.low == pytest.approx(to_rule_space(low), rel=1e-5, abs=1e-6)
+    if rule.high is not None:
+        assert rule.high == pytest.approx(to_rule_space(tail_threshold(module, "high")), rel=1e-5)
+
+
+def test_nonfinite_loss_stops_and_keeps_data(tmp_path):
+    model = nn.Linear(3, 2)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    recorder = Recorder(model, optimizer, tmp_path / "run", check_finite_every=4)
+    with pytest.raises(NonFiniteLossError) as caught:
+        for step in range(10):
+            loss = model(torch.ones(1, 3)).sum() * (float("nan") if step == 5 else 1.0)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            recorder.step(loss)
+    assert caught.value.step == 5
+    ds = open_run(tmp_path / "run")
+    assert list(ds.step.values) == list(range(8))
+    assert ds.attrs["status"] == "failed"
+    assert np.isnan(ds.loss.values[5]) and np.isfinite(ds.loss.values[:5]).all()
