@@ -179,6 +179,11 @@ class Recorder:
         self._eval_rows.append((self._step - 1, {k: v.detach() if isinstance(v, torch.Tensor) else v
                                                  for k, v in values.items()}))
 
+    def note(self, **values: float | int | str) -> None:
+        """Store summary results (e.g. final accuracies) under ``results`` in ``meta.json``."""
+        self._meta.setdefault("results", {}).update(values)
+        self._write_meta()
+
     @contextmanager
     def paused(self) -> Iterator[None]:
         """Run extra forward/backward passes (probes, diagnostics) without them being recorded."""

@@ -1,0 +1,138 @@
+"""``python -m dynamics.collect``: train a built-in model with the Recorder on, then draw its overview.
+
+With no arguments it captures the default run (MNIST-1D, 1-D CNN; see :class:`dynamics.config.RunConfig`)
+into ``runs/<timestamp>-mnist1d-cnn-s0``. Settings come from defaults, then ``--config FILE`` (TOML or
+JSON, same keys as the flags with underscores), then the flags. Usage errors print one line and exit 2;
+a diverging loss marks the run failed (keeping every recorded step) and exits 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from dataclasses import fields
+from pathlib import Path
+from typing import Any
+
+from analyses.enlightenment import enlightenment_period
+from analyses.overview import plot_overview
+from dynamics.config import RunConfig, make_config, read_config_file
+from dynamics.engine import RunResult, default_run_dir, train
+from dynamics.errors import ConfigError, DynamicsError, NonFiniteLossError
+from dynamics.store import open_run
+
+USAGE_ERROR = 2
+RUN_FAILED = 1
+
+_HELP = {
+    "dataset": "data set (mnist1d, gaussian)",
+    "num_samples": "samples to generate, train + test (default: the data set's own)",
+    "train_size": "keep a seeded class-stratified subset of this many training samples",
+    "data_seed": "seed of the data, apart from the training seed",
+    "model": "architecture (cnn, mlp)",
+    "width": "channels (cnn) or hidden units (mlp)",
+    "depth": "number of hidden blocks",
+    "activation": "activation function of every block",
+    "optimizer": "sgd or adamw",
+    "lr": "base learning rate (> 0)",
+    "momentum": "SGD momentum in [0, 1)",
+    "nesterov": "use Nesterov momentum (SGD)",
+    "weight_decay": "L2 (SGD) or decoupled (AdamW) weight decay",
+    "schedule": "learning-rate schedule: constant, step, cosine",
+    "warmup_steps": "linear warmup steps before the schedule",
+    "epochs": "passes over the training split",
+    "batch_size": "samples per optimizer step",
+    "eval_batch_size": "samples per evaluation forward pass",
+    "seed": "training seed (initialisation and batch order)",
+    "every": "record every k-th optimizer step",
+    "probes": "probe preset: default, minimal, loss",
+    "device": "auto (CUDA when present), cpu or cuda",
+    "flush_seconds": "longest time between writes to the store",
+}
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports usage errors as one line and exit status 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise ConfigError(f"{message}; see python -m dynamics.collect --help")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The CLI parser; every RunConfig field is a flag whose default is 'not given'."""
+    parser = _Parser(prog="python -m dynamics.collect", description=__doc__.splitlines()[0],
+                     argument_default=argparse.SUPPRESS)
+    parser.add_argument("--config", help="TOML or JSON file of settings; flags override it")
+    parser.add_argument("--out", help="run directory (default runs/<timestamp>-<dataset>-<model>-s<seed>)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing run in --out")
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    defaults = RunConfig()
+    for field in fields(RunConfig):
+        flag = "--" + field.name.replace("_", "-")
+        default = getattr(defaults, field.name)
+        text = f"{_HELP[field.name]} (default: {default})"
+        if str(field.type) == "bool":
+            parser.add_argument(flag, dest=field.name, action=argparse.BooleanOptionalAction, help=text)
+        else:
+            kind = {"int": int, "float": float}.get(str(field.type).removesuffix(" | None"), str)
+            parser.add_argument(flag, dest=field.name, type=kind, help=text, metavar=field.name.upper())
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> RunConfig:
+    """Defaults < config file < flags."""
+    given: dict[str, Any] = vars(args)
+    values: dict[str, Any] = read_config_file(given["config"]) if "config" in given else {}
+    names = {field.name for field in fields(RunConfig)}
+    values.update({key: value for key, value in given.items() if key in names})
+    return make_config(values)
+
+
+def report(result: RunResult, figure: tuple[Path, Path]) -> str:
+    """The closing summary: accuracies, where the Enlightenment Period ended, and the paths."""
+    period = enlightenment_period(open_run(result.run_dir))
+    if period.end_step is None:
+        enp = f"not reached (smoothed training accuracy never reached {period.threshold:.0%})"
+    else:
+        enp = (f"ended at step {period.end_step} of {result.steps} ({period.fraction:.1%} of training; "
+               f"first step with smoothed training accuracy >= {period.threshold:.0%})")
+    return "\n".join([
+        f"final accuracy       train {result.train_accuracy:.4f}   test {result.test_accuracy:.4f}",
+        f"Enlightenment Period {enp}",
+        f"run                  {result.run_dir}",
+        f"overview figure      {figure[0]}",
+        f"                     {figure[1]}",
+    ])
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; returns the exit status."""
+    try:
+        args = build_parser().parse_args(argv)
+        config = config_from_args(args)
+        run_dir = Path(args.out) if "out" in args else default_run_dir(config)
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return USAGE_ERROR
+    try:
+        result = train(config, run_dir, overwrite="overwrite" in args, progress="no_progress" not in args)
+        figure = plot_overview(open_run(run_dir), run_dir / "overview")
+        print(report(result, figure))
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return USAGE_ERROR
+    except NonFiniteLossError as err:
+        print(f"error: {err} (run marked failed in {run_dir / 'meta.json'}; recorded steps kept)", file=sys.stderr)
+        return RUN_FAILED
+    except DynamicsError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return RUN_FAILED
+    except KeyboardInterrupt:
+        print(f"interrupted; the run is marked failed and keeps every recorded step in {run_dir}", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
