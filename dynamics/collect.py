@@ -100,9 +100,9 @@ def report(result: RunResult, figure: tuple[Path, Path]) -> str:
     return "\n".join([
         f"final accuracy       train {result.train_accuracy:.4f}   test {result.test_accuracy:.4f}",
         f"Enlightenment Period {enp}",
-        f"run                  {result.run_dir}",
-        f"overview figure      {figure[0]}",
-        f"                     {figure[1]}",
+        f"run                  {result.run_dir.resolve()}",
+        f"overview figure      {figure[0].resolve()}",
+        f"                     {figure[1].resolve()}",
     ])
 
 

@@ -98,9 +98,8 @@ def _coerce(key: str, value: Any, hint: str) -> Any:
     elif base == "float":
         if isinstance(value, int | float) and not isinstance(value, bool):
             return float(value)
-    elif base == "str":
-        if isinstance(value, str):
-            return value
+    elif base == "str" and isinstance(value, str):
+        return value
     raise ConfigError(f"{key} must be {base}, got {value!r}; fix it ({_flag(key)})")
 
 

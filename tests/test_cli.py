@@ -13,7 +13,7 @@ import pytest
 
 from dynamics import open_run
 
-QUICK = ["--dataset", "mnist1d", "--num-samples", "1000", "--epochs", "3", "--batch-size", "32", "--no-progress"]
+QUICK = ["--dataset", "mnist1d", "--num-samples", "2000", "--epochs", "4", "--batch-size", "32", "--no-progress"]
 
 
 def collect(*args: str, cwd: Path, timeout: float = 180) -> subprocess.CompletedProcess[str]:
@@ -44,7 +44,7 @@ def finished_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subpro
 def test_capture_succeeds_and_reports(finished_run) -> None:
     cwd, result = finished_run
     assert result.returncode == 0, result.stderr
-    run = cwd / "run"
+    run = (cwd / "run").resolve()
     out = result.stdout
     assert "final accuracy" in out and "Enlightenment Period" in out
     assert str(run) in out and str(run / "overview.png") in out and str(run / "overview.pdf") in out
@@ -53,12 +53,14 @@ def test_capture_succeeds_and_reports(finished_run) -> None:
     meta = json.loads((run / "meta.json").read_text())
     config = json.loads((run / "config.json").read_text())
     assert meta["status"] == "finished" and meta["error"] is None
-    assert config["epochs"] == 3 and config["batch_size"] == 32 and config["dataset"] == "mnist1d"
+    assert config["epochs"] == 4 and config["batch_size"] == 32 and config["dataset"] == "mnist1d"
     ds = open_run(run)
-    steps_per_epoch = 800 // 32
-    np.testing.assert_array_equal(ds["step"].values, np.arange(3 * steps_per_epoch))
-    np.testing.assert_array_equal(ds["eval_step"].values, steps_per_epoch * np.arange(1, 4) - 1)
-    assert meta["steps"] == 3 * steps_per_epoch
+    steps_per_epoch = 1600 // 32
+    np.testing.assert_array_equal(ds["step"].values, np.arange(4 * steps_per_epoch))
+    np.testing.assert_array_equal(ds["eval_step"].values, steps_per_epoch * np.arange(1, 5) - 1)
+    assert meta["steps"] == 4 * steps_per_epoch
+    enp_line = next(line for line in out.splitlines() if line.startswith("Enlightenment Period"))
+    assert "ended at step" in enp_line and f"of {4 * steps_per_epoch}" in enp_line
     reported_test = float(out.split("test")[1].split()[0])
     assert reported_test == pytest.approx(float(ds["val_accuracy"][-1]), abs=1e-4)
     assert np.isfinite(ds["loss"].values).all()
@@ -118,7 +120,7 @@ def test_finished_run_is_not_overwritten_without_flag(finished_run, tmp_path: Pa
     before = (cwd / "run" / "meta.json").read_text()
     assert_usage_error(collect(*QUICK, "--out", "run", cwd=cwd), "--overwrite")
     assert (cwd / "run" / "meta.json").read_text() == before
-    assert open_run(cwd / "run").sizes["step"] == 75
+    assert open_run(cwd / "run").sizes["step"] == 200
 
 
 def test_overwrite_replaces_a_finished_run(tmp_path: Path) -> None:

@@ -1,0 +1,1 @@
+"""Publication figures, one module per figure; ``python -m figures`` regenerates them."""
