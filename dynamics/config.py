@@ -64,6 +64,35 @@ class RunConfig:
     probes: str = "default"
     device: str = "auto"
     flush_seconds: float = 10.0
+    # Training strategies (dynamics.strategies; validated by validate_strategies there)
+    mixup_alpha: float = 0.0
+    cutmix_alpha: float = 0.0
+    mix_prob: float = 1.0
+    switch_prob: float = 0.5
+    mix_mode: str = "batch"
+    label_smoothing: float = 0.0
+    enp_epochs: int | str | None = None
+    """Length of the Enlightenment Period in epochs, or "auto" (smoothed training accuracy reaches 50%)."""
+    enp_tau: float = 10.0
+    enp_threshold: float = 0.5
+    mixup_pause: bool = False
+    alpha_boost: float | None = None
+    high_loss_removal: float | None = None
+    plp: bool = False
+    plp_k: float = 1.0
+    plp_unit: str = "iteration"
+    plp_weights_only: bool = False
+    cyclical_factor: float = 2.0
+    cyclical_wd: str | None = None
+    cyclical_temperature: str | None = None
+    cyclical_clip: str | None = None
+    cyclical_focal: bool = False
+    focal_gamma_hc: float = 3.0
+    focal_gamma_pos: float = 2.0
+    focal_gamma_neg: float = 2.0
+    focal_label_smoothing: float = 0.1
+    cyclical_batch_size: str | None = None
+    cyclical_aug: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict for JSON."""
@@ -82,25 +111,29 @@ def _flag(key: str) -> str:
 
 
 def _coerce(key: str, value: Any, hint: str) -> Any:
-    """Check one value against its field type; ints are accepted for floats, nothing else is converted."""
-    optional = hint.endswith("| None")
+    """Check one value against its field type (``int``, ``float``, ``str``, ``bool`` or a union of them).
+
+    Ints are accepted for floats; for an ``int | str`` field a string of digits (as a flag gives it) becomes
+    an int. Nothing else is converted.
+    """
+    kinds = hint.split(" | ")
     if value is None:
-        if optional:
+        if "None" in kinds:
             return None
         raise ConfigError(f"{key} must be set, got null; give a value ({_flag(key)})")
-    base = hint.removesuffix(" | None")
-    if base == "bool":
-        if isinstance(value, bool):
-            return value
-    elif base == "int":
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-    elif base == "float":
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            return float(value)
-    elif base == "str" and isinstance(value, str):
+    is_number = isinstance(value, int | float) and not isinstance(value, bool)
+    if "int" in kinds and isinstance(value, str) and value.isdigit():
+        return int(value)
+    if "bool" in kinds and isinstance(value, bool):
         return value
-    raise ConfigError(f"{key} must be {base}, got {value!r}; fix it ({_flag(key)})")
+    if "int" in kinds and is_number and isinstance(value, int):
+        return value
+    if "float" in kinds and is_number:
+        return float(value)
+    if "str" in kinds and isinstance(value, str):
+        return value
+    expected = " or ".join(kind for kind in kinds if kind != "None")
+    raise ConfigError(f"{key} must be {expected}, got {value!r}; fix it ({_flag(key)})")
 
 
 def make_config(values: dict[str, Any]) -> RunConfig:

@@ -24,6 +24,7 @@ from dynamics.models import build_model
 from dynamics.optim import build_optimizer, build_schedule
 from dynamics.recorder import Recorder
 from dynamics.runinfo import now_iso
+from dynamics.strategies import StrategyPlan, check_strategies_fit_data, validate_strategies
 
 
 @dataclass(frozen=True)
@@ -83,6 +84,7 @@ def load_data(config: RunConfig, device: torch.device) -> Dataset:
 def train(config: RunConfig, run_dir: str | os.PathLike[str], *, overwrite: bool = False,
           progress: bool = True) -> RunResult:
     """Train ``config`` and record it into ``run_dir``; raises NonFiniteLossError if the loss diverges."""
+    validate_strategies(config)
     device = resolve_device(config.device)
     data = load_data(config, device)
     torch.manual_seed(config.seed)
@@ -90,8 +92,10 @@ def train(config: RunConfig, run_dir: str | os.PathLike[str], *, overwrite: bool
                         width=config.width, depth=config.depth, activation=config.activation).to(device)
     optimizer = build_optimizer(config.optimizer, model.parameters(), lr=config.lr, momentum=config.momentum,
                                 nesterov=config.nesterov, weight_decay=config.weight_decay)
-    steps_per_epoch = len(data.x_train) // config.batch_size
-    total_steps = steps_per_epoch * config.epochs
+    check_strategies_fit_data(config, data.input_shape, len(data.x_train))
+    plan = StrategyPlan(config, model, optimizer, data.num_classes, config.seed)
+    steps_per_epoch = [len(data.x_train) // plan.batch_size(epoch) for epoch in range(config.epochs)]
+    total_steps = sum(steps_per_epoch)
     schedule = build_schedule(optimizer, config.schedule, total_steps=total_steps,
                               warmup_steps=config.warmup_steps)
     order = torch.Generator(device="cpu").manual_seed(config.seed)
@@ -103,16 +107,21 @@ def train(config: RunConfig, run_dir: str | os.PathLike[str], *, overwrite: bool
         model.train()
         for epoch in range(config.epochs):
             recorder.epoch = epoch
+            plan.start_epoch(epoch, recorder.steps_done)
+            batch_size = plan.batch_size(epoch)
             permutation = torch.randperm(len(data.x_train), generator=order).to(device)
-            for batch in range(steps_per_epoch):
-                index = permutation[batch * config.batch_size:(batch + 1) * config.batch_size]
+            for batch in range(steps_per_epoch[epoch]):
+                index = permutation[batch * batch_size:(batch + 1) * batch_size]
                 x, y = data.x_train[index], data.y_train[index]
                 optimizer.zero_grad(set_to_none=True)
-                out = model(x)
-                loss = F.cross_entropy(out, y)
+                inputs, target = plan.prepare(x, y)
+                out = model(inputs)
+                loss = plan.loss(out, target)
                 loss.backward()
+                plan.after_backward()
                 optimizer.step()
-                recorder.step(loss=loss, output=out, target=y)
+                plan.after_step(recorder.steps_done, out, y, epoch_end=batch == steps_per_epoch[epoch] - 1)
+                recorder.step(loss=loss, output=out, target=y, **plan.scalars())
                 schedule.step()
                 bar.update()
             val_loss, val_accuracy = evaluate(model, data.x_test, data.y_test, config.eval_batch_size)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -17,9 +16,8 @@ QUICK = ["--dataset", "mnist1d", "--num-samples", "2000", "--epochs", "4", "--ba
 
 
 def collect(*args: str, cwd: Path, timeout: float = 180) -> subprocess.CompletedProcess[str]:
-    """Run the CLI in ``cwd`` with a private data cache."""
-    env = {**os.environ, "DYNAMICS_CACHE": str(cwd / "cache")}
-    return subprocess.run([sys.executable, "-m", "dynamics.collect", *args], cwd=cwd, env=env,
+    """Run the CLI in ``cwd`` (the data cache is the session one, see conftest.py)."""
+    return subprocess.run([sys.executable, "-m", "dynamics.collect", *args], cwd=cwd,
                           capture_output=True, text=True, timeout=timeout)
 
 

@@ -1,0 +1,229 @@
+"""All configured strategies of a run, composed: what the built-in loop asks before and after each step.
+
+The loop calls, per epoch, :meth:`StrategyPlan.start_epoch` (sets the epoch's scheduled hyperparameters on
+the optimizer) and, per step, :meth:`prepare` (mixing), :meth:`loss` (temperature, focal loss, High-Loss
+Removal), :meth:`after_backward` (clipping; the recorded ``grad_norm`` is taken before it),
+:meth:`after_step` (PLP, period detection) and :meth:`scalars` (the hyperparameters applied, recorded
+per step). Every strategy composes with every other; invalid settings fail in :func:`validate_strategies`
+before training starts.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from dynamics.config import RunConfig
+from dynamics.errors import ConfigError
+from dynamics.strategies.cyclical import Range, cyclical_eta
+from dynamics.strategies.enlightenment import EnlightenmentTracker, high_loss_keep_mask
+from dynamics.strategies.focal import CyclicalFocalLoss
+from dynamics.strategies.mixup import MixInfo, Mixup, soft_targets
+from dynamics.strategies.plp import PLP
+
+
+def _range(text: str | None, flag: str, *, positive: bool = False) -> Range | None:
+    return None if text is None else Range.parse(text, flag, positive=positive)
+
+
+def validate_strategies(config: RunConfig) -> None:
+    """Raise ConfigError for a strategy setting or combination that cannot run, before any data is loaded."""
+    mixing = config.mixup_alpha > 0 or config.cutmix_alpha > 0
+    Mixup(2, config.mixup_alpha, config.cutmix_alpha, config.mix_prob, config.switch_prob, config.mix_mode,
+          config.label_smoothing)
+    period_strategies = [name for name, on in (("--mixup-pause", config.mixup_pause),
+                                               ("--alpha-boost", config.alpha_boost is not None),
+                                               ("--high-loss-removal", config.high_loss_removal is not None)) if on]
+    if period_strategies and config.enp_epochs is None:
+        raise ConfigError(f"{period_strategies[0]} acts during the Enlightenment Period; give --enp-epochs N or auto")
+    if config.enp_epochs is not None:
+        EnlightenmentTracker(config.enp_epochs, config.enp_tau, config.enp_threshold)
+        if config.enp_epochs != "auto" and config.enp_epochs > config.epochs:
+            raise ConfigError(f"--enp-epochs {config.enp_epochs} exceeds --epochs {config.epochs}; shorten it")
+    if config.mixup_pause and not mixing:
+        raise ConfigError("--mixup-pause pauses Mixup, but no Mixup is configured; add --mixup-alpha (e.g. 0.4)")
+    if config.mixup_pause and config.alpha_boost is not None:
+        raise ConfigError("--mixup-pause and --alpha-boost contradict each other; choose one")
+    if config.alpha_boost is not None and not config.alpha_boost > 0:
+        raise ConfigError(f"--alpha-boost must be > 0, got {config.alpha_boost}")
+    if config.high_loss_removal is not None and not 0 <= config.high_loss_removal < 1:
+        raise ConfigError(f"--high-loss-removal takes a fraction in [0, 1), got {config.high_loss_removal}")
+    if config.cyclical_factor < 1:
+        raise ConfigError(f"--cyclical-factor must be >= 1, got {config.cyclical_factor}")
+    _range(config.cyclical_wd, "--cyclical-wd")
+    _range(config.cyclical_temperature, "--cyclical-temperature", positive=True)
+    _range(config.cyclical_clip, "--cyclical-clip", positive=True)
+    _range(config.cyclical_aug, "--cyclical-aug")
+    if config.cyclical_wd is not None and config.weight_decay > 0:
+        raise ConfigError("--weight-decay and --cyclical-wd both set the weight decay; keep one")
+    sizes = _range(config.cyclical_batch_size, "--cyclical-batch-size", positive=True)
+    if sizes is not None and (sizes.low != int(sizes.low) or sizes.high != int(sizes.high)):
+        raise ConfigError(f"--cyclical-batch-size takes integers MIN:MAX, got {config.cyclical_batch_size}")
+    CyclicalFocalLoss(config.focal_gamma_hc, config.focal_gamma_pos, config.focal_gamma_neg,
+                      config.focal_label_smoothing)
+    if config.plp:
+        if config.plp_unit not in ("iteration", "epoch"):
+            raise ConfigError(f"unknown --plp-unit {config.plp_unit!r}; choose iteration or epoch")
+        if not config.plp_k > 0:
+            raise ConfigError(f"--plp-k must be > 0, got {config.plp_k}")
+
+
+def check_strategies_fit_data(config: RunConfig, input_shape: Sequence[int], train_samples: int) -> None:
+    """Raise ConfigError for a strategy that the loaded data cannot support (CutMix, batch sizes)."""
+    if config.cutmix_alpha > 0 and len(input_shape) != 3:
+        raise ConfigError(f"CutMix needs image data (C, H, W), but samples are shaped {tuple(input_shape)}; "
+                          "use --mixup-alpha instead of --cutmix-alpha")
+    sizes = _range(config.cyclical_batch_size, "--cyclical-batch-size", positive=True)
+    if sizes is not None and sizes.high > train_samples:
+        raise ConfigError(f"--cyclical-batch-size MAX {int(sizes.high)} exceeds the {train_samples} training "
+                          "samples; lower it")
+
+
+def per_sample_cross_entropy(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy per sample for hard (N,) or soft (N, C) targets; sequences (N, T, V) average over T."""
+    if output.ndim == 3:
+        tokens = F.cross_entropy(output.flatten(0, 1), target.flatten(0, 1), reduction="none")
+        return tokens.view(output.shape[0], -1).mean(1)
+    return F.cross_entropy(output, target, reduction="none")
+
+
+class StrategyPlan:
+    """The strategies of ``config`` bound to one model and optimizer."""
+
+    def __init__(self, config: RunConfig, model: nn.Module, optimizer: torch.optim.Optimizer,
+                 num_classes: int, seed: int) -> None:
+        self.config = config
+        self.model = model
+        self.optimizer = optimizer
+        self.num_classes = num_classes
+        self.epochs = config.epochs
+        self.mixer = Mixup(num_classes, config.mixup_alpha, config.cutmix_alpha, config.mix_prob,
+                           config.switch_prob, config.mix_mode, config.label_smoothing, seed=seed + 7919)
+        self.tracker = (None if config.enp_epochs is None
+                        else EnlightenmentTracker(config.enp_epochs, config.enp_tau, config.enp_threshold))
+        self.plp = (PLP(model.parameters(), config.plp_k, config.plp_unit, config.plp_weights_only)
+                    if config.plp else None)
+        self.focal = (CyclicalFocalLoss(config.focal_gamma_hc, config.focal_gamma_pos, config.focal_gamma_neg,
+                                        config.focal_label_smoothing, reduction="none")
+                      if config.cyclical_focal else None)
+        self.wd_range = _range(config.cyclical_wd, "--cyclical-wd")
+        self.temperature_range = _range(config.cyclical_temperature, "--cyclical-temperature", positive=True)
+        self.clip_range = _range(config.cyclical_clip, "--cyclical-clip", positive=True)
+        self.batch_range = _range(config.cyclical_batch_size, "--cyclical-batch-size", positive=True)
+        self.aug_range = _range(config.cyclical_aug, "--cyclical-aug")
+        self.eta = 1.0
+        self.temperature = 1.0
+        self.clip_norm: float | None = None
+        self.aug_alpha: float | None = None
+        self._mix = MixInfo(0.0, 0.0, "none")
+        self._removed = 0.0
+        self._plp_applied = 0.0
+        self._epoch = 0
+        self._step_in_period = False
+
+    def batch_size(self, epoch: int) -> int:
+        """Samples per step in ``epoch`` (cyclical when ``--cyclical-batch-size`` is set)."""
+        if self.batch_range is None:
+            return self.config.batch_size
+        return int(round(self.batch_range.at(epoch, self.epochs, self.config.cyclical_factor)))
+
+    def start_epoch(self, epoch: int, step: int) -> None:
+        """Set the epoch's scheduled values (weight decay goes onto every parameter group)."""
+        self._epoch = epoch
+        factor = self.config.cyclical_factor
+        self.eta = cyclical_eta(epoch, self.epochs, factor)
+        if self.wd_range is not None:
+            for group in self.optimizer.param_groups:
+                group["weight_decay"] = self.wd_range.at(epoch, self.epochs, factor)
+        if self.temperature_range is not None:
+            self.temperature = self.temperature_range.at(epoch, self.epochs, factor)
+        if self.clip_range is not None:
+            self.clip_norm = self.clip_range.at(epoch, self.epochs, factor)
+        if self.aug_range is not None:
+            self.aug_alpha = self.aug_range.at(epoch, self.epochs, factor)
+        if self.tracker is not None:
+            self.tracker.start_epoch(epoch, step)
+
+    @property
+    def in_period(self) -> bool:
+        """Whether the current step is inside the Enlightenment Period (False when no period is configured)."""
+        return self.tracker is not None and self.tracker.active
+
+    def _mix_alpha(self) -> float | None:
+        """Alpha override of this step: 0 pauses, None keeps the configured alpha."""
+        if self.in_period and self.config.mixup_pause:
+            return 0.0
+        if self.in_period and self.config.alpha_boost is not None:
+            return self.config.alpha_boost
+        return self.aug_alpha
+
+    def prepare(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The step's inputs and targets: mixed with soft targets, soft (label smoothing), or as given."""
+        self._step_in_period = self.in_period
+        alpha = self._mix_alpha()
+        if y.ndim == 1 and alpha != 0.0 and (self.mixer.enabled or alpha is not None):
+            x, target, self._mix = self.mixer(x, y, alpha)
+            return x, target
+        self._mix = MixInfo(0.0, 0.0, "none")
+        if self.config.label_smoothing > 0 and y.ndim == 1:
+            return x, soft_targets(y, self.num_classes, self.config.label_smoothing)
+        return x, y
+
+    def loss(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """The training loss: temperature-scaled logits, focal or cross-entropy, minus removed samples."""
+        logits = output / self.temperature if self.temperature != 1.0 else output
+        if self.focal is not None:
+            per_sample = self.focal(logits, target, self.eta)
+        else:
+            per_sample = per_sample_cross_entropy(logits, target)
+        self._removed = 0.0
+        if self._step_in_period and self.config.high_loss_removal:
+            keep = high_loss_keep_mask(per_sample, self.config.high_loss_removal)
+            kept = len(keep) - math.floor(self.config.high_loss_removal * len(keep))
+            self._removed = 1.0 - kept / len(keep)
+            return (per_sample * keep).sum() / kept
+        return per_sample.mean()
+
+    def after_backward(self) -> None:
+        """Clip the gradient norm to the epoch's scheduled bound (after the probes saw it)."""
+        if self.clip_norm is not None:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.clip_norm)
+
+    def after_step(self, step: int, output: torch.Tensor, labels: torch.Tensor, epoch_end: bool) -> None:
+        """After ``optimizer.step()``, before the step is recorded: PLP and the online period detection.
+
+        PLP observes after every step (``unit="iteration"``) or after the last step of each epoch
+        (``"epoch"``), so a prediction shows in that step's recorded ``update_norm`` and ``plp_applied``.
+        """
+        self._plp_applied = 0.0
+        if self.plp is not None and (self.plp.unit == "iteration" or epoch_end):
+            self._plp_applied = float(self.plp.observe())
+        if self.tracker is not None and self.tracker.epochs == "auto" and self.tracker.active:
+            self.tracker.observe(step, (output.detach().argmax(-1) == labels).float().mean())
+
+    def scalars(self) -> dict[str, float]:
+        """Hyperparameters applied at this step, recorded under their own names."""
+        config = self.config
+        values: dict[str, float] = {"weight_decay": float(self.optimizer.param_groups[0].get("weight_decay", 0.0))}
+        if self.mixer.enabled or config.alpha_boost is not None or self.aug_range is not None:
+            values["mixup_alpha"] = self._mix.alpha
+            values["mix_applied"] = self._mix.applied
+        if self.tracker is not None:
+            values["enp_active"] = float(self._step_in_period)
+        if config.high_loss_removal is not None:
+            values["removed_frac"] = self._removed
+        if self.plp is not None:
+            values["plp_applied"] = self._plp_applied
+        if self.temperature_range is not None:
+            values["temperature"] = self.temperature
+        if self.clip_range is not None:
+            values["clip_norm"] = float(self.clip_norm)
+        if self.focal is not None:
+            values["focal_eta"] = self.eta
+        if self.batch_range is not None:
+            values["batch_size"] = float(self.batch_size(self._epoch))
+        return values

@@ -1,0 +1,14 @@
+"""Shared test setup: one MNIST-1D cache for the whole session, inherited by CLI subprocesses."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+
+@pytest.fixture(autouse=True, scope="session")
+def shared_data_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Point DYNAMICS_CACHE at one session directory unless the caller chose one."""
+    if "DYNAMICS_CACHE" not in os.environ:
+        os.environ["DYNAMICS_CACHE"] = str(tmp_path_factory.mktemp("data-cache"))
