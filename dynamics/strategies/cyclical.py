@@ -13,6 +13,7 @@ so the value is ``min`` (easy) at the start, ``max`` (hard) near ``E/f`` and bac
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from dynamics.errors import ConfigError
@@ -22,7 +23,7 @@ def cyclical_eta(epoch: int, epochs: int, factor: float = 2.0) -> float:
     """The schedule's interpolation weight of ``min`` at ``epoch`` (1 at the start)."""
     if epochs < 1 or not 0 <= epoch < epochs:
         raise ConfigError(f"epoch {epoch} is outside 0..{epochs - 1}; pass 0 <= epoch < epochs")
-    if factor < 1:
+    if not (math.isfinite(factor) and factor >= 1):
         raise ConfigError(f"cyclical factor must be >= 1, got {factor}; fix --cyclical-factor")
     if epochs == 1:
         return 1.0
@@ -54,6 +55,8 @@ class Range:
             low, high = (float(part) for part in parts)
         except ValueError:
             raise ConfigError(f"{flag} takes MIN:MAX (e.g. 1e-5:8e-5), got {text!r}") from None
+        if not (math.isfinite(low) and math.isfinite(high)):
+            raise ConfigError(f"{flag} takes finite numbers MIN:MAX, got {text!r}")
         if low > high:
             raise ConfigError(f"{flag} MIN {low} exceeds MAX {high}; give MIN:MAX with MIN <= MAX")
         if low < 0 or (positive and low <= 0):

@@ -12,6 +12,8 @@ As in the reference code the weights are not detached: gradients flow through th
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -33,7 +35,7 @@ class CyclicalFocalLoss(nn.Module):
     def __init__(self, gamma_hc: float = 3.0, gamma_pos: float = 2.0, gamma_neg: float = 2.0,
                  label_smoothing: float = 0.1, reduction: str = "mean") -> None:
         super().__init__()
-        if min(gamma_hc, gamma_pos, gamma_neg) < 0:
+        if not all(math.isfinite(g) and g >= 0 for g in (gamma_hc, gamma_pos, gamma_neg)):
             raise ConfigError("focal exponents must be >= 0; fix --focal-gamma-hc/--focal-gamma-pos/--focal-gamma-neg")
         if not 0 <= label_smoothing < 1:
             raise ConfigError(f"label_smoothing must lie in [0, 1), got {label_smoothing}; fix it")

@@ -16,6 +16,7 @@ torch's global RNG. CutMix needs images shaped (N, C, H, W).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -58,7 +59,7 @@ class Mixup:
 
     def __init__(self, num_classes: int, mixup_alpha: float = 1.0, cutmix_alpha: float = 0.0, prob: float = 1.0,
                  switch_prob: float = 0.5, mode: str = "batch", label_smoothing: float = 0.0, seed: int = 0) -> None:
-        if mixup_alpha < 0 or cutmix_alpha < 0:
+        if not all(math.isfinite(a) and a >= 0 for a in (mixup_alpha, cutmix_alpha)):
             raise ConfigError(f"mixup/cutmix alpha must be >= 0, got {mixup_alpha}/{cutmix_alpha}; "
                               "fix --mixup-alpha/--cutmix-alpha")
         if not 0 <= prob <= 1 or not 0 <= switch_prob <= 1:

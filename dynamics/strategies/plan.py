@@ -52,7 +52,7 @@ def validate_strategies(config: RunConfig) -> None:
         raise ConfigError(f"--alpha-boost must be > 0, got {config.alpha_boost}")
     if config.high_loss_removal is not None and not 0 <= config.high_loss_removal < 1:
         raise ConfigError(f"--high-loss-removal takes a fraction in [0, 1), got {config.high_loss_removal}")
-    if config.cyclical_factor < 1:
+    if not (math.isfinite(config.cyclical_factor) and config.cyclical_factor >= 1):
         raise ConfigError(f"--cyclical-factor must be >= 1, got {config.cyclical_factor}")
     _range(config.cyclical_wd, "--cyclical-wd")
     _range(config.cyclical_temperature, "--cyclical-temperature", positive=True)
