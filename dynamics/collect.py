@@ -9,6 +9,7 @@ a diverging loss marks the run failed (keeping every recorded step) and exits 1.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections.abc import Sequence
 from dataclasses import fields
@@ -18,22 +19,32 @@ from typing import Any
 from analyses.enlightenment import enlightenment_period
 from analyses.overview import plot_overview
 from dynamics.config import RunConfig, make_config, read_config_file
+from dynamics.data import DATASETS
 from dynamics.engine import RunResult, default_run_dir, train
 from dynamics.errors import ConfigError, DynamicsError, NonFiniteLossError
+from dynamics.models import MODELS
 from dynamics.store import open_run
+from dynamics.strategies import validate_strategies
 
 USAGE_ERROR = 2
 RUN_FAILED = 1
 
 _HELP = {
-    "dataset": "data set (mnist1d, gaussian)",
-    "num_samples": "samples to generate, train + test (default: the data set's own)",
-    "train_size": "keep a seeded class-stratified subset of this many training samples",
+    "dataset": f"data set ({', '.join(DATASETS)})",
+    "num_samples": "samples to generate, train + test (mnist1d, gaussian, timeseries; default: the set's own)",
+    "train_size": "keep a seeded class-stratified subset of this many training samples (text: windows)",
     "data_seed": "seed of the data, apart from the training seed",
-    "model": "architecture (cnn, mlp)",
+    "data_dir": "folder of cifar10/cifar100 (archive or extracted), tinyimagenet (zip or folder), "
+                "imagefolder (train/, val/); for text a UTF-8 file (None: Python's reference docs)",
+    "image_size": "side of the square images tinyimagenet/imagefolder are decoded to, once (None: 64)",
+    "seq_len": "characters per text window, time steps per timeseries sample (None: 128)",
+    "augment": "random crop (pad 4) and horizontal flip of image training batches, on the device",
+    "model": f"architecture ({', '.join(MODELS)})",
     "width": "channels (cnn) or hidden units (mlp)",
-    "depth": "number of hidden blocks",
-    "activation": "activation function of every block",
+    "depth": "number of hidden blocks (mlp, cnn) or transformer blocks (lm)",
+    "activation": "activation function of every block, every model",
+    "width_mult": "width multiplier of the reference architectures (resnets, vgg16_bn, googlenet, vits, lm, cnn_gru)",
+    "patch_size": "ViT patch size (None: image side / 8)",
     "optimizer": "sgd or adamw",
     "lr": "base learning rate (> 0)",
     "momentum": "SGD momentum in [0, 1)",
@@ -46,16 +57,30 @@ _HELP = {
     "eval_batch_size": "samples per evaluation forward pass",
     "seed": "training seed (initialisation and batch order)",
     "every": "record every k-th optimizer step",
-    "probes": "probe preset: default, minimal, loss",
+    "probes": "probe preset: default, minimal, loss, trajectory",
     "device": "auto (CUDA when present), cpu or cuda",
+    "precision": "fp32, or bf16 autocast of forward pass and loss",
+    "channels_last": "NHWC layout of image batches and conv weights (GPU speed)",
+    "compile": "torch.compile the model (in place; recording keeps working)",
     "flush_seconds": "longest time between writes to the store",
+    "sketch_dim": "random directions of the trajectory sketch traj_proj (probes default, trajectory)",
+    "sketch_seed": "seed of the sketch's directions (keep it to compare runs in one sketch)",
+    "sketch_mode": "dense (Gaussian directions, sketch_dim floats per parameter) or hashed (sparse signs)",
+    "snapshots": "keep full parameter snapshots: geometric in steps, every epoch end, the last step",
+    "snapshot_budget_mb": "most MiB all snapshots may take; more are thinned evenly",
+    "representation": "record NC1, ridge/k-NN probe accuracy and CKA of the penultimate features on the probe set",
+    "fisher": "record the Fisher-information trace (model-sampled labels) on the probe set",
+    "probe_samples": "training and test samples, each, in the seeded probe set",
+    "probe_growth": "probe-set measurements at step 0, then ceil(growth * step) steps apart (>= 1)",
+    "probe_max_interval": "longest gap between probe-set measurements in steps (default: none)",
+    "store_features": "also keep the raw probe-set features in RUN/features/ (with --representation)",
     "mixup_alpha": "Mixup Beta(alpha, alpha) concentration; 0 = off (Zhang et al. 2018)",
     "cutmix_alpha": "CutMix Beta(alpha, alpha) concentration, images only; 0 = off (Yun et al. 2019)",
     "mix_prob": "probability of mixing a batch (batch mode) or a pair/sample",
     "switch_prob": "probability of CutMix instead of Mixup when both are on",
     "mix_mode": "one lam per batch, pair or elem(ent)",
     "label_smoothing": "label smoothing of the training targets",
-    "enp_epochs": "Enlightenment Period length in epochs, or auto (smoothed train accuracy reaches 50%)",
+    "enp_epochs": "Enlightenment Period length in epochs, or auto (smoothed train accuracy reaches 50%%)",
     "enp_tau": "EMA time constant in steps of the auto period detection",
     "enp_threshold": "smoothed training accuracy that ends the auto period",
     "mixup_pause": "no mixing during the Enlightenment Period, then the configured Mixup (arXiv 2504.01737)",
@@ -94,6 +119,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", help="run directory (default runs/<timestamp>-<dataset>-<model>-s<seed>)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing run in --out")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    parser.add_argument("--check", action="store_true",
+                        help="validate the settings, print them as JSON and exit without training")
     defaults = RunConfig()
     for field in fields(RunConfig):
         flag = "--" + field.name.replace("_", "-")
@@ -133,27 +160,37 @@ def report(result: RunResult, figure: tuple[Path, Path]) -> str:
     ])
 
 
+def _fail(error: BaseException | str) -> None:
+    """Print ``error: ...`` as exactly one printable line on stderr (control characters escaped)."""
+    text = " ".join(str(error).split("\n"))
+    print("error: " + "".join(c if c.isprintable() else repr(c)[1:-1] for c in text), file=sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit status."""
     try:
         args = build_parser().parse_args(argv)
         config = config_from_args(args)
+        validate_strategies(config)
         run_dir = Path(args.out) if "out" in args else default_run_dir(config)
+        if "check" in args:
+            print(json.dumps(config.to_dict(), indent=2))
+            return 0
     except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
+        _fail(err)
         return USAGE_ERROR
     try:
         result = train(config, run_dir, overwrite="overwrite" in args, progress="no_progress" not in args)
         figure = plot_overview(open_run(run_dir), run_dir / "overview")
         print(report(result, figure))
     except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
+        _fail(err)
         return USAGE_ERROR
     except NonFiniteLossError as err:
-        print(f"error: {err} (run marked failed in {run_dir / 'meta.json'}; recorded steps kept)", file=sys.stderr)
+        _fail(f"{err} (run marked failed in {run_dir / 'meta.json'}; recorded steps kept)")
         return RUN_FAILED
     except DynamicsError as err:
-        print(f"error: {err}", file=sys.stderr)
+        _fail(err)
         return RUN_FAILED
     except KeyboardInterrupt:
         print(f"interrupted; the run is marked failed and keeps every recorded step in {run_dir}", file=sys.stderr)

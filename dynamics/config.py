@@ -19,7 +19,8 @@ from dynamics.data import DATASETS
 from dynamics.errors import ConfigError
 from dynamics.models import ACTIVATIONS, MODELS
 from dynamics.optim import OPTIMIZERS, SCHEDULES
-from dynamics.probes import PRESETS
+from dynamics.probes import PRESETS, SKETCH_MODES
+from dynamics.steps import PRECISIONS
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -45,10 +46,22 @@ class RunConfig:
     """Keep a seeded class-stratified subset of this many training samples; None keeps all."""
     data_seed: int = 0
     """Seed of the data itself, kept apart from ``seed`` so that seeds vary the training, not the data."""
+    data_dir: str | None = None
+    """Where file data sets are (cifar10/100, tinyimagenet, imagefolder); for text, the text file."""
+    image_size: int | None = None
+    """Side of the square images decoded from tinyimagenet/imagefolder; None takes 64."""
+    seq_len: int | None = None
+    """Window length of text and timeseries samples; None takes 128."""
+    augment: bool = True
+    """Random crop (4-pixel padding) and horizontal flip of image training batches, on the device."""
     model: str = "cnn"
     width: int = 32
     depth: int = 3
     activation: str = "relu"
+    width_mult: float = 1.0
+    """Channel/embedding width multiplier of the reference architectures (not mlp/cnn, which use width)."""
+    patch_size: int | None = None
+    """ViT patch size; None takes image side / 8 (4 at 32x32, 8 at 64x64)."""
     optimizer: str = "sgd"
     lr: float = 0.05
     momentum: float = 0.9
@@ -63,7 +76,37 @@ class RunConfig:
     every: int = 1
     probes: str = "default"
     device: str = "auto"
+    precision: str = "fp32"
+    """fp32, or bf16 autocast of the forward pass and loss (weights and optimizer state stay fp32)."""
+    channels_last: bool = False
+    """NHWC memory layout of image batches and convolution weights (faster on GPUs with tensor cores)."""
+    compile: bool = False
+    """torch.compile the model in place (module names and the Recorder's hooks are kept)."""
     flush_seconds: float = 10.0
+    # Parameter trajectories (dynamics.probes.trajectory, dynamics.snapshots)
+    sketch_dim: int = 8
+    """Random unit directions of the trajectory sketch (traj_proj), per parameter tensor and for the model."""
+    sketch_seed: int = 0
+    """Seed of the sketch's directions, apart from ``seed`` so that runs of different seeds share one sketch."""
+    sketch_mode: str = "dense"
+    """dense: Gaussian directions (sketch_dim floats per parameter); hashed: sparse signs (one int32 each)."""
+    snapshots: bool = True
+    """Keep full parameter snapshots: dense early (geometric in steps), at every epoch end and the last step."""
+    snapshot_budget_mb: float = 256.0
+    """Most MiB all snapshots may take; beyond it the planned snapshots are thinned evenly."""
+    # Phase-transition probes on a fixed probe set (dynamics.probes.representation / .fisher)
+    representation: bool = False
+    """Record order parameters of the penultimate features (NC1, ridge and k-NN probe accuracy, CKA)."""
+    fisher: bool = False
+    """Record the Fisher-information trace (labels sampled from the model) on the probe set."""
+    probe_samples: int = 256
+    """Training and test samples, each, in the probe set (seeded by data_seed: the same for every seed)."""
+    probe_growth: float = 0.1
+    """Probe-set measurements at step 0, then max(1, ceil(probe_growth * step)) steps after each one."""
+    probe_max_interval: int | None = None
+    """Longest gap between probe-set measurements in steps; None leaves it unbounded."""
+    store_features: bool = False
+    """Also keep the raw probe-set features of each measurement in <run>/features/ (needs representation)."""
     # Training strategies (dynamics.strategies; validated by validate_strategies there)
     mixup_alpha: float = 0.0
     cutmix_alpha: float = 0.0
@@ -99,10 +142,11 @@ class RunConfig:
         return asdict(self)
 
 
-_POSITIVE_INTS = ("width", "depth", "epochs", "batch_size", "eval_batch_size", "every")
+_POSITIVE_INTS = ("width", "depth", "epochs", "batch_size", "eval_batch_size", "every", "sketch_dim")
 _CHOICES: dict[str, tuple[str, ...]] = {
     "dataset": DATASETS, "model": MODELS, "activation": tuple(ACTIVATIONS), "optimizer": OPTIMIZERS,
-    "schedule": SCHEDULES, "probes": tuple(PRESETS), "device": DEVICES,
+    "schedule": SCHEDULES, "probes": tuple(PRESETS), "device": DEVICES, "precision": PRECISIONS,
+    "sketch_mode": SKETCH_MODES,
 }
 
 
@@ -160,12 +204,14 @@ def validate(config: RunConfig) -> None:
     for key in _POSITIVE_INTS:
         if getattr(config, key) < 1:
             raise ConfigError(f"{key} must be a positive integer, got {getattr(config, key)}; fix {_flag(key)}")
-    for key in ("num_samples", "train_size"):
+    for key in ("num_samples", "train_size", "image_size", "seq_len", "patch_size"):
         value = getattr(config, key)
         if value is not None and value < 1:
             raise ConfigError(f"{key} must be a positive integer, got {value}; fix {_flag(key)}")
     if not (math.isfinite(config.lr) and config.lr > 0):
         raise ConfigError(f"learning rate must be a finite number > 0, got {config.lr}; fix --lr")
+    if not (math.isfinite(config.width_mult) and config.width_mult > 0):
+        raise ConfigError(f"width_mult must be a finite number > 0, got {config.width_mult}; fix --width-mult")
     if not (math.isfinite(config.weight_decay) and config.weight_decay >= 0):
         raise ConfigError(f"weight_decay must be a finite number >= 0, got {config.weight_decay}; fix --weight-decay")
     if not 0 <= config.momentum < 1:
@@ -174,6 +220,20 @@ def validate(config: RunConfig) -> None:
         raise ConfigError(f"warmup_steps must be >= 0, got {config.warmup_steps}; fix --warmup-steps")
     if not (math.isfinite(config.flush_seconds) and config.flush_seconds > 0):
         raise ConfigError(f"flush_seconds must be > 0, got {config.flush_seconds}; fix --flush-seconds")
+    if config.sketch_seed < 0:
+        raise ConfigError(f"sketch_seed must be >= 0, got {config.sketch_seed}; fix --sketch-seed")
+    if not (math.isfinite(config.snapshot_budget_mb) and config.snapshot_budget_mb > 0):
+        raise ConfigError(f"snapshot_budget_mb must be a finite number > 0, got {config.snapshot_budget_mb}; "
+                          "fix --snapshot-budget-mb")
+    if config.probe_samples < 2:
+        raise ConfigError(f"probe_samples must be >= 2, got {config.probe_samples}; fix --probe-samples")
+    if not (math.isfinite(config.probe_growth) and config.probe_growth > 0):
+        raise ConfigError(f"probe_growth must be a finite number > 0, got {config.probe_growth}; fix --probe-growth")
+    if config.probe_max_interval is not None and config.probe_max_interval < 1:
+        raise ConfigError(f"probe_max_interval must be >= 1, got {config.probe_max_interval}; "
+                          "fix --probe-max-interval")
+    if config.store_features and not config.representation:
+        raise ConfigError("store_features keeps the representation probe's features; add --representation")
 
 
 def read_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:

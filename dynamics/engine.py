@@ -10,20 +10,24 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from itertools import accumulate
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from dynamics.augment import InputPipeline
 from dynamics.config import RunConfig
-from dynamics.data import Dataset, load_dataset
+from dynamics.data import Dataset, load_dataset, to_device
 from dynamics.errors import ConfigError
 from dynamics.models import build_model
 from dynamics.optim import build_optimizer, build_schedule
+from dynamics.probes import PRESETS, FisherTrace, GeometricCadence, Probe, Representation, Sketch, make_probe_set
 from dynamics.recorder import Recorder
 from dynamics.runinfo import now_iso
+from dynamics.snapshots import SnapshotWriter, snapshot_bytes, snapshot_steps
+from dynamics.steps import autocast, evaluate_split, prepare_model
 from dynamics.strategies import StrategyPlan, check_strategies_fit_data, validate_strategies
 
 
@@ -54,31 +58,41 @@ def default_run_dir(config: RunConfig, root: str | os.PathLike[str] = "runs") ->
     return Path(root) / f"{stamp}-{config.dataset}-{config.model}-s{config.seed}"
 
 
-@torch.no_grad()
-def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int) -> tuple[float, float]:
-    """Mean cross-entropy and accuracy over a whole split, in eval mode, without recording."""
-    was_training = model.training
-    model.eval()
-    loss_sum = torch.zeros((), dtype=torch.float64, device=x.device)
-    correct = torch.zeros((), dtype=torch.long, device=x.device)
-    for start in range(0, len(x), batch_size):
-        out = model(x[start:start + batch_size])
-        target = y[start:start + batch_size]
-        loss_sum += F.cross_entropy(out.float(), target, reduction="sum").double()
-        correct += (out.argmax(1) == target).sum()
-    model.train(was_training)
-    return float(loss_sum) / len(x), int(correct) / len(x)
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int, *,
+             prepare: InputPipeline | None = None, precision: str = "fp32") -> tuple[float, float]:
+    """Mean cross-entropy and accuracy over a whole split (per target position), in eval mode, unrecorded.
+
+    The host-side view of :func:`dynamics.steps.evaluate_split`; ``prepare`` turns stored batches into
+    model inputs (normalised images).
+    """
+    loss, accuracy = evaluate_split(model, x, y, batch_size, prepare=prepare, precision=precision)
+    return float(loss), float(accuracy)
 
 
 def load_data(config: RunConfig, device: torch.device) -> Dataset:
     """The configured data set, moved to ``device`` whole."""
     data = load_dataset(config.dataset, num_samples=config.num_samples, train_size=config.train_size,
-                        seed=config.data_seed)
+                        seed=config.data_seed, data_dir=config.data_dir, image_size=config.image_size,
+                        seq_len=config.seq_len)
     if len(data.x_train) < config.batch_size:
         raise ConfigError(f"batch_size {config.batch_size} exceeds the {len(data.x_train)} training samples; "
                           "lower --batch-size or raise --train-size")
-    return Dataset(data.name, data.x_train.to(device), data.y_train.to(device), data.x_test.to(device),
-                   data.y_test.to(device), data.num_classes)
+    return to_device(data, device)
+
+
+def phase_probes(config: RunConfig, data: Dataset, pipeline: InputPipeline, run_dir: Path) -> list[Probe]:
+    """The representation and Fisher probes ``config`` asks for, on a probe set seeded by ``data_seed``."""
+    if not (config.representation or config.fisher):
+        return []
+    probe_set = make_probe_set(data, config.probe_samples, config.data_seed, prepare=lambda x: pipeline(x, False))
+    cadence = GeometricCadence(config.probe_growth, config.probe_max_interval)
+    probes: list[Probe] = []
+    if config.representation:
+        probes.append(Representation(probe_set, cadence=cadence, every=config.every,
+                                     features_dir=run_dir / "features" if config.store_features else None))
+    if config.fisher:
+        probes.append(FisherTrace(probe_set, cadence=cadence, every=config.every, seed=config.seed))
+    return probes
 
 
 def train(config: RunConfig, run_dir: str | os.PathLike[str], *, overwrite: bool = False,
@@ -89,7 +103,11 @@ def train(config: RunConfig, run_dir: str | os.PathLike[str], *, overwrite: bool
     data = load_data(config, device)
     torch.manual_seed(config.seed)
     model = build_model(config.model, input_shape=data.input_shape, num_classes=data.num_classes,
-                        width=config.width, depth=config.depth, activation=config.activation).to(device)
+                        width=config.width, depth=config.depth, activation=config.activation,
+                        width_mult=config.width_mult, patch_size=config.patch_size, kind=data.kind).to(device)
+    model = prepare_model(model, channels_last=config.channels_last, compile=config.compile)
+    pipeline = InputPipeline(data, device, augment=config.augment, channels_last=config.channels_last,
+                             seed=config.seed)
     optimizer = build_optimizer(config.optimizer, model.parameters(), lr=config.lr, momentum=config.momentum,
                                 nesterov=config.nesterov, weight_decay=config.weight_decay)
     check_strategies_fit_data(config, data.input_shape, len(data.x_train))
@@ -99,11 +117,19 @@ def train(config: RunConfig, run_dir: str | os.PathLike[str], *, overwrite: bool
     schedule = build_schedule(optimizer, config.schedule, total_steps=total_steps,
                               warmup_steps=config.warmup_steps)
     order = torch.Generator(device="cpu").manual_seed(config.seed)
-    recorder = Recorder(model, optimizer, run_dir, every=config.every, probes=config.probes,
+    sketch = Sketch(k=config.sketch_dim, seed=config.sketch_seed, mode=config.sketch_mode)
+    probes = [*(sketch if name == "sketch" else name for name in PRESETS[config.probes]),
+              *phase_probes(config, data, pipeline, Path(run_dir))]
+    snap_steps = snapshot_steps(total_steps, [end - 1 for end in accumulate(steps_per_epoch)],
+                                snapshot_bytes=snapshot_bytes(list(model.parameters())),
+                                budget_bytes=config.snapshot_budget_mb * 2**20) if config.snapshots else []
+    recorder = Recorder(model, optimizer, run_dir, every=config.every, probes=probes,
                         config=config.to_dict(), seed=config.seed, flush_seconds=config.flush_seconds,
                         overwrite=overwrite)
+    recorder.note(num_classes=data.num_classes)
+    snapshots = SnapshotWriter(model, run_dir, snap_steps, flush_seconds=config.flush_seconds)
     bar = tqdm(total=total_steps, desc="training", unit="step", disable=not progress, dynamic_ncols=True)
-    with recorder, bar:
+    with recorder, snapshots, bar:
         model.train()
         for epoch in range(config.epochs):
             recorder.epoch = epoch
@@ -114,20 +140,26 @@ def train(config: RunConfig, run_dir: str | os.PathLike[str], *, overwrite: bool
                 index = permutation[batch * batch_size:(batch + 1) * batch_size]
                 x, y = data.x_train[index], data.y_train[index]
                 optimizer.zero_grad(set_to_none=True)
-                inputs, target = plan.prepare(x, y)
-                out = model(inputs)
-                loss = plan.loss(out, target)
+                inputs, target = plan.prepare(pipeline(x, True), y)
+                with autocast(device, config.precision):
+                    out = model(inputs)
+                    loss = plan.loss(out, target)
                 loss.backward()
                 plan.after_backward()
                 optimizer.step()
                 plan.after_step(recorder.steps_done, out, y, epoch_end=batch == steps_per_epoch[epoch] - 1)
+                snapshots.observe(recorder.steps_done, epoch)
                 recorder.step(loss=loss, output=out, target=y, **plan.scalars())
                 schedule.step()
                 bar.update()
-            val_loss, val_accuracy = evaluate(model, data.x_test, data.y_test, config.eval_batch_size)
-            recorder.record_eval(val_loss=val_loss, val_accuracy=val_accuracy)
-            bar.set_postfix(epoch=epoch + 1, val_acc=f"{val_accuracy:.3f}")
-        train_loss, train_accuracy = evaluate(model, data.x_train, data.y_train, config.eval_batch_size)
+            val_loss, val_accuracy = evaluate_split(model, data.x_test, data.y_test, config.eval_batch_size,
+                                                    prepare=pipeline, precision=config.precision)
+            recorder.record_eval(val_loss=val_loss, val_accuracy=val_accuracy)  # device tensors: no sync here
+            if progress:
+                bar.set_postfix(epoch=epoch + 1, val_acc=f"{float(val_accuracy):.3f}")
+        train_loss, train_accuracy = evaluate(model, data.x_train, data.y_train, config.eval_batch_size,
+                                              prepare=pipeline, precision=config.precision)
+        val_loss, val_accuracy = float(val_loss), float(val_accuracy)
         recorder.note(final_train_loss=train_loss, final_train_accuracy=train_accuracy,
                       final_test_loss=val_loss, final_test_accuracy=val_accuracy)
     return RunResult(Path(run_dir), total_steps, train_loss, train_accuracy, val_loss, val_accuracy)

@@ -9,8 +9,9 @@ Three lines in a user's loop::
 
 Values stay on the device; a flush (every ``flush_steps`` recorded steps or ``flush_seconds`` seconds,
 whichever comes first, and at close) moves them to the host in one transfer and appends them to
-``data.zarr``. The loss is checked for NaN/Inf on the device at every step; the host looks at that flag
-only every ``check_finite_every`` steps and at flushes, so there is no host synchronisation per step.
+``data.zarr``. The detached loss of every step is kept on the device and checked for NaN/Inf in one
+stacked operation every ``check_finite_every`` steps and at close, so there is no host synchronisation
+(and no device work) per step.
 """
 
 from __future__ import annotations
@@ -126,8 +127,10 @@ class Recorder:
         self._host_rows: list[tuple[int, int, float]] = []
         self._extras: list[dict[str, Scalar]] = []
         self._eval_rows: list[tuple[int, dict[str, Scalar]]] = []
-        self._first_bad_step = torch.full((), -1, dtype=torch.long, device=self.device)
-        self._first_bad_value = torch.zeros((), device=self.device)
+        self._unchecked_losses: list[torch.Tensor] = []
+        """Detached losses of the steps since the last host check, oldest first (scanned in one stack)."""
+        self._first_bad_step = -1
+        self._first_bad_value = math.nan
         self._last_flush = time.monotonic()
         self._closed = False
 
@@ -166,9 +169,11 @@ class Recorder:
                 values.update(probe.measure(self.context, data))
             if self._layout is None:
                 self._layout = [(name, value.numel(), value.shape) for name, value in values.items()]
-            self._rows.append(torch.cat([value.reshape(-1).float() for value in values.values()]))
+            self._rows.append(_flat_row(list(values.values())))
         optimizer = self.context.optimizer
-        lr = float(optimizer.param_groups[0]["lr"]) if optimizer is not None else math.nan
+        lr = optimizer.param_groups[0]["lr"] if optimizer is not None else math.nan
+        # a tensor lr (capturable/fused optimizers) is copied, not read: float() would sync with the device
+        lr = lr.detach().clone() if isinstance(lr, torch.Tensor) else float(lr)
         self._host_rows.append((self._step, self.epoch, lr))
         self._extras.append({k: v.detach() if isinstance(v, torch.Tensor) else v for k, v in scalars.items()})
 
@@ -195,17 +200,30 @@ class Recorder:
             self.context.paused = previous
 
     def _watch_finite(self, loss: torch.Tensor) -> None:
-        first = (~torch.isfinite(loss)) & (self._first_bad_step < 0)
-        self._first_bad_step = torch.where(first, self._step, self._first_bad_step)
-        self._first_bad_value = torch.where(first, loss.float(), self._first_bad_value)
+        if self._first_bad_step < 0:
+            self._unchecked_losses.append(loss)
+
+    def _scan_losses(self) -> None:
+        """Find the first non-finite loss among the unchecked steps: one stack, one host transfer."""
+        losses, self._unchecked_losses = self._unchecked_losses, []
+        if not losses or self._first_bad_step >= 0:
+            return
+        first_step = self._step - len(losses)
+        values = torch.stack([loss.reshape(()).float() for loss in losses])
+        bad = (~torch.isfinite(values)).nonzero()
+        if len(bad):
+            index = int(bad[0, 0])
+            self._first_bad_step = first_step + index
+            self._first_bad_value = float(values[index])
 
     def _check_finite(self) -> None:
-        bad_step = int(self._first_bad_step)
+        self._scan_losses()
+        bad_step = self._first_bad_step
         if bad_step < 0 or self.on_nonfinite == "record":
             if bad_step >= 0:
                 self._meta["first_nonfinite_step"] = bad_step
             return
-        error = NonFiniteLossError(bad_step, float(self._first_bad_value))
+        error = NonFiniteLossError(bad_step, self._first_bad_value)
         self._meta["failed_step"] = bad_step
         self.close(status="failed", error=str(error))
         raise error
@@ -239,7 +257,7 @@ class Recorder:
         steps, epochs, lrs = zip(*self._host_rows, strict=True)
         columns["step"] = (("step",), np.asarray(steps, dtype=np.int64))
         columns["epoch"] = (("step",), np.asarray(epochs, dtype=np.int64))
-        columns["lr"] = (("step",), np.asarray(lrs, dtype=np.float64))
+        columns["lr"] = (("step",), np.asarray(_host_floats(lrs), dtype=np.float64))
         columns.update(_scalar_columns("step", self._extras))
         return columns
 
@@ -262,8 +280,11 @@ class Recorder:
         self._closed = True
         try:
             self.flush()
-            if status == "finished" and self.on_nonfinite == "stop" and int(self._first_bad_step) >= 0:
-                bad = NonFiniteLossError(int(self._first_bad_step), float(self._first_bad_value))
+            self._scan_losses()
+            if self._first_bad_step >= 0 and self.on_nonfinite == "record":
+                self._meta["first_nonfinite_step"] = self._first_bad_step
+            if status == "finished" and self.on_nonfinite == "stop" and self._first_bad_step >= 0:
+                bad = NonFiniteLossError(self._first_bad_step, self._first_bad_value)
                 status, error = "failed", str(bad)
                 self._meta["failed_step"] = bad.step
         finally:
@@ -281,6 +302,26 @@ class Recorder:
             self.close()
         else:
             self.close(status="failed", error=f"{kind.__name__}: {value}")
+
+
+def _host_floats(values: Sequence[float | torch.Tensor]) -> list[float]:
+    """Python floats of a mix of floats and 0-d tensors, the tensors moved to the host in one transfer."""
+    tensors = [v for v in values if isinstance(v, torch.Tensor)]
+    if not tensors:
+        return list(values)
+    host = iter(torch.stack([t.reshape(()).double() for t in tensors]).cpu().tolist())
+    return [next(host) if isinstance(v, torch.Tensor) else v for v in values]
+
+
+def _flat_row(values: list[torch.Tensor]) -> torch.Tensor:
+    """All values of a step as one new float32 vector: a single flattening copy in C++ (no per-value ops).
+
+    The row never aliases a probe's or the user's tensors, since it is kept until the next flush.
+    """
+    if len(values) == 1:
+        return values[0].reshape(-1).float().clone()
+    row = torch._utils._flatten_dense_tensors(values)
+    return row if row.dtype == torch.float32 else row.float()
 
 
 def _scalar_columns(append_dim: str, rows: Sequence[Mapping[str, Scalar]]) -> dict[str, tuple[tuple[str, ...],

@@ -14,6 +14,7 @@ import json
 import os
 import shutil
 import tempfile
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -96,7 +97,9 @@ class RunWriter:
 
     def __init__(self, run_dir: Path, coords: Mapping[str, Sequence[str]], attrs: Mapping[str, Any]) -> None:
         self.path = run_dir / DATA_NAME
-        self.group = zarr.open_group(self.path, mode="w", zarr_format=3)
+        # the format tag is in the very first zarr.json, so a reader never sees an untagged run store
+        self.group = zarr.open_group(self.path, mode="w", zarr_format=3,
+                                     attributes={"format": FORMAT, "format_version": FORMAT_VERSION})
         self.lengths = dict.fromkeys(APPEND_DIMS, 0)
         self.dim_sizes: dict[str, int] = {}
         self._arrays: dict[str, zarr.Array] = {}
@@ -170,7 +173,45 @@ class _CommittedArray(BackendArray):
         return indexing.explicit_indexing_adapter(key, self.shape, indexing.IndexingSupport.BASIC, self._read)
 
     def _read(self, key: tuple[Any, ...]) -> np.ndarray:
-        return np.asarray(self.array[key])
+        # xarray hands basic keys through unchanged, e.g. slice(None) for ``.values``: bound them by the
+        # committed shape, or the read would return the uncommitted rows beyond it
+        key = tuple(_bounded(k, size) for k, size in zip(key, self.shape, strict=True))
+        try:
+            return np.asarray(self.array[key])
+        except Exception as err:  # a damaged chunk raises whatever its codec raises
+            reason = " ".join(str(err).split())
+            raise StoreError(f"{self.array.store_path} is unreadable ({type(err).__name__}: {reason}); "
+                             "the store is damaged") from None
+
+
+def _bounded(key: Any, size: int) -> Any:
+    """A basic index (slice or integer) of a dimension of ``size``, made explicit so it cannot reach past it."""
+    if isinstance(key, slice):
+        return slice(*key.indices(size))
+    if isinstance(key, (int, np.integer)):
+        if not -size <= key < size:
+            raise IndexError(f"index {key} is out of bounds for a dimension of size {size}")
+        return int(key) % size
+    return key
+
+
+def _group_variables(root: zarr.Group) -> dict[str, xr.Variable]:
+    """Lazy variables of the subgroups that commit their own lengths (``attrs["committed"]``, e.g. ``snapshots/``).
+
+    Only arrays whose first dimension has a committed length are shown, cut to that length.
+    """
+    variables: dict[str, xr.Variable] = {}
+    for _, group in root.groups():
+        committed = group.attrs.get("committed")
+        if not isinstance(committed, dict):
+            continue
+        for name, array in group.arrays():
+            dims = tuple(array.metadata.dimension_names or ())
+            if dims and dims[0] in committed:
+                shape = (min(int(committed[dims[0]]), array.shape[0]), *array.shape[1:])
+                variables[name] = xr.Variable(dims, indexing.LazilyIndexedArray(_CommittedArray(array, shape)),
+                                              attrs=dict(array.attrs))
+    return variables
 
 
 def open_run(path: str | os.PathLike[str]) -> xr.Dataset:
@@ -196,7 +237,11 @@ def open_run(path: str | os.PathLike[str]) -> xr.Dataset:
         raise StoreError(f"{data_path} is a Zarr store but not a run of this toolkit (no '{FORMAT}' format tag)")
     committed = attrs.get("committed", {})
     try:
-        arrays = {name: array for name, array in group.arrays()}
+        with warnings.catch_warnings():
+            # an atomic write in progress (or killed) leaves a "zarr.<id>.partial" file beside zarr.json
+            warnings.filterwarnings("ignore", message=r"Object at .*\.partial is not recognized")
+            arrays = {name: array for name, array in group.arrays()}
+            grouped = _group_variables(group)
     except Exception as err:
         raise StoreError(f"{data_path} has unreadable arrays ({type(err).__name__}: {err})") from None
     sizes = {dim: int(committed.get(dim, 0)) for dim in APPEND_DIMS}
@@ -209,9 +254,11 @@ def open_run(path: str | os.PathLike[str]) -> xr.Dataset:
             shape = (min(sizes[dims[0]], array.shape[0]), *array.shape[1:])
             data: Any = indexing.LazilyIndexedArray(_CommittedArray(array, shape))
         else:
-            data = np.asarray(array[...])
+            data = _CommittedArray(array, array.shape)._read((slice(None),) * array.ndim)
         variables[name] = xr.Variable(dims, data, attrs=dict(array.attrs))
-    coord_names = [n for n in variables if variables[n].dims == (n,)] + [n for n in ("epoch",) if n in variables]
+    variables.update(grouped)
+    coord_names = [n for n in variables if variables[n].dims == (n,)] + [n for n in ("epoch", "snap_epoch")
+                                                                         if n in variables]
     data_vars = {n: v for n, v in variables.items() if n not in coord_names}
     dataset = xr.Dataset(data_vars, coords={n: variables[n] for n in coord_names})
     dataset.attrs.update({k: v for k, v in attrs.items() if k not in ("format", "committed")})

@@ -151,3 +151,14 @@ def test_diverging_loss_marks_run_failed_and_keeps_data(tmp_path: Path) -> None:
     np.testing.assert_array_equal(ds["step"].values, np.arange(ds.sizes["step"]))
     loss = ds["loss"].values
     assert np.isfinite(loss[:failed]).all() and not np.isfinite(loss[failed])
+
+
+def test_help_lists_every_setting(tmp_path: Path) -> None:
+    from dataclasses import fields
+
+    from dynamics.config import RunConfig
+
+    result = collect("--help", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    for field in fields(RunConfig):
+        assert "--" + field.name.replace("_", "-") in result.stdout

@@ -49,7 +49,7 @@ def build_kwargs(**overrides: object) -> dict[str, object]:
 
 
 def test_registries():
-    assert MODELS == ("mlp", "cnn")
+    assert MODELS[:2] == ("mlp", "cnn")  # the reference architectures follow (tests/test_reference_models.py)
     assert dict(ACTIVATIONS) == EXPECTED_ACTIVATIONS
 
 
@@ -116,7 +116,7 @@ def test_make_activation_returns_fresh_instances():
 @pytest.mark.parametrize(
     ("name", "overrides", "needle"),
     [
-        ("transformer", {}, "choose one of: mlp, cnn (--model)"),
+        ("transformer", {}, "choose one of: mlp, cnn, cnn_gru, resnet18"),
         ("mlp", {"activation": "swish"}, "relu, leaky_relu, gelu, silu, elu, tanh, sigmoid, softplus"),
         ("cnn", {"activation": "ReLU"}, "(--activation)"),
         ("mlp", {"width": 0}, "(--width)"),

@@ -2,12 +2,28 @@
 
 from dynamics.probes.activations import ActivationStats
 from dynamics.probes.base import Context, Probe, StepData, Variable
+from dynamics.probes.cadence import GeometricCadence, SparseProbe
+from dynamics.probes.fisher import FisherTrace, fisher_trace
 from dynamics.probes.flat_regions import FlatRule, flat_rule
 from dynamics.probes.loss import LossAccuracy
 from dynamics.probes.parameters import DistanceFromInit, GradNorm, ParamNorm, UpdateNorm
 from dynamics.probes.presets import PRESETS, PROBES, resolve_probes
+from dynamics.probes.probe_set import ProbeSet, make_probe_set, side_pass
+from dynamics.probes.representation import (
+    Representation,
+    knn_accuracy,
+    last_linear,
+    linear_cka,
+    load_features,
+    nc1,
+    ridge_accuracy,
+)
+from dynamics.probes.trajectory import SKETCH_MODES, Sketch, sketch_directions
 
 __all__ = [
     "PRESETS", "PROBES", "ActivationStats", "Context", "DistanceFromInit", "FlatRule", "GradNorm",
     "LossAccuracy", "ParamNorm", "Probe", "StepData", "UpdateNorm", "Variable", "flat_rule", "resolve_probes",
+    "FisherTrace", "GeometricCadence", "ProbeSet", "Representation", "SparseProbe", "fisher_trace", "knn_accuracy",
+    "last_linear", "linear_cka", "load_features", "make_probe_set", "nc1", "ridge_accuracy", "side_pass",
+    "SKETCH_MODES", "Sketch", "sketch_directions",
 ]

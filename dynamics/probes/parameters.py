@@ -1,8 +1,10 @@
 """Per-parameter-tensor norms: gradient (before clipping), parameter, distance from init, update size.
 
 All four use ``torch._foreach_norm`` over the list of trainable parameters: one fused call per quantity.
-The gradient norm is read in a post-accumulate-grad hook, i.e. the gradient exactly as backward produced
-it, before any clipping or other in-place change by the training loop. A parameter that got no gradient
+The gradient norm is read at the end of the backward pass (post-accumulate-grad hooks note which
+gradients changed, an engine callback reads them), i.e. the gradient exactly as backward produced it,
+before any clipping or other in-place change by the training loop. Values are float32 when the
+parameters are; the recorder stores every row as float32. A parameter that got no gradient
 in a recorded step has gradient norm 0.
 """
 
@@ -23,7 +25,13 @@ def _param_coords(context: Context) -> dict[str, list[str]]:
 
 
 class GradNorm(Probe):
-    """``grad_norm(step, param)``: L2 norm of each parameter tensor's gradient before clipping."""
+    """``grad_norm(step, param)``: L2 norm of each parameter tensor's gradient before clipping.
+
+    Each parameter's post-accumulate-grad hook only notes that its gradient changed; at the end of the
+    backward pass (an autograd engine callback, before control returns to the training loop and so before
+    any clipping) one ``_foreach_norm`` reads all the changed gradients. With gradient accumulation every
+    backward pass refreshes the norms of the gradients it touched, so the last one wins.
+    """
 
     name = "grad_norm"
 
@@ -32,6 +40,8 @@ class GradNorm(Probe):
         self._zero: torch.Tensor | None = None
         self._handles: list[RemovableHandle] = []
         self._context: Context | None = None
+        self._touched: list[int] = []
+        self._queued = False
 
     def attach(self, context: Context) -> None:
         self._context = context
@@ -41,11 +51,35 @@ class GradNorm(Probe):
             self._handles.append(param.register_post_accumulate_grad_hook(self._hook(index)))
 
     def _hook(self, index: int) -> Callable[[torch.Tensor], None]:
+        context = self._context
+        touched = self._touched
+
         def hook(param: torch.Tensor) -> None:
-            if self._context.recording and not self._context.paused:
-                self._norms[index] = torch.linalg.vector_norm(param.grad.detach())
+            if not context.recording or context.paused:
+                return
+            touched.append(index)
+            if not self._queued:
+                try:
+                    torch.autograd.Variable._execution_engine.queue_callback(self._read_norms)
+                except RuntimeError:  # not inside an engine-run backward: read right away
+                    self._read_norms()
+                else:
+                    self._queued = True
 
         return hook
+
+    def _read_norms(self) -> None:
+        """Norms of every gradient touched since the last call, in one fused call."""
+        self._queued = False
+        if not self._touched:
+            return
+        indices = list(dict.fromkeys(self._touched))
+        self._touched.clear()
+        params = self._context.params
+        with torch.no_grad():
+            norms = torch._foreach_norm([params[i].grad for i in indices])
+        for i, norm in zip(indices, norms, strict=True):
+            self._norms[i] = norm
 
     coords = staticmethod(_param_coords)
 
@@ -54,7 +88,8 @@ class GradNorm(Probe):
                                                "description": "as backward produced it, before clipping"})]
 
     def measure(self, context: Context, data: StepData) -> dict[str, torch.Tensor]:
-        norms = torch.stack(self._norms).float()
+        self._read_norms()  # gradients noted outside a backward callback, if any
+        norms = torch.stack(self._norms)
         self._norms = [self._zero] * len(self._norms)
         return {"grad_norm": norms}
 
@@ -74,7 +109,7 @@ class ParamNorm(Probe):
         return [Variable("param_norm", _PARAM, {"units": "param", "long_name": "parameter L2 norm"})]
 
     def measure(self, context: Context, data: StepData) -> dict[str, torch.Tensor]:
-        return {"param_norm": torch.stack(torch._foreach_norm([p.detach() for p in context.params])).float()}
+        return {"param_norm": torch.stack(torch._foreach_norm(context.params))}
 
 
 class DistanceFromInit(Probe):
@@ -87,14 +122,14 @@ class DistanceFromInit(Probe):
         self.initial: list[torch.Tensor] = []
 
     def attach(self, context: Context) -> None:
-        self.initial = [p.detach().clone() for p in context.params]
+        self.initial = context.initial_params()
 
     def variables(self, context: Context) -> list[Variable]:
         return [Variable("dist_from_init", _PARAM, {"units": "param", "long_name": "distance from initialisation"})]
 
     def measure(self, context: Context, data: StepData) -> dict[str, torch.Tensor]:
-        moved = torch._foreach_sub([p.detach() for p in context.params], self.initial)
-        return {"dist_from_init": torch.stack(torch._foreach_norm(moved)).float()}
+        moved = torch._foreach_sub(context.params, self.initial)
+        return {"dist_from_init": torch.stack(torch._foreach_norm(moved))}
 
 
 class UpdateNorm(Probe):
@@ -114,11 +149,12 @@ class UpdateNorm(Probe):
         self.previous = [p.detach().clone() for p in context.params]
 
     def before_recorded_step(self, context: Context) -> None:
-        torch._foreach_copy_(self.previous, [p.detach() for p in context.params])
+        with torch.no_grad():
+            torch._foreach_copy_(self.previous, context.params)
 
     def variables(self, context: Context) -> list[Variable]:
         return [Variable("update_norm", _PARAM, {"units": "param", "long_name": "update L2 norm"})]
 
     def measure(self, context: Context, data: StepData) -> dict[str, torch.Tensor]:
-        moved = torch._foreach_sub([p.detach() for p in context.params], self.previous)
-        return {"update_norm": torch.stack(torch._foreach_norm(moved)).float()}
+        moved = torch._foreach_sub(context.params, self.previous)
+        return {"update_norm": torch.stack(torch._foreach_norm(moved))}

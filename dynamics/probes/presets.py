@@ -9,6 +9,7 @@ from dynamics.probes.activations import ActivationStats
 from dynamics.probes.base import Probe
 from dynamics.probes.loss import LossAccuracy
 from dynamics.probes.parameters import DistanceFromInit, GradNorm, ParamNorm, UpdateNorm
+from dynamics.probes.trajectory import Sketch
 
 PROBES: dict[str, Callable[[], Probe]] = {
     "loss": LossAccuracy,
@@ -17,12 +18,14 @@ PROBES: dict[str, Callable[[], Probe]] = {
     "dist_from_init": DistanceFromInit,
     "update_norm": UpdateNorm,
     "activations": ActivationStats,
+    "sketch": Sketch,
 }
 
 PRESETS: dict[str, tuple[str, ...]] = {
-    "default": ("loss", "grad_norm", "param_norm", "dist_from_init", "update_norm", "activations"),
+    "default": ("loss", "grad_norm", "param_norm", "dist_from_init", "update_norm", "activations", "sketch"),
     "minimal": ("loss", "grad_norm", "param_norm"),
     "loss": ("loss",),
+    "trajectory": ("loss", "param_norm", "dist_from_init", "update_norm", "sketch"),
 }
 
 

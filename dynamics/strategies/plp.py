@@ -16,12 +16,22 @@ predicted. Copies are kept with foreach kernels on the parameters' device.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
 import torch
 
 from dynamics.errors import ConfigError
 
 UNITS = ("iteration", "epoch")
+
+
+def plp_prediction(first: Any, second: Any, third: Any, k: Any = 1.0) -> Any:
+    """The three-point prediction ``m23 + k s`` = ``(theta2 + theta3)/2 + k (theta3 - theta1)/2``.
+
+    For tensors or numpy arrays (``k`` may broadcast, e.g. one factor per window); :meth:`PLP.observe`
+    applies the same formula with foreach kernels, and ``analyses.trajectory`` measures its error.
+    """
+    return (second + third) / 2 + k * (third - first) / 2
 
 
 class PLP:

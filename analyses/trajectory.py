@@ -1,0 +1,803 @@
+"""Parameter trajectories of a recorded run: the shape of the path, its local linearity, the loss around it.
+
+``python -m analyses.trajectory RUN_DIR`` prints a summary and writes ``trajectory.png``/``trajectory.pdf``
+next to the run. Sources: the parameter snapshots (``snapshot(snap_step, flat)``, see ``dynamics.snapshots``),
+the trajectory sketch (``traj_proj``, every recorded step), ``update_norm``/``dist_from_init`` and the
+training accuracy (for the Enlightenment Period).
+
+**Gram matrices.** The snapshots are read once, in column blocks, into one ``S x S`` Gram matrix of the
+displacements ``theta_s - theta_first`` per module (a module: the parameters sharing a name prefix, e.g.
+``blocks.0.conv``) and for the whole model (group ``"model"``). Everything but the loss surface follows from
+these in float64, whatever the model's size: memory ``O(groups * S^2)``.
+
+**PCA** of the snapshots as points (centred on their mean): explained-variance ratios per group, the path's
+coordinates (scores) on the components, and, over time, the fraction of the variance of the path *so far*
+(snapshots up to that step) that its own first 1, 2, 3 components explain.
+
+**Local linearity** is the relative error of the three-point prediction of Parameter Linear Prediction
+(``dynamics.strategies.plp.plp_prediction``: ``m23 + k s``) over every window of four consecutive points
+``theta_1..theta_4`` at steps ``s_1 < ... < s_4``. The prediction extrapolates the midpoints ``m12 -> m23`` by
+``k`` of their spacing; with evenly spaced points PLP's ``k = 1`` lands at the time of ``m34 = (theta_3 +
+theta_4)/2``, which is where the parameters went. With uneven spacing (snapshots) ``k = (s_4 - s_2) /
+(s_3 - s_1)`` keeps that meaning. The error is ``|prediction - m34| / |m34 - m23|``: 0 on any constant-speed
+straight line, about 1 or more when the extrapolation is no better than standing still. Two sources:
+
+- *snapshots*: exact, at the snapshots' spacing (one step early on, growing later: the scale PLP with a
+  coarser unit, e.g. epochs, works at), per module and for the whole model;
+- *sketch* (``traj_proj``): every recorded step, so PLP's own iteration unit, estimated from the ``k``
+  random projections (``|P e|^2 ~ (k/n)|e|^2``; per module the parameters are weighted by their size) and
+  pooled over a centred sliding window of ``window`` windows, sqrt(sum err^2 / sum span^2).
+
+**Movement during the Enlightenment Period**: the share of the path length (sum of the per-step update
+norms ``update_norm``, each weighted by the steps it stands for when ``every > 1``) travelled up to the end
+of the period, per module and overall; and the share of the final distance from initialisation reached by
+then (``dist_from_init``). Without ``update_norm`` the path length is the sum of the chords between
+snapshots, a lower bound.
+
+**Loss surface** on the plane of the first two principal directions through the final point,
+``theta(a, b) = theta_final + a v1 + b v2`` (``v1``, ``v2`` unit vectors in parameter space), on a grid
+containing ``(0, 0)`` exactly, evaluated on a fixed set of training samples (the first ``num_samples`` of the
+training split, in order) with ``dynamics.steps.evaluate_split``: eval mode; models with BatchNorm get their
+running statistics recomputed on those samples at every grid point, since snapshots hold parameters, not
+buffers. The model is rebuilt from the run's config (``dynamics.models``, ``dynamics.data``) unless one is
+passed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import xarray as xr
+from matplotlib.axes import Axes
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from torch import nn
+from tqdm.auto import tqdm
+
+from analyses.enlightenment import EnlightenmentPeriod, check_arguments, enlightenment_period
+from analyses.overview import DPI, ENP_COLOR, module_of
+from dynamics.augment import InputPipeline
+from dynamics.data import Dataset, load_dataset
+from dynamics.errors import ConfigError, DynamicsError
+from dynamics.models import build_model
+from dynamics.snapshots import CHUNK_COLUMNS, ParamSlice, param_layout
+from dynamics.steps import evaluate_split
+from dynamics.store import open_run
+from dynamics.strategies.plp import plp_prediction
+
+WHOLE = "model"
+"""Group label of the whole model (the other groups are modules)."""
+USAGE_ERROR = 2
+
+
+@dataclass(frozen=True)
+class Trajectory:
+    """Displacement Gram matrices of the snapshots: ``gram[g, s, t] = <theta_s - theta_0, theta_t - theta_0>``.
+
+    ``theta_0`` is the first snapshot; ``groups[0]`` is the whole model, then one group per module.
+    """
+
+    steps: np.ndarray
+    epochs: np.ndarray
+    groups: tuple[str, ...]
+    gram: np.ndarray
+    layout: tuple[ParamSlice, ...]
+
+
+def load_trajectory(ds: xr.Dataset, *, progress: bool = False) -> Trajectory:
+    """Read the snapshots of run ``ds`` (from ``open_run``) once, in column blocks, into Gram matrices."""
+    layout = param_layout(ds)
+    snapshot = ds["snapshot"]
+    count = snapshot.sizes["snap_step"]
+    if count < 2:
+        raise ConfigError(f"the run has {count} parameter snapshot(s); trajectories need at least two "
+                          "(let the run go on, or raise --snapshot-budget-mb)")
+    modules = list(dict.fromkeys(module_of(s.name) for s in layout))
+    group_of = [1 + modules.index(module_of(s.name)) for s in layout]
+    gram = np.zeros((1 + len(modules), count, count))
+    numel = snapshot.sizes["flat"]
+    starts = range(0, numel, CHUNK_COLUMNS)
+    for start in tqdm(starts, desc="reading snapshots", unit="block", disable=not progress or len(starts) < 4):
+        stop = min(start + CHUNK_COLUMNS, numel)
+        block = np.asarray(snapshot[:, start:stop].values)
+        for index, piece in enumerate(layout):
+            low, high = max(piece.offset, start), min(piece.offset + piece.numel, stop)
+            if low < high:
+                moved = block[:, low - start:high - start].astype(np.float64)
+                moved = moved - moved[0]
+                gram[group_of[index]] += moved @ moved.T
+    gram[0] = gram[1:].sum(0)
+    return Trajectory(np.asarray(ds["snap_step"].values, dtype=np.int64),
+                      np.asarray(ds["snap_epoch"].values, dtype=np.int64) if "snap_epoch" in ds.variables else
+                      np.zeros(count, dtype=np.int64), (WHOLE, *modules), gram, tuple(layout))
+
+
+# ------------------------------------------------------------------------------------------------ PCA
+
+def _centred(gram: np.ndarray) -> np.ndarray:
+    """The Gram matrix of the points centred on their mean: H G H with H = I - 11^T/S."""
+    return gram - gram.mean(0, keepdims=True) - gram.mean(1, keepdims=True) + gram.mean()
+
+
+def _eigh(gram: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Eigenvalues (descending, clipped at 0) and eigenvectors of the centred Gram matrix."""
+    values, vectors = np.linalg.eigh(_centred(gram))
+    return np.clip(values[::-1], 0.0, None), vectors[:, ::-1]
+
+
+def _ratios(values: np.ndarray, n: int) -> np.ndarray:
+    out = np.full(n, np.nan)
+    total = values.sum()
+    if total > 0:
+        kept = values[:n] / total
+        out[:kept.size] = kept
+    return out
+
+
+def _prefix_explained(gram: np.ndarray, ends: np.ndarray, n_components: int, batch: int = 16) -> np.ndarray:
+    """Cumulative explained ratios ``(len(ends), n_components)`` of the prefixes ``[0, end]`` of the path.
+
+    Each prefix's centred Gram matrix is zero-padded to ``S x S`` (adding only zero eigenvalues), so batches
+    of prefixes go through one stacked ``eigvalsh`` (one LAPACK call per matrix is slow under OpenBLAS
+    threading). A prefix whose points all coincide gives NaN.
+    """
+    size = len(gram)
+    out = np.full((len(ends), n_components), np.nan)
+    for first in range(0, len(ends), batch):
+        chunk = ends[first:first + batch]
+        stack = np.zeros((len(chunk), size, size))
+        for row, end in enumerate(chunk):
+            stack[row, :end + 1, :end + 1] = _centred(gram[:end + 1, :end + 1])
+        values = np.clip(np.linalg.eigvalsh(stack)[:, ::-1], 0.0, None)
+        for row, vals in enumerate(values):
+            ratios = _ratios(vals, n_components)
+            if np.isfinite(ratios[0]):  # components beyond the prefix's rank add nothing: the sum stays at 1
+                out[first + row] = np.cumsum(np.nan_to_num(ratios))
+    return out
+
+
+def trajectory_pca(traj: Trajectory, n_components: int = 10, *, max_points: int = 100) -> xr.Dataset:
+    """PCA of the snapshot path of every group.
+
+    Returns ``explained_ratio(group, component)``, ``scores(group, snap_step, component)`` (coordinates of
+    each snapshot on the components, centred on the mean point) and ``explained_over_time(group, snap_step,
+    component)``: the fraction of the variance of the snapshots up to ``snap_step`` explained by their own
+    first ``component`` components (cumulative; computed at up to ``max_points`` evenly spread snapshots,
+    NaN elsewhere and at the first snapshot).
+    """
+    if isinstance(n_components, bool) or not isinstance(n_components, int) or n_components < 1:
+        raise ConfigError(f"n_components must be a positive integer, got {n_components!r}")
+    count = len(traj.steps)
+    ratio = np.full((len(traj.groups), n_components), np.nan)
+    scores = np.full((len(traj.groups), count, n_components), np.nan)
+    over_time = np.full((len(traj.groups), count, n_components), np.nan)
+    ends = np.unique(np.round(np.linspace(1, count - 1, min(max_points, count - 1))).astype(int))
+    for g, gram in enumerate(traj.gram):
+        values, vectors = _eigh(gram)
+        n = min(n_components, count)
+        ratio[g] = _ratios(values, n_components)
+        scores[g, :, :n] = vectors[:, :n] * np.sqrt(values[:n])
+        over_time[g, ends] = _prefix_explained(gram, ends, n_components)
+    coords = {"group": list(traj.groups), "component": np.arange(1, n_components + 1), "snap_step": traj.steps}
+    return xr.Dataset({
+        "explained_ratio": (("group", "component"), ratio, {"long_name": "explained variance ratio"}),
+        "scores": (("group", "snap_step", "component"), scores, {"long_name": "principal coordinates",
+                                                                 "units": "param"}),
+        "explained_over_time": (("group", "snap_step", "component"), over_time, {
+            "long_name": "cumulative explained variance of the path so far",
+            "description": "PCA of the snapshots up to snap_step; first `component` components"}),
+    }, coords=coords)
+
+
+# ------------------------------------------------------------------------------------------ linearity
+
+def _windows(steps: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Windows of four consecutive points: indices ``(W, 4)``, error and span coefficients ``(W, 4)``, ``k``.
+
+    The error ``plp_prediction(theta1, theta2, theta3, k) - (theta3 + theta4)/2`` and the span
+    ``(theta3 + theta4)/2 - (theta2 + theta3)/2`` are linear in the four points; their coefficients sum to 0,
+    so they may be applied to displacements from any origin.
+    """
+    steps = np.asarray(steps, dtype=np.float64)
+    count = len(steps) - 3
+    if count < 1:
+        empty = np.zeros((0, 4))
+        return empty.astype(int), empty, empty, np.zeros(0)
+    index = np.arange(count)[:, None] + np.arange(4)
+    s = steps[index]
+    k = (s[:, 3] - s[:, 1]) / (s[:, 2] - s[:, 0])
+    basis = np.eye(3)
+    predicted = plp_prediction(basis[0], basis[1], basis[2], k[:, None])  # (W, 3) coefficients of theta1..3
+    error = np.concatenate([predicted, np.zeros((count, 1))], axis=1) - [0.0, 0.0, 0.5, 0.5]
+    span = np.tile([0.0, -0.5, 0.0, 0.5], (count, 1))
+    return index, error, span, k
+
+
+def _quadratic(gram: np.ndarray, index: np.ndarray, coef: np.ndarray) -> np.ndarray:
+    """``|sum_a coef[w, a] theta[index[w, a]]|^2`` for every window ``w`` from the Gram matrix."""
+    block = gram[index[:, :, None], index[:, None, :]]
+    return np.clip(np.einsum("wa,wab,wb->w", coef, block, coef), 0.0, None)
+
+
+def linearity_error(traj: Trajectory) -> xr.DataArray:
+    """Relative error of PLP's three-point prediction over every window of four consecutive snapshots.
+
+    Dims ``(window, group)``; coordinates ``step`` (the third point's step, the point PLP would replace),
+    ``span`` (steps from the first to the fourth point) and ``k`` (the factor used, 1 for even spacing).
+    """
+    index, error, span, k = _windows(traj.steps)
+    with np.errstate(invalid="ignore", divide="ignore"):  # a group that does not move: NaN
+        values = np.stack([np.sqrt(_quadratic(g, index, error)) / np.sqrt(_quadratic(g, index, span))
+                           for g in traj.gram], axis=1) if len(index) else np.zeros((0, len(traj.groups)))
+    values = np.where(np.isfinite(values), values, np.nan)
+    steps = traj.steps[index[:, 2]] if len(index) else np.zeros(0, dtype=np.int64)
+    spans = traj.steps[index[:, 3]] - traj.steps[index[:, 0]] if len(index) else np.zeros(0, dtype=np.int64)
+    return xr.DataArray(values, dims=("window", "group"), name="linearity_error",
+                        coords={"group": list(traj.groups), "step": ("window", steps), "span": ("window", spans),
+                                "k": ("window", k)},
+                        attrs={"long_name": "relative error of the PLP three-point prediction",
+                               "description": "|m23 + k s - m34| / |m34 - m23| over four consecutive snapshots"})
+
+
+def sketch_linearity(ds: xr.Dataset, *, window: int = 25) -> xr.DataArray:
+    """PLP's relative error at the recorded steps, estimated from the trajectory sketch (module docstring).
+
+    Dims ``(step, group)``, ``step`` being the third point of each window of four consecutive recorded
+    points (the initial state, a zero sketch, counts as a point before step 0); pooled over a centred
+    sliding window of ``window`` windows.
+    """
+    if "traj_proj" not in ds.variables:
+        raise ConfigError("the run has no trajectory sketch (traj_proj); record it with the 'sketch' probe "
+                          "(probes='default' or 'trajectory')")
+    if isinstance(window, bool) or not isinstance(window, int) or window < 1:
+        raise ConfigError(f"window must be a positive integer, got {window!r}")
+    proj = np.asarray(ds["traj_proj"].transpose("step", "param", "proj").values, dtype=np.float64)
+    total = np.asarray(ds["traj_proj_total"].transpose("step", "proj").values, dtype=np.float64)
+    steps = np.concatenate([[-1], np.asarray(ds["step"].values)])
+    proj = np.concatenate([np.zeros((1, *proj.shape[1:])), proj])
+    total = np.concatenate([np.zeros((1, total.shape[1])), total])
+    index, error, span, _ = _windows(steps)
+    params = [str(p) for p in ds["param"].values]
+    numel = np.asarray(ds["traj_proj"].attrs["param_numel"], dtype=np.float64)
+    modules = list(dict.fromkeys(module_of(p) for p in params))
+
+    def squares(points: np.ndarray, coef: np.ndarray) -> np.ndarray:
+        combined = np.einsum("wa,wa...->w...", coef, points[index])
+        return np.square(combined).sum(-1)
+
+    # |e_i|^2 ~ (n_i / k) |P_i e_i|^2: per module, weight each parameter's squared projections by its size
+    weights = np.array([[module_of(p) == m for p in params] for m in modules], dtype=np.float64) * numel
+    err = np.column_stack([squares(total, error), squares(proj, error) @ weights.T])  # (W, 1 + modules)
+    spans = np.column_stack([squares(total, span), squares(proj, span) @ weights.T])
+    kernel = np.ones(window)
+    with np.errstate(invalid="ignore", divide="ignore"):  # a group that does not move: NaN
+        values = np.stack([np.sqrt(np.convolve(e, kernel, "same") / np.convolve(s, kernel, "same"))
+                           for e, s in zip(err.T, spans.T, strict=True)], axis=1) if len(index) else \
+            np.zeros((0, 1 + len(modules)))
+    values = np.where(np.isfinite(values), values, np.nan)
+    return xr.DataArray(values, dims=("step", "group"), name="sketch_linearity_error",
+                        coords={"step": steps[index[:, 2]] if len(index) else np.zeros(0, dtype=np.int64),
+                                "group": [WHOLE, *modules]},
+                        attrs={"long_name": "relative error of the PLP three-point prediction (sketch estimate)",
+                               "window": window, "k": int(ds["traj_proj"].attrs.get("k", proj.shape[-1]))})
+
+
+# ------------------------------------------------------------------------------------------- movement
+
+@dataclass(frozen=True)
+class Movement:
+    """How much of the movement happens during the Enlightenment Period ``[0, end_step]``.
+
+    Attributes:
+        end_step: the period's last step (None: not reached, shares NaN).
+        path_share: share of the whole model's path length travelled up to ``end_step``.
+        displacement_share: ``|theta_end - theta_0| / |theta_T - theta_0|`` (NaN without ``dist_from_init``).
+        by_module: ``path_share`` of every module.
+        source: ``"update_norm"`` or ``"snapshots"`` (chords between snapshots, a lower bound of the path).
+        cumulative: cumulative path length as a fraction of the total, ``(step, group)``.
+    """
+
+    end_step: int | None
+    path_share: float
+    displacement_share: float
+    by_module: dict[str, float]
+    source: str
+    cumulative: xr.DataArray
+
+
+def _grouped_norm(values: np.ndarray, params: Sequence[str]) -> tuple[list[str], np.ndarray]:
+    """Whole-model and per-module L2 norms of per-parameter norms ``values (T, param)``: ``(T, 1 + modules)``."""
+    modules = list(dict.fromkeys(module_of(p) for p in params))
+    squared = np.square(values)
+    columns = [squared.sum(1)] + [squared[:, [module_of(p) == m for p in params]].sum(1) for m in modules]
+    return [WHOLE, *modules], np.sqrt(np.stack(columns, axis=1))
+
+
+def movement_share(ds: xr.Dataset, period: EnlightenmentPeriod, traj: Trajectory | None = None) -> Movement:
+    """The share of the path (and of the distance from init) covered during the Enlightenment Period."""
+    if "update_norm" in ds.variables and ds.sizes.get("step", 0):
+        steps = np.asarray(ds["step"].values)
+        params = [str(p) for p in ds["param"].values]
+        groups, norms = _grouped_norm(np.asarray(ds["update_norm"].transpose("step", "param").values,
+                                                 dtype=np.float64), params)
+        gaps = np.diff(np.append(steps, steps[-1] + (steps[-1] - steps[-2] if len(steps) > 1 else 1)))
+        lengths = np.nancumsum(norms * gaps[:, None], axis=0)
+        source = "update_norm"
+    elif traj is not None:
+        steps = traj.steps
+        groups = list(traj.groups)
+        chords = np.stack([np.sqrt(np.clip(np.diagonal(g)[1:] + np.diagonal(g)[:-1] - 2 * np.diagonal(g, 1), 0, None))
+                           for g in traj.gram], axis=1)
+        lengths = np.concatenate([np.zeros((1, len(groups))), np.cumsum(chords, axis=0)])
+        source = "snapshots"
+    else:
+        raise ConfigError("the run has neither update_norm nor snapshots; record the 'update_norm' probe")
+    with np.errstate(invalid="ignore", divide="ignore"):
+        fraction = lengths / lengths[-1]
+    cumulative = xr.DataArray(fraction, dims=("step", "group"), coords={"step": steps, "group": groups},
+                              name="path_fraction")
+    if not period.reached:
+        return Movement(None, math.nan, math.nan, dict.fromkeys(groups[1:], math.nan), source, cumulative)
+    at_end = np.flatnonzero(steps <= period.end_step)
+    row = fraction[at_end[-1]] if at_end.size else np.zeros(len(groups))
+    displacement = math.nan
+    if "dist_from_init" in ds.variables:
+        _, dist = _grouped_norm(np.asarray(ds["dist_from_init"].sel(step=[period.end_step, int(ds["step"][-1])])
+                                           .transpose("step", "param").values, dtype=np.float64),
+                                [str(p) for p in ds["param"].values])
+        displacement = float(dist[0, 0] / dist[1, 0]) if dist[1, 0] > 0 else math.nan
+    return Movement(period.end_step, float(row[0]), displacement, dict(zip(groups[1:], map(float, row[1:]),
+                                                                              strict=True)), source, cumulative)
+
+
+# -------------------------------------------------------------------------------------- loss surface
+
+@dataclass(frozen=True)
+class LossSurface:
+    """Loss and accuracy on ``theta_final + a v1 + b v2``: ``loss[i, j]`` at ``(a[j], b[i])``.
+
+    ``path`` holds the snapshots' ``(a, b)`` coordinates (their projection on the plane), ``steps`` their
+    steps; ``samples`` is the number of evaluated samples; ``explained`` the ratios of PC1 and PC2.
+    """
+
+    a: np.ndarray
+    b: np.ndarray
+    loss: np.ndarray
+    accuracy: np.ndarray
+    path: np.ndarray
+    steps: np.ndarray
+    samples: int
+    explained: tuple[float, float]
+
+
+def principal_directions(ds: xr.Dataset, traj: Trajectory, n: int = 2) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The final snapshot ``(N,)``, the first ``n`` principal directions ``(n, N)`` (unit, in parameter space)
+    and the snapshots' coordinates relative to the final point ``(S, n)``, all float64.
+
+    ``v_i = D^T u_i / sqrt(lambda_i)`` with ``D`` the displacements (centring is not needed: ``u_i`` is
+    orthogonal to the ones vector); a second pass over the snapshots.
+    """
+    values, vectors = _eigh(traj.gram[0])
+    if not (values[:n] > 0).all():
+        raise ConfigError(f"the snapshots span fewer than {n} dimensions; record more snapshots or a longer run")
+    weights = vectors[:, :n] / np.sqrt(values[:n])
+    snapshot = ds["snapshot"]
+    numel = snapshot.sizes["flat"]
+    directions = np.empty((n, numel))
+    final = np.empty(numel)
+    for start in range(0, numel, CHUNK_COLUMNS):
+        stop = min(start + CHUNK_COLUMNS, numel)
+        block = np.asarray(snapshot[:, start:stop].values, dtype=np.float64)
+        final[start:stop] = block[-1]
+        directions[:, start:stop] = weights.T @ (block - block[0])
+    scores = vectors[:, :n] * np.sqrt(values[:n])
+    return final, directions, scores - scores[-1]
+
+
+def _axis(coords: np.ndarray, resolution: int, margin: float) -> np.ndarray:
+    """About ``resolution`` evenly spaced values covering ``coords`` plus ``margin`` of their range, 0 included."""
+    low, high = float(coords.min()), float(coords.max())
+    pad = margin * max(high - low, 1e-12)
+    low, high = min(low - pad, 0.0), max(high + pad, 0.0)
+    step = (high - low) / max(resolution - 1, 1)
+    return step * np.arange(math.floor(low / step), math.ceil(high / step) + 1)
+
+
+def rebuild(config: Mapping[str, Any], device: torch.device) -> tuple[nn.Module, Dataset]:
+    """The run's model (initialised with its seed) and data set, rebuilt from its config (``ds.attrs["config"]``)."""
+    if not isinstance(config, Mapping) or "model" not in config or "dataset" not in config:
+        raise ConfigError("the run's config names no built-in model and dataset (a custom training loop?); "
+                          "pass model= and data= to loss_surface")
+    data = load_dataset(config["dataset"], num_samples=config.get("num_samples"),
+                        train_size=config.get("train_size"), seed=config.get("data_seed", 0),
+                        data_dir=config.get("data_dir"), image_size=config.get("image_size"),
+                        seq_len=config.get("seq_len"))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.get("seed", 0))
+        model = build_model(config["model"], input_shape=data.input_shape, num_classes=data.num_classes,
+                            width=config.get("width", 32), depth=config.get("depth", 3),
+                            activation=config.get("activation", "relu"), width_mult=config.get("width_mult", 1.0),
+                            patch_size=config.get("patch_size"), kind=data.kind)
+    return model.to(device), data
+
+
+def fixed_samples(data: Dataset, num_samples: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor,
+                                                                                  Callable[..., torch.Tensor] | None]:
+    """The first ``num_samples`` training samples of ``data`` on ``device``, and the input preparation (images)."""
+    x, y = data.x_train[:num_samples].to(device), data.y_train[:num_samples].to(device)
+    prepare = InputPipeline(data, device, augment=False) if data.kind == "image" else None
+    return x, y, prepare
+
+
+def _recalibrate_batchnorm(model: nn.Module, x: torch.Tensor, batch_size: int,
+                           prepare: Callable[..., torch.Tensor] | None) -> None:
+    """Recompute BatchNorm running statistics on ``x`` (cumulative averages over its batches)."""
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not norms:
+        return
+    for module in norms:
+        module.reset_running_stats()
+        module.momentum = None
+    model.train()
+    with torch.no_grad():
+        for start in range(0, len(x), batch_size):
+            inputs = x[start:start + batch_size]
+            model(inputs if prepare is None else prepare(inputs, False))
+
+
+def load_parameters(model: nn.Module, layout: Sequence[ParamSlice], theta: torch.Tensor) -> None:
+    """Copy the flat snapshot vector ``theta`` into the parameters of ``model`` named in ``layout``."""
+    params = dict(model.named_parameters())
+    missing = [s.name for s in layout if s.name not in params]
+    if missing:
+        raise ConfigError(f"the model has no parameter(s) {missing[:3]} of the snapshots; pass the run's model")
+    with torch.no_grad():
+        for piece in layout:
+            params[piece.name].copy_(theta[piece.columns].view(piece.shape))
+
+
+def loss_surface(ds: xr.Dataset, traj: Trajectory, *, model: nn.Module | None = None,
+                 data: tuple[torch.Tensor, torch.Tensor] | None = None,
+                 prepare: Callable[..., torch.Tensor] | None = None, resolution: int = 17,
+                 num_samples: int = 1024, batch_size: int = 256, margin: float = 0.2,
+                 device: str | torch.device | None = None, progress: bool = False) -> LossSurface:
+    """Loss and accuracy on the PC1-PC2 plane through the final snapshot (module docstring).
+
+    ``model``/``data`` (inputs, targets) default to the run's own, rebuilt from its config; ``prepare`` turns
+    stored inputs into model inputs. The grid has about ``resolution`` points per axis over the path's
+    extent plus ``margin`` of it on each side.
+    """
+    if isinstance(resolution, bool) or not isinstance(resolution, int) or resolution < 2:
+        raise ConfigError(f"resolution must be an integer >= 2, got {resolution!r}; fix --resolution")
+    for label, value, flag in (("num_samples", num_samples, "--samples"), ("batch_size", batch_size, "--batch-size")):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ConfigError(f"{label} must be a positive integer, got {value!r}; fix {flag}")
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if model is None or data is None:
+        built, dataset = rebuild(ds.attrs.get("config") or {}, device)
+        model = built if model is None else model
+        if data is None:
+            x, y, prepare = fixed_samples(dataset, num_samples, device)
+            data = (x, y)
+    x, y = data
+    final, directions, path = principal_directions(ds, traj)
+    a, b = _axis(path[:, 0], resolution, margin), _axis(path[:, 1], resolution, margin)
+    theta = torch.as_tensor(final, dtype=torch.float32, device=device)
+    v1, v2 = (torch.as_tensor(d, dtype=torch.float32, device=device) for d in directions)
+    loss = torch.empty((len(b), len(a)), dtype=torch.float64, device=device)
+    accuracy = torch.empty_like(loss)
+    layout = traj.layout
+    bar = tqdm(total=len(a) * len(b), desc="loss surface", unit="point", disable=not progress)
+    with bar:
+        for i, beta in enumerate(b.tolist()):
+            for j, alpha in enumerate(a.tolist()):
+                load_parameters(model, layout, theta + alpha * v1 + beta * v2)
+                _recalibrate_batchnorm(model, x, batch_size, prepare)
+                loss[i, j], accuracy[i, j] = evaluate_split(model, x, y, batch_size, prepare=prepare)
+                bar.update()
+    ratios = _ratios(_eigh(traj.gram[0])[0], 2)
+    return LossSurface(a, b, loss.cpu().numpy(), accuracy.cpu().numpy(), path, traj.steps, int(y.numel()),
+                       (float(ratios[0]), float(ratios[1])))
+
+
+# ----------------------------------------------------------------------------------------- the report
+
+@dataclass(frozen=True)
+class TrajectoryReport:
+    """Everything :func:`analyse_trajectory` computes for one run."""
+
+    ds: xr.Dataset
+    trajectory: Trajectory
+    pca: xr.Dataset
+    linearity: xr.DataArray
+    sketch_linearity: xr.DataArray | None
+    period: EnlightenmentPeriod | None
+    movement: Movement | None
+    surface: LossSurface | None
+
+
+def analyse_trajectory(ds: xr.Dataset, *, surface: bool = True, resolution: int = 17, num_samples: int = 1024,
+                       batch_size: int = 256, device: str | None = None, threshold: float = 0.5,
+                       tau: float = 10.0, window: int = 25, progress: bool = False) -> TrajectoryReport:
+    """PCA, linearity (snapshots and sketch), movement during the Enlightenment Period and the loss surface."""
+    threshold, tau = check_arguments(threshold, tau)
+    traj = load_trajectory(ds, progress=progress)
+    try:
+        period: EnlightenmentPeriod | None = enlightenment_period(ds, threshold=threshold, tau=tau)
+    except ConfigError:
+        period = None
+    sketch = sketch_linearity(ds, window=window) if "traj_proj" in ds.variables else None
+    movement = movement_share(ds, period, traj) if period is not None else None
+    return TrajectoryReport(
+        ds, traj, trajectory_pca(traj), linearity_error(traj), sketch, period, movement,
+        loss_surface(ds, traj, resolution=resolution, num_samples=num_samples, batch_size=batch_size,
+                     device=device, progress=progress) if surface else None)
+
+
+def _median(values: np.ndarray) -> float:
+    finite = values[np.isfinite(values)]
+    return float(np.median(finite)) if finite.size else math.nan
+
+
+def _during(report: TrajectoryReport, steps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Masks of ``steps`` inside and after the Enlightenment Period (all False/True when unknown)."""
+    period = report.period
+    if period is None or not period.reached:
+        return np.zeros(len(steps), dtype=bool), np.ones(len(steps), dtype=bool)
+    return steps <= period.end_step, steps > period.end_step
+
+
+def summary(report: TrajectoryReport) -> str:
+    """The text summary printed by the CLI."""
+    traj, pca = report.trajectory, report.pca
+    numel = sum(s.numel for s in traj.layout)
+    lines = [f"snapshots            {len(traj.steps)} (steps {traj.steps[0]}..{traj.steps[-1]}; -1 = initial), "
+             f"{numel:,} parameters in {len(traj.groups) - 1} modules"]
+    ratio = pca["explained_ratio"].sel(group=WHOLE).values
+    modules = ", ".join(f"{g} {float(pca['explained_ratio'].sel(group=g, component=1)):.0%}" for g in traj.groups[1:])
+    lines.append(f"PCA (whole model)    PC1 {ratio[0]:.1%}, PC2 {ratio[1]:.1%}, PC3 {ratio[2]:.1%} "
+                 f"of the path's variance; PC1 per module: {modules}")
+    lin = report.linearity
+    during, after = _during(report, lin["step"].values)
+    lines.append(f"linearity            relative error of PLP's prediction over snapshot windows (whole model): "
+                 f"median {_median(lin.sel(group=WHOLE).values[during]):.3f} during the Enlightenment Period, "
+                 f"{_median(lin.sel(group=WHOLE).values[after]):.3f} after")
+    if report.sketch_linearity is not None:
+        sketch = report.sketch_linearity.sel(group=WHOLE)
+        during, after = _during(report, sketch["step"].values)
+        lines.append(f"                     iteration unit (sketch, k = {sketch.attrs['k']}): median "
+                     f"{_median(sketch.values[during]):.3f} during, {_median(sketch.values[after]):.3f} after")
+    period, movement = report.period, report.movement
+    if period is None or movement is None:
+        lines.append("Enlightenment Period unknown (no training accuracy recorded)")
+    elif not period.reached:
+        lines.append(f"Enlightenment Period not ended (smoothed accuracy < {period.threshold:.0%}): "
+                     "all movement is in it")
+    else:
+        lines.append(f"Enlightenment Period ends at step {period.end_step} ({period.fraction:.1%} of training): "
+                     f"{movement.path_share:.1%} of the path length ({movement.source}) and "
+                     f"{movement.displacement_share:.1%} of the final distance from init")
+    surface = report.surface
+    if surface is not None:
+        center = surface.loss[np.argmin(np.abs(surface.b)), np.argmin(np.abs(surface.a))]
+        lines.append(f"loss surface         {len(surface.a)}x{len(surface.b)} grid on the PC1-PC2 plane through the "
+                     f"final point, {surface.samples} training samples: loss {center:.4f} at the final point, "
+                     f"min {np.nanmin(surface.loss):.4f}")
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------------- figure
+
+def _steps_axis(ax: Axes, report: TrajectoryReport) -> None:
+    """Symmetric-log axis of steps taken (snap_step + 1), with the Enlightenment Period shaded."""
+    ax.set_xscale("symlog", linthresh=10.0)
+    ax.set_xlabel("optimizer steps taken (symmetric log)")
+    ax.set_xlim(0, max(int(report.trajectory.steps[-1]) + 1, 1))
+    period = report.period
+    if period is not None and period.reached:
+        ax.axvspan(0, period.end_step + 1, color=ENP_COLOR, alpha=0.18, linewidth=0, zorder=0)
+        ax.axvline(period.end_step + 1, color=ENP_COLOR, linewidth=1.2, zorder=0.5)
+
+
+def _group_colors(groups: Sequence[str]) -> dict[str, Any]:
+    from matplotlib import colormaps
+
+    colors = colormaps["viridis"](np.linspace(0.0, 0.85, max(len(groups) - 1, 1)))
+    return {WHOLE: "0.1", **{g: colors[i] for i, g in enumerate(groups[1:])}}
+
+
+def _panel_spectrum(ax: Axes, report: TrajectoryReport, colors: Mapping[str, Any]) -> None:
+    ratio = report.pca["explained_ratio"]
+    components = ratio["component"].values
+    ax.bar(components, ratio.sel(group=WHOLE).values, color="0.75", label=WHOLE)
+    for group in report.trajectory.groups[1:]:
+        ax.plot(components, ratio.sel(group=group).values, "o-", markersize=3, linewidth=1.0, color=colors[group],
+                label=group)
+    ax.set_yscale("log")
+    ax.set_xticks(components)
+    ax.set_xlabel("principal component")
+    ax.set_ylabel("explained variance ratio")
+    ax.set_title("(a) PCA spectrum of the snapshot path", loc="left")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False, fontsize="small")
+
+
+def _panel_plane(ax: Axes, report: TrajectoryReport) -> None:
+    surface = report.surface
+    scores = report.pca["scores"].sel(group=WHOLE).values[:, :2]
+    path = scores - scores[-1] if surface is None else surface.path
+    ratio = report.pca["explained_ratio"].sel(group=WHOLE).values
+    if surface is not None:
+        grid = ax.contourf(surface.a, surface.b, np.log10(surface.loss), levels=20, cmap="viridis")
+        ax.figure.colorbar(grid, ax=ax, label="log10 training loss")
+        ax.set_title(f"(b) path over the loss surface ({surface.samples} training samples)", loc="left")
+    else:
+        ax.set_title("(b) path in the PC1-PC2 plane (loss surface not computed)", loc="left")
+    ax.plot(path[:, 0], path[:, 1], "-", color="white" if surface is not None else "0.3", linewidth=1.0)
+    ax.scatter(path[:, 0], path[:, 1], c=np.log1p(report.trajectory.steps + 1), cmap="magma", s=12, zorder=3)
+    ax.plot(*path[0], "s", color="white", markeredgecolor="black", markersize=7, label="initial", zorder=4)
+    ax.plot(*path[-1], "*", color="white", markeredgecolor="black", markersize=12, label="final", zorder=4)
+    period = report.period
+    if period is not None and period.reached:
+        index = int(np.searchsorted(report.trajectory.steps, period.end_step))
+        index = min(index, len(path) - 1)
+        ax.plot(*path[index], "o", color=ENP_COLOR, markeredgecolor="black", markersize=8, zorder=4,
+                label=f"end of the Enlightenment Period (snapshot at step {report.trajectory.steps[index]})")
+    ax.set_xlabel(f"PC1 ({ratio[0]:.0%} of the path's variance)")
+    ax.set_ylabel(f"PC2 ({ratio[1]:.0%})")
+    ax.legend(loc="best", fontsize="small", framealpha=0.8)
+
+
+def _panel_explained(ax: Axes, report: TrajectoryReport, palette: Sequence[Any]) -> None:
+    over_time = report.pca["explained_over_time"].sel(group=WHOLE)
+    x = report.trajectory.steps + 1
+    for n in (1, 2, 3):
+        values = over_time.sel(component=n).values
+        finite = np.isfinite(values)
+        ax.plot(x[finite], values[finite], "o-", markersize=2.5, linewidth=1.2, color=palette[n - 1],
+                label=f"first {n} PC{'s' if n > 1 else ''}")
+    ax.set_ylim(0, 1.02)
+    ax.set_ylabel("explained variance of the path so far")
+    ax.set_title("(c) how low-dimensional the path is, over time (whole model)", loc="left")
+    _steps_axis(ax, report)
+    ax.legend(loc="lower left", fontsize="small", framealpha=0.8)
+
+
+def _panel_movement(ax: Axes, report: TrajectoryReport, colors: Mapping[str, Any]) -> None:
+    movement = report.movement
+    ax.set_title("(d) share of the path length travelled", loc="left")
+    if movement is None:
+        ax.text(0.5, 0.5, "no training accuracy: Enlightenment Period unknown", transform=ax.transAxes,
+                ha="center", va="center", color="0.4")
+        return
+    cumulative = movement.cumulative
+    x = cumulative["step"].values + 1
+    for group in cumulative["group"].values:
+        ax.plot(x, cumulative.sel(group=group).values, color=colors[str(group)],
+                linewidth=2.0 if group == WHOLE else 1.0, label=str(group))
+    if movement.end_step is not None:
+        ax.annotate(f"{movement.path_share:.0%} of the path", (movement.end_step + 1, movement.path_share),
+                    xytext=(8, -14), textcoords="offset points", fontsize="small")
+    ax.set_ylim(0, 1.02)
+    ax.set_ylabel(f"cumulative path length / total ({movement.source})")
+    _steps_axis(ax, report)
+    ax.legend(loc="upper left", fontsize="small", framealpha=0.8)
+
+
+def _panel_linearity(ax: Axes, report: TrajectoryReport, colors: Mapping[str, Any], palette: Sequence[Any]) -> None:
+    lin = report.linearity
+    x = lin["step"].values + 1
+    for group in lin["group"].values:
+        values = lin.sel(group=group).values
+        finite = np.isfinite(values) & (values > 0)
+        ax.plot(x[finite], values[finite], "o-" if group == WHOLE else "-", markersize=3,
+                linewidth=2.0 if group == WHOLE else 0.9, color=colors[str(group)],
+                label=f"{group} (snapshot windows)" if group == WHOLE else str(group))
+    if report.sketch_linearity is not None:
+        sketch = report.sketch_linearity.sel(group=WHOLE)
+        values = sketch.values
+        finite = np.isfinite(values) & (values > 0)
+        ax.plot(sketch["step"].values[finite] + 1, values[finite], "--", color=palette[3], linewidth=1.4,
+                label=f"{WHOLE}, iteration unit (sketch, window {report.sketch_linearity.attrs['window']})")
+    ax.axhline(1.0, color="0.4", linestyle=":", linewidth=1.0)
+    ax.set_yscale("log")
+    ax.set_ylabel("|prediction − m34| / |m34 − m23|")
+    ax.set_title("(e) local linearity: relative error of PLP's three-point prediction (low = PLP safe)", loc="left")
+    _steps_axis(ax, report)
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=4, frameon=False, fontsize="small")
+
+
+def _describe(ds: xr.Dataset) -> str:
+    config = ds.attrs.get("config") or {}
+    parts = [str(config[k]) for k in ("dataset", "model") if isinstance(config, dict) and config.get(k)]
+    if isinstance(config, dict) and config.get("seed") is not None:
+        parts.append(f"seed {config['seed']}")
+    if ds.attrs.get("run_dir"):
+        parts.append(Path(str(ds.attrs["run_dir"])).name)
+    return " · ".join(parts) or "parameter trajectory"
+
+
+def trajectory_figure(report: TrajectoryReport) -> Figure:
+    """PCA spectrum, the path over the loss surface, explained variance over time, movement and linearity."""
+    import seaborn as sns  # here, not at the top: it pulls in scipy.stats for two style contexts
+
+    colors = _group_colors(report.trajectory.groups)
+    with sns.axes_style("whitegrid"), sns.plotting_context("notebook", font_scale=0.8):
+        palette = sns.color_palette("colorblind")
+        fig = Figure(figsize=(14, 12), layout="constrained")
+        FigureCanvasAgg(fig)
+        axes = fig.subplot_mosaic([["spectrum", "plane"], ["explained", "movement"], ["linearity", "linearity"]])
+        _panel_spectrum(axes["spectrum"], report, colors)
+        _panel_plane(axes["plane"], report)
+        _panel_explained(axes["explained"], report, palette)
+        _panel_movement(axes["movement"], report, colors)
+        _panel_linearity(axes["linearity"], report, colors, palette)
+        period = report.period
+        shade = (f"shaded: Enlightenment Period, steps 0–{period.end_step}" if period is not None and period.reached
+                 else "Enlightenment Period not reached or unknown")
+        fig.suptitle(f"{_describe(report.ds)} — parameter trajectory from {len(report.trajectory.steps)} snapshots\n"
+                     f"{shade}", fontsize="large")
+    return fig
+
+
+def plot_trajectory(report: TrajectoryReport, out_stem: str | os.PathLike[str]) -> tuple[Path, Path]:
+    """Write the trajectory figure to ``<out_stem>.png`` (150 dpi) and ``<out_stem>.pdf``; returns both paths."""
+    stem = Path(out_stem)
+    png, pdf = Path(f"{stem}.png"), Path(f"{stem}.pdf")
+    fig = trajectory_figure(report)
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(png, dpi=DPI)
+    fig.savefig(pdf)
+    fig.clear()
+    return png, pdf
+
+
+# ------------------------------------------------------------------------------------------------ CLI
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports usage errors as a ConfigError (one line, exit status 2)."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise ConfigError(f"{message}; see python -m analyses.trajectory --help")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m analyses.trajectory RUN_DIR``: print the summary, write the figure; returns the exit status."""
+    parser = _Parser(prog="python -m analyses.trajectory", description=__doc__.splitlines()[0])
+    parser.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="a run recorded with snapshots")
+    parser.add_argument("--resolution", type=int, default=17, help="loss-surface grid points per axis (default 17)")
+    parser.add_argument("--samples", type=int, default=1024,
+                        help="training samples the loss surface is evaluated on (default 1024)")
+    parser.add_argument("--batch-size", type=int, default=256, help="samples per forward pass (default 256)")
+    parser.add_argument("--no-surface", action="store_true", help="skip the loss surface (no model rebuilt)")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="device of the surface")
+    parser.add_argument("--window", type=int, default=25, help="sliding window of the sketch estimate (default 25)")
+    parser.add_argument("--out", type=Path, default=None, help="figure path stem (default RUN_DIR/trajectory)")
+    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    try:
+        args = parser.parse_args(argv)
+        if args.device == "cuda" and not torch.cuda.is_available():
+            raise ConfigError("--device cuda was asked for but no CUDA device is available; use --device cpu")
+        report = analyse_trajectory(open_run(args.run_dir), surface=not args.no_surface, resolution=args.resolution,
+                                    num_samples=args.samples, batch_size=args.batch_size,
+                                    device=None if args.device == "auto" else args.device, window=args.window,
+                                    progress=not args.no_progress)
+        png, pdf = plot_trajectory(report, args.out or args.run_dir / "trajectory")
+    except (DynamicsError, OSError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return USAGE_ERROR
+    print(summary(report))
+    print(f"trajectory figure    {png.resolve()}\n                     {pdf.resolve()}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,279 @@
+"""Recording overhead: the same training loop with and without a Recorder, interleaved in one process.
+
+The plain loop (A) and the recorded loop (B) train one and the same model (the MNIST-1D CNN with the
+defaults of ``dynamics.models.CNN1d``, batch 128, SGD) on the same data, in ABBA blocks after a warmup, so
+slow drifts of the machine (frequency scaling, other load, the model's own training) hit both sides alike.
+Each block reports its median step time; a round's ratio is mean(B medians) / mean(A medians), and the
+result is the median ratio over rounds. A fresh Recorder (``every=1``, default flush settings, a temporary
+run directory) is attached at the start of each B block and closed at its end; its close (the flush) is
+timed apart and reported as the amortised ratio, which counts it against the block's steps.
+
+    python benchmarks/overhead.py [--steps N] [--repeats R] [--device cpu|cuda|auto] [--out PATH]
+
+Writes ``benchmarks/results/overhead-<device>.json`` and prints a short summary; the target is a median
+ratio <= 1.10.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from dynamics import Recorder
+from dynamics.data import load_dataset
+from dynamics.models import build_model
+from dynamics.probes import PRESETS
+
+TARGET = 1.10
+FLUSH_STEPS = 1000
+"""The Recorder's default flush_steps: the amortised ratio spreads one flush over this many steps."""
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def cpu_model() -> str:
+    """The processor's model name from /proc/cpuinfo (falls back to the platform's description)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def load_average() -> list[float] | None:
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return None
+
+
+def available_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+class Timer:
+    """Per-step wall times: perf_counter on CPU; CUDA events on the GPU, read after one synchronize."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.cuda = device.type == "cuda"
+
+    def run(self, steps: int, step: Callable[[int], None]) -> list[float]:
+        """Seconds taken by each of ``steps`` calls of ``step(i)``."""
+        if self.cuda:
+            torch.cuda.synchronize()
+            events = [torch.cuda.Event(enable_timing=True) for _ in range(steps + 1)]
+            events[0].record()
+            for i in range(steps):
+                step(i)
+                events[i + 1].record()
+            torch.cuda.synchronize()
+            return [events[i].elapsed_time(events[i + 1]) / 1e3 for i in range(steps)]
+        times = []
+        last = time.perf_counter()
+        for i in range(steps):
+            step(i)
+            now = time.perf_counter()
+            times.append(now - last)
+            last = now
+        return times
+
+
+class Bench:
+    """One model, optimizer and data stream shared by the plain and the recorded blocks."""
+
+    def __init__(self, device: torch.device, batch_size: int, lr: float, seed: int, workdir: Path) -> None:
+        torch.manual_seed(seed)
+        data = load_dataset("mnist1d", seed=seed)
+        self.x = data.x_train.to(device)
+        self.y = data.y_train.to(device)
+        self.model = build_model("cnn", input_shape=data.input_shape, num_classes=data.num_classes,
+                                 width=32, depth=3, activation="relu").to(device)
+        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=lr, momentum=0.9)
+        self.batch_size = batch_size
+        self.generator = torch.Generator(device="cpu").manual_seed(seed)
+        self.order = torch.empty(0, dtype=torch.long)
+        self.position = 0
+        self.device = device
+        self.timer = Timer(device)
+        self.workdir = workdir
+        self.blocks = 0
+
+    def batches(self, steps: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """The next ``steps`` batches of a running random permutation, prepared before timing starts."""
+        out = []
+        for _ in range(steps):
+            if self.position + self.batch_size > len(self.order):
+                self.order = torch.randperm(len(self.x), generator=self.generator).to(self.device)
+                self.position = 0
+            index = self.order[self.position:self.position + self.batch_size]
+            self.position += self.batch_size
+            out.append((self.x[index], self.y[index]))
+        return out
+
+    def block(self, steps: int, probes: str | list[str] | None) -> tuple[list[float], float]:
+        """Per-step times of one block (plain when ``probes`` is None) and the time of the closing flush."""
+        batches = self.batches(steps)
+        recorder = None
+        if probes is not None:
+            self.blocks += 1
+            recorder = Recorder(self.model, self.optimizer, self.workdir / f"run{self.blocks}", every=1,
+                                probes=probes)
+        model, optimizer = self.model, self.optimizer
+
+        def step(i: int) -> None:
+            x, y = batches[i]
+            out = model(x)
+            loss = F.cross_entropy(out, y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            if recorder is not None:
+                recorder.step(loss=loss, output=out, target=y)
+
+        times = self.timer.run(steps, step)
+        close = 0.0
+        if recorder is not None:
+            start = time.perf_counter()
+            recorder.close()
+            close = time.perf_counter() - start
+        return times, close
+
+
+def compare(bench: Bench, probes: str | list[str], steps: int, rounds: int, label: str) -> dict[str, object]:
+    """ABBA rounds (after one warmup AB) of plain vs recorded blocks; ratios of per-block median step times."""
+    bench.block(steps, None)
+    bench.block(steps, probes)
+    plain, recorded, ratios, mean_ratios, flushes = [], [], [], [], []
+    for _ in tqdm(range(rounds), desc=label, leave=False):
+        a1, _ = bench.block(steps, None)
+        b1, c1 = bench.block(steps, probes)
+        b2, c2 = bench.block(steps, probes)
+        a2, _ = bench.block(steps, None)
+        a = [statistics.median(a1), statistics.median(a2)]
+        b = [statistics.median(b1), statistics.median(b2)]
+        plain += a
+        recorded += b
+        flushes += [c1, c2]
+        ratios.append(statistics.fmean(b) / statistics.fmean(a))
+        mean_ratios.append(statistics.fmean(b1 + b2) / statistics.fmean(a1 + a2))
+    plain_ms = 1e3 * statistics.median(plain)
+    flush_ms = 1e3 * statistics.median(flushes)
+    mean_ratio = statistics.median(mean_ratios)
+    return {
+        "plain_ms_median": plain_ms,
+        "recorded_ms_median": 1e3 * statistics.median(recorded),
+        "ratio_median": statistics.median(ratios),
+        "ratios": ratios,
+        "mean_ratio_median": mean_ratio,
+        "flush_ms_median": flush_ms,
+        "amortised_ratio": mean_ratio + flush_ms / (FLUSH_STEPS * plain_ms),
+    }
+
+
+def main(argv: list[str] | None = None) -> dict[str, object]:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--steps", type=int, default=100, help="optimizer steps per block (default 100)")
+    parser.add_argument("--repeats", type=int, default=15, help="ABBA rounds (default 15)")
+    parser.add_argument("--device", choices=("cpu", "cuda", "auto"), default="auto")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch intra-op threads (default: the cores available to this process)")
+    parser.add_argument("--probes", default="default", help="probe preset recorded in the B blocks")
+    parser.add_argument("--per-probe", action="store_true",
+                        help="also measure each probe of the preset alone (fewer rounds)")
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, default=None,
+                        help="JSON result (default benchmarks/results/overhead-<device>.json)")
+    args = parser.parse_args(argv)
+    if args.steps < 10 or args.repeats < 1:
+        parser.error("--steps must be >= 10 and --repeats >= 1")
+
+    device_type = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    if device_type == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda, but torch sees no CUDA device; use --device cpu")
+    device = torch.device(device_type)
+    threads = args.threads or available_cores()
+    torch.set_num_threads(threads)
+    out = args.out or RESULTS / f"overhead-{device_type}.json"
+
+    load_before = load_average()
+    with tempfile.TemporaryDirectory(prefix="dynamics-overhead-") as workdir:
+        bench = Bench(device, args.batch_size, lr=0.01, seed=args.seed, workdir=Path(workdir))
+        result = compare(bench, args.probes, args.steps, args.repeats, f"{args.probes} vs plain")
+        per_probe = {}
+        if args.per_probe and args.probes in PRESETS:
+            for name in PRESETS[args.probes]:
+                single = compare(bench, [name], args.steps, max(3, args.repeats // 2), name)
+                per_probe[name] = {k: single[k] for k in ("ratio_median", "ratios", "recorded_ms_median",
+                                                          "plain_ms_median", "mean_ratio_median")}
+
+    report = {
+        "benchmark": "overhead",
+        "machine": {
+            "cpu": cpu_model(),
+            "cores": available_cores(),
+            "torch": torch.__version__,
+            "python": platform.python_version(),
+            "device": device_type,
+            "device_name": torch.cuda.get_device_name(device) if device_type == "cuda" else cpu_model(),
+            "torch_threads": torch.get_num_threads(),
+            "load_average_1_5_15min": {"before": load_before, "after": load_average()},
+        },
+        "config": {
+            "model": "cnn (CNN1d defaults: width 32, depth 3, relu, kernel 5)",
+            "dataset": "mnist1d (8000 train samples)",
+            "batch_size": args.batch_size,
+            "optimizer": "SGD lr 0.01 momentum 0.9",
+            "recorder": {"every": 1, "probes": args.probes, "flush_steps": 1000, "flush_seconds": 10.0},
+            "steps_per_block": args.steps,
+            "rounds": args.repeats,
+            "order": "warmup AB, then ABBA per round",
+            "timing": "CUDA events per step" if device_type == "cuda" else "perf_counter per step",
+            "torch_threads": torch.get_num_threads(),
+            "ratio": "per round mean(B block medians) / mean(A block medians); ratio_median over rounds",
+            "mean_ratio": "per round mean of all B step times / mean of all A step times (spikes included)",
+            "flush_ms": "Recorder.close() at the end of a B block, i.e. one flush of steps_per_block rows",
+            "amortised_ratio": f"mean_ratio_median + flush_ms_median / ({FLUSH_STEPS} * plain_ms_median): "
+                               f"one flush per {FLUSH_STEPS} steps, the default flush_steps",
+        },
+        **result,
+        "per_probe": per_probe,
+        "target": TARGET,
+        "meets_target": result["ratio_median"] <= TARGET,
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n")
+
+    print(f"overhead on {report['machine']['device_name']} ({threads} torch threads), "
+          f"{args.repeats} ABBA rounds of {args.steps} steps")
+    print(f"  plain    {result['plain_ms_median']:.3f} ms/step (median)")
+    print(f"  recorded {result['recorded_ms_median']:.3f} ms/step (median), probes={args.probes!r}")
+    verdict = "meets" if report["meets_target"] else "misses"
+    print(f"  ratio    {result['ratio_median']:.3f} (median over rounds; {verdict} target {TARGET}); "
+          f"mean-based {result['mean_ratio_median']:.3f}; flush {result['flush_ms_median']:.1f} ms, "
+          f"amortised over {FLUSH_STEPS} steps {result['amortised_ratio']:.3f}")
+    for name, single in per_probe.items():
+        print(f"    {name:<15} alone: ratio {single['ratio_median']:.3f}")
+    print(f"  wrote {out}")
+    return report
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,189 @@
+"""Overhead of the trajectory sketch: default probes (A) against default probes + sketch (B), in one process.
+
+Same set-up as ``benchmarks/overhead.py`` (its ``Bench``: the MNIST-1D CNN, batch 128, SGD, one model and
+data stream for both sides): after a warmup AB, ABBA rounds of recorded blocks, so that slow drifts hit both
+sides alike. A round's ratio is mean(B block medians) / mean(A block medians), reported as the median over
+rounds. On a busy machine block ratios spread by +-10%, so the verdict uses a paired measurement: one
+default-recorded loop in which the sketch measures after a random half of the steps; its ratio is
+median(steps with) / median(steps without), with a bootstrap 95% interval, in process CPU time on the CPU
+(robust to other processes) and also reported in wall time.
+
+    python benchmarks/sketch_overhead.py [--steps N] [--repeats R] [--k K] [--mode dense|hashed] [--out PATH]
+
+Writes ``benchmarks/results/sketch-overhead-<device>.json``; the target is a paired ratio <= 1.02.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import random
+import statistics
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from overhead import RESULTS, Bench, available_cores, cpu_model
+from tqdm import tqdm
+
+from dynamics import Recorder
+from dynamics.probes import PRESETS, Sketch, StepData
+
+TARGET = 1.02
+
+
+def _summary(with_sketch: list[float], without: list[float]) -> dict[str, object]:
+    """Medians of the two halves, their ratio with a bootstrap 95% interval, and the added time."""
+    b, a = np.asarray(with_sketch), np.asarray(without)
+    draws = np.random.default_rng(0)
+    boot = [np.median(draws.choice(b, b.size)) / np.median(draws.choice(a, a.size)) for _ in range(2000)]
+    return {"steps_each": int(a.size), "a_ms_median": 1e3 * float(np.median(a)),
+            "b_ms_median": 1e3 * float(np.median(b)), "ratio": float(np.median(b) / np.median(a)),
+            "ratio_ci95": [float(v) for v in np.percentile(boot, [2.5, 97.5])],
+            "added_us": 1e6 * float(np.median(b) - np.median(a))}
+
+
+def paired(bench: Bench, base: list[str], sketch: Sketch, steps: int, rounds: int) -> dict[str, dict[str, object]]:
+    """Per-step interleaving in one recorded loop (default probes): the sketch measures after a random half of
+    the steps, as the recorder would call it, so bursts of load hit both halves alike.
+
+    On the CPU each step is timed twice: wall time, and the process's CPU time (``time.process_time``, all
+    its threads), which other processes on a busy machine barely disturb; on CUDA, events (wall time).
+    """
+    recorder = Recorder(bench.model, bench.optimizer, bench.workdir / "paired", every=1, probes=base)
+    sketch.attach(recorder.context)
+    rng = random.Random(0)
+    model, optimizer = bench.model, bench.optimizer
+    clocks: dict[str, tuple[list[float], list[float]]] = {"wall": ([], []), "cpu": ([], [])}
+    for _ in tqdm(range(rounds), desc="paired steps", leave=False):
+        batches = bench.batches(steps)
+        flags = [i % 2 == 0 for i in range(steps)]
+        rng.shuffle(flags)
+
+        def step(i: int, batches: list = batches, flags: list[bool] = flags) -> None:
+            x, y = batches[i]
+            out = model(x)
+            loss = F.cross_entropy(out, y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            recorder.step(loss=loss, output=out, target=y)
+            if flags[i]:
+                with torch.no_grad():
+                    sketch.measure(recorder.context, StepData(loss, out, y))
+
+        if bench.device.type == "cuda":
+            times = {"wall": bench.timer.run(steps, step)}
+        else:
+            times = {"wall": [], "cpu": []}
+            for i in range(steps):
+                wall, cpu = time.perf_counter(), time.process_time()
+                step(i)
+                times["cpu"].append(time.process_time() - cpu)
+                times["wall"].append(time.perf_counter() - wall)
+        for name, values in times.items():
+            clocks[name][0].extend(t for t, flag in zip(values, flags, strict=True) if flag)
+            clocks[name][1].extend(t for t, flag in zip(values, flags, strict=True) if not flag)
+    recorder.close()
+    return {name: _summary(*halves) for name, halves in clocks.items() if halves[0]}
+
+
+def main(argv: list[str] | None = None) -> dict[str, object]:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--steps", type=int, default=200, help="optimizer steps per block (default 200)")
+    parser.add_argument("--repeats", type=int, default=9, help="ABBA rounds (default 9)")
+    parser.add_argument("--k", type=int, default=8, help="sketch directions (default 8)")
+    parser.add_argument("--mode", choices=("dense", "hashed"), default="dense")
+    parser.add_argument("--device", choices=("cpu", "cuda", "auto"), default="cpu")
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: all cores)")
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, default=None,
+                        help="JSON result (default benchmarks/results/sketch-overhead-<device>.json)")
+    args = parser.parse_args(argv)
+    if args.steps < 10 or args.repeats < 1:
+        parser.error("--steps must be >= 10 and --repeats >= 1")
+    device_type = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    if device_type == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda, but torch sees no CUDA device; use --device cpu")
+    device = torch.device(device_type)
+    torch.set_num_threads(args.threads or available_cores())
+    out = args.out or RESULTS / f"sketch-overhead-{device_type}.json"
+
+    base = [name for name in PRESETS["default"] if name != "sketch"]
+    with tempfile.TemporaryDirectory(prefix="dynamics-sketch-overhead-") as workdir:
+        bench = Bench(device, args.batch_size, lr=0.01, seed=args.seed, workdir=Path(workdir))
+
+        def probes_b() -> list[object]:
+            return [*base, Sketch(k=args.k, mode=args.mode)]
+
+        bench.block(args.steps, base)
+        bench.block(args.steps, probes_b())
+        a_medians, b_medians, ratios = [], [], []
+        for _ in tqdm(range(args.repeats), desc="default vs default + sketch", leave=False):
+            a1, _ = bench.block(args.steps, base)
+            b1, _ = bench.block(args.steps, probes_b())
+            b2, _ = bench.block(args.steps, probes_b())
+            a2, _ = bench.block(args.steps, base)
+            a = [statistics.median(a1), statistics.median(a2)]
+            b = [statistics.median(b1), statistics.median(b2)]
+            a_medians += a
+            b_medians += b
+            ratios.append(statistics.fmean(b) / statistics.fmean(a))
+        plain = [statistics.median(bench.block(args.steps, None)[0]) for _ in range(3)]
+        fine = paired(bench, base, Sketch(k=args.k, mode=args.mode), args.steps, 2 * args.repeats)
+
+    a_ms, b_ms, plain_ms = (1e3 * statistics.median(v) for v in (a_medians, b_medians, plain))
+    clock = "cpu" if "cpu" in fine else "wall"
+    verdict = fine[clock]
+    report = {
+        "benchmark": "sketch_overhead",
+        "machine": {"cpu": cpu_model(), "cores": available_cores(), "torch": torch.__version__,
+                    "python": platform.python_version(), "device": device_type,
+                    "device_name": torch.cuda.get_device_name(device) if device_type == "cuda" else cpu_model(),
+                    "torch_threads": torch.get_num_threads(), "load_average": list(os.getloadavg())},
+        "config": {"model": "cnn (CNN1d defaults: width 32, depth 3, relu)", "dataset": "mnist1d",
+                   "batch_size": args.batch_size, "optimizer": "SGD lr 0.01 momentum 0.9",
+                   "a": {"probes": base}, "b": {"probes": [*base, f"sketch(k={args.k}, mode={args.mode})"]},
+                   "every": 1, "steps_per_block": args.steps, "rounds": args.repeats,
+                   "order": "warmup AB, then ABBA per round",
+                   "ratio": "per round mean(B block medians) / mean(A block medians); median over rounds"},
+        "a_ms_median": a_ms,
+        "b_ms_median": b_ms,
+        "plain_ms_median": plain_ms,
+        "ratio_median": statistics.median(ratios),
+        "ratios": ratios,
+        "paired": fine,
+        "target": TARGET,
+        "meets_target": verdict["ratio"] <= TARGET,
+        "verdict_on": f"paired ratio, {clock} time (per-step interleaving); block ratios spread too much on a "
+                      "busy machine",
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"sketch overhead on {report['machine']['device_name']} ({torch.get_num_threads()} threads), "
+          f"{args.repeats} ABBA rounds of {args.steps} steps")
+    print(f"  default          {a_ms:.3f} ms/step (median); plain loop {plain_ms:.3f} ms/step")
+    print(f"  default + sketch {b_ms:.3f} ms/step (median)")
+    verdict_word = "meets" if report["meets_target"] else "misses"
+    print(f"  block ratio      {report['ratio_median']:.4f} (median over ABBA rounds; quartiles "
+          f"{statistics.quantiles(ratios, n=4)[0]:.3f}..{statistics.quantiles(ratios, n=4)[2]:.3f})"
+          if len(ratios) > 1 else f"  block ratio      {report['ratio_median']:.4f}")
+    for name, result in fine.items():
+        low, high = result["ratio_ci95"]
+        print(f"  paired ratio     {result['ratio']:.4f} [{low:.4f}, {high:.4f}] ({name} time, 95% bootstrap CI), "
+              f"{result['added_us']:+.0f} us/step over {result['steps_each']} steps each")
+    print(f"  verdict          {verdict_word} target {TARGET} ({clock} time)")
+    print(f"  wrote {out}")
+    return report
+
+
+if __name__ == "__main__":
+    main()
