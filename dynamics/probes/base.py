@@ -46,17 +46,6 @@ class Context:
         """True while the current optimizer step is one the recorder will record (hooks check it)."""
         self.paused = False
         """True while another computation (an evaluation, a probe's extra pass) must not be recorded."""
-        self._initial: list[torch.Tensor] | None = None
-
-    def initial_params(self) -> list[torch.Tensor]:
-        """Copies of the parameters as they were at the first call (the recorder's start), shared by probes.
-
-        Probes that measure against theta_0 (distance from init, the trajectory sketch) call this in
-        ``attach``, so the model is copied once however many of them are on.
-        """
-        if self._initial is None:
-            self._initial = [p.detach().clone() for p in self.params]
-        return self._initial
 
     @property
     def capturing(self) -> bool:

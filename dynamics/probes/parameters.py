@@ -122,7 +122,7 @@ class DistanceFromInit(Probe):
         self.initial: list[torch.Tensor] = []
 
     def attach(self, context: Context) -> None:
-        self.initial = context.initial_params()
+        self.initial = [p.detach().clone() for p in context.params]
 
     def variables(self, context: Context) -> list[Variable]:
         return [Variable("dist_from_init", _PARAM, {"units": "param", "long_name": "distance from initialisation"})]
