@@ -284,6 +284,17 @@ def overview_figure(ds: xr.Dataset, *, threshold: float = 0.5, tau: float = 10.0
     return fig
 
 
+def save_figure(fig: Figure, out_stem: str | os.PathLike[str]) -> tuple[Path, Path]:
+    """Write ``fig`` to ``<out_stem>.png`` (DPI) and ``<out_stem>.pdf`` (vector), creating the folder; clears it."""
+    stem = Path(out_stem)
+    png, pdf = Path(f"{stem}.png"), Path(f"{stem}.pdf")
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(png, dpi=DPI)
+    fig.savefig(pdf)
+    fig.clear()
+    return png, pdf
+
+
 def plot_overview(ds: xr.Dataset, out_stem: str | os.PathLike[str], *, threshold: float = 0.5,
                   tau: float = 10.0) -> tuple[Path, Path]:
     """Write the overview figure of run ``ds`` to ``<out_stem>.png`` (150 dpi) and ``<out_stem>.pdf``.
@@ -291,11 +302,4 @@ def plot_overview(ds: xr.Dataset, out_stem: str | os.PathLike[str], *, threshold
     Returns the two paths (PNG, PDF). ``out_stem`` gets the suffixes appended (``run/overview`` ->
     ``run/overview.png``), so dots in it are kept; its folder is created if needed.
     """
-    stem = Path(out_stem)
-    png, pdf = Path(f"{stem}.png"), Path(f"{stem}.pdf")
-    fig = overview_figure(ds, threshold=threshold, tau=tau)
-    stem.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(png, dpi=DPI)
-    fig.savefig(pdf)
-    fig.clear()
-    return png, pdf
+    return save_figure(overview_figure(ds, threshold=threshold, tau=tau), out_stem)

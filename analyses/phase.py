@@ -47,7 +47,6 @@ with ``enp_active == 0`` after it was 1).
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
@@ -67,7 +66,8 @@ from scipy.special import expit
 from tqdm.auto import tqdm
 
 from analyses.enlightenment import EnlightenmentPeriod, check_arguments, enlightenment_period, smooth_ema
-from analyses.overview import DPI, ENP_COLOR
+from analyses.overview import ENP_COLOR, save_figure
+from dynamics.cli import UsageParser
 from dynamics.errors import ConfigError, DynamicsError
 from dynamics.store import CHUNK_ROWS, open_run
 
@@ -803,28 +803,14 @@ def phase_figure(result: xr.Dataset, *, log_time: bool = False) -> Figure:
 
 def plot_phase(result: xr.Dataset, out_stem: str | os.PathLike[str], *, log_time: bool = False) -> tuple[Path, Path]:
     """Write the phase figure to ``<out_stem>.png`` (150 dpi) and ``<out_stem>.pdf``; returns both paths."""
-    stem = Path(out_stem)
-    png, pdf = Path(f"{stem}.png"), Path(f"{stem}.pdf")
-    fig = phase_figure(result, log_time=log_time)
-    stem.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(png, dpi=DPI)
-    fig.savefig(pdf)
-    fig.clear()
-    return png, pdf
+    return save_figure(phase_figure(result, log_time=log_time), out_stem)
 
 
 # ----------------------------------------------------------------------------------------------- CLI
 
-class _Parser(argparse.ArgumentParser):
-    """argparse that reports usage errors as a ConfigError (one line, exit status 2)."""
-
-    def error(self, message: str) -> None:  # type: ignore[override]
-        raise ConfigError(f"{message}; see python -m analyses.phase --help")
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m analyses.phase RUN_DIR [RUN_DIR ...]``: print the summary, write the figure; exit status."""
-    parser = _Parser(prog="python -m analyses.phase", description=__doc__.splitlines()[0])
+    parser = UsageParser(prog="python -m analyses.phase", description=__doc__.splitlines()[0])
     parser.add_argument("run_dirs", nargs="+", type=Path, metavar="RUN_DIR",
                         help="one run, or several seeds of one configuration")
     parser.add_argument("--num-classes", type=int, default=None, help="class count, if the runs do not record it")

@@ -45,7 +45,6 @@ passed.
 
 from __future__ import annotations
 
-import argparse
 import math
 import os
 import sys
@@ -64,8 +63,9 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from analyses.enlightenment import EnlightenmentPeriod, check_arguments, enlightenment_period
-from analyses.overview import DPI, ENP_COLOR, module_of
+from analyses.overview import ENP_COLOR, module_of, save_figure
 from dynamics.augment import InputPipeline
+from dynamics.cli import UsageParser
 from dynamics.data import Dataset, load_dataset
 from dynamics.errors import ConfigError, DynamicsError
 from dynamics.models import build_model
@@ -750,28 +750,14 @@ def trajectory_figure(report: TrajectoryReport) -> Figure:
 
 def plot_trajectory(report: TrajectoryReport, out_stem: str | os.PathLike[str]) -> tuple[Path, Path]:
     """Write the trajectory figure to ``<out_stem>.png`` (150 dpi) and ``<out_stem>.pdf``; returns both paths."""
-    stem = Path(out_stem)
-    png, pdf = Path(f"{stem}.png"), Path(f"{stem}.pdf")
-    fig = trajectory_figure(report)
-    stem.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(png, dpi=DPI)
-    fig.savefig(pdf)
-    fig.clear()
-    return png, pdf
+    return save_figure(trajectory_figure(report), out_stem)
 
 
 # ------------------------------------------------------------------------------------------------ CLI
 
-class _Parser(argparse.ArgumentParser):
-    """argparse that reports usage errors as a ConfigError (one line, exit status 2)."""
-
-    def error(self, message: str) -> None:  # type: ignore[override]
-        raise ConfigError(f"{message}; see python -m analyses.trajectory --help")
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m analyses.trajectory RUN_DIR``: print the summary, write the figure; returns the exit status."""
-    parser = _Parser(prog="python -m analyses.trajectory", description=__doc__.splitlines()[0])
+    parser = UsageParser(prog="python -m analyses.trajectory", description=__doc__.splitlines()[0])
     parser.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="a run recorded with snapshots")
     parser.add_argument("--resolution", type=int, default=17, help="loss-surface grid points per axis (default 17)")
     parser.add_argument("--samples", type=int, default=1024,

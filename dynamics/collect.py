@@ -18,6 +18,7 @@ from typing import Any
 
 from analyses.enlightenment import enlightenment_period
 from analyses.overview import plot_overview
+from dynamics.cli import UsageParser
 from dynamics.config import RunConfig, make_config, read_config_file
 from dynamics.data import DATASETS
 from dynamics.engine import RunResult, default_run_dir, train
@@ -104,16 +105,9 @@ _HELP = {
 }
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse that reports usage errors as one line and exit status 2."""
-
-    def error(self, message: str) -> None:  # type: ignore[override]
-        raise ConfigError(f"{message}; see python -m dynamics.collect --help")
-
-
 def build_parser() -> argparse.ArgumentParser:
     """The CLI parser; every RunConfig field is a flag whose default is 'not given'."""
-    parser = _Parser(prog="python -m dynamics.collect", description=__doc__.splitlines()[0],
+    parser = UsageParser(prog="python -m dynamics.collect", description=__doc__.splitlines()[0],
                      argument_default=argparse.SUPPRESS)
     parser.add_argument("--config", help="TOML or JSON file of settings; flags override it")
     parser.add_argument("--out", help="run directory (default runs/<timestamp>-<dataset>-<model>-s<seed>)")
