@@ -20,6 +20,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 import statistics
 import tempfile
 import time
@@ -60,6 +61,11 @@ def load_average() -> list[float] | None:
         return None
 
 
+def minor_faults() -> int:
+    """Minor page faults of this process so far (each costs a zeroed page; large temporaries cause many)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
 def available_cores() -> int:
     try:
         return len(os.sched_getaffinity(0))
@@ -68,10 +74,14 @@ def available_cores() -> int:
 
 
 class Timer:
-    """Per-step wall times: perf_counter on CPU; CUDA events on the GPU, read after one synchronize."""
+    """Per-step times: CUDA events on the GPU, read after one synchronize; on the CPU wall time
+    (perf_counter) or, with ``clock="cpu"``, this thread's CPU time (thread_time), which other processes'
+    load does not inflate (only meaningful with one torch thread, since other threads' work is not seen).
+    """
 
-    def __init__(self, device: torch.device) -> None:
+    def __init__(self, device: torch.device, clock: str = "wall") -> None:
         self.cuda = device.type == "cuda"
+        self.clock = time.thread_time if clock == "cpu" else time.perf_counter
 
     def run(self, steps: int, step: Callable[[int], None]) -> list[float]:
         """Seconds taken by each of ``steps`` calls of ``step(i)``."""
@@ -85,10 +95,11 @@ class Timer:
             torch.cuda.synchronize()
             return [events[i].elapsed_time(events[i + 1]) / 1e3 for i in range(steps)]
         times = []
-        last = time.perf_counter()
+        clock = self.clock
+        last = clock()
         for i in range(steps):
             step(i)
-            now = time.perf_counter()
+            now = clock()
             times.append(now - last)
             last = now
         return times
@@ -97,7 +108,8 @@ class Timer:
 class Bench:
     """One model, optimizer and data stream shared by the plain and the recorded blocks."""
 
-    def __init__(self, device: torch.device, batch_size: int, lr: float, seed: int, workdir: Path) -> None:
+    def __init__(self, device: torch.device, batch_size: int, lr: float, seed: int, workdir: Path,
+                 clock: str = "wall") -> None:
         torch.manual_seed(seed)
         data = load_dataset("mnist1d", seed=seed)
         self.x = data.x_train.to(device)
@@ -110,9 +122,11 @@ class Bench:
         self.order = torch.empty(0, dtype=torch.long)
         self.position = 0
         self.device = device
-        self.timer = Timer(device)
+        self.timer = Timer(device, clock)
         self.workdir = workdir
         self.blocks = 0
+        self.faults: dict[bool, list[float]] = {False: [], True: []}
+        """Minor page faults per step of plain (False) and recorded (True) blocks."""
 
     def batches(self, steps: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """The next ``steps`` batches of a running random permutation, prepared before timing starts."""
@@ -146,7 +160,9 @@ class Bench:
             if recorder is not None:
                 recorder.step(loss=loss, output=out, target=y)
 
+        faults = minor_faults()
         times = self.timer.run(steps, step)
+        self.faults[probes is not None].append((minor_faults() - faults) / steps)
         close = 0.0
         if recorder is not None:
             start = time.perf_counter()
@@ -172,6 +188,7 @@ def compare(bench: Bench, probes: str | list[str], steps: int, rounds: int, labe
         flushes += [c1, c2]
         ratios.append(statistics.fmean(b) / statistics.fmean(a))
         mean_ratios.append(statistics.fmean(b1 + b2) / statistics.fmean(a1 + a2))
+    faults = {kind: statistics.median(bench.faults[kind][-2 * rounds:]) for kind in (False, True)}
     plain_ms = 1e3 * statistics.median(plain)
     flush_ms = 1e3 * statistics.median(flushes)
     mean_ratio = statistics.median(mean_ratios)
@@ -183,6 +200,7 @@ def compare(bench: Bench, probes: str | list[str], steps: int, rounds: int, labe
         "mean_ratio_median": mean_ratio,
         "flush_ms_median": flush_ms,
         "amortised_ratio": mean_ratio + flush_ms / (FLUSH_STEPS * plain_ms),
+        "minor_page_faults_per_step": {"plain": faults[False], "recorded": faults[True]},
     }
 
 
@@ -193,9 +211,13 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     parser.add_argument("--device", choices=("cpu", "cuda", "auto"), default="auto")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch intra-op threads (default: the cores available to this process)")
-    parser.add_argument("--probes", default="default", help="probe preset recorded in the B blocks")
+    parser.add_argument("--probes", default="default",
+                        help="probe preset recorded in the B blocks, or a comma-separated list of probe names")
     parser.add_argument("--per-probe", action="store_true",
                         help="also measure each probe of the preset alone (fewer rounds)")
+    parser.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                        help="CPU step timing: wall time, or this thread's CPU time (needs --threads 1; "
+                             "robust to other processes' load)")
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=None,
@@ -209,16 +231,19 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
         parser.error("--device cuda, but torch sees no CUDA device; use --device cpu")
     device = torch.device(device_type)
     threads = args.threads or available_cores()
+    if args.clock == "cpu" and (threads != 1 or device_type != "cpu"):
+        parser.error("--clock cpu measures one thread's CPU time: use it with --threads 1 on the CPU")
     torch.set_num_threads(threads)
     out = args.out or RESULTS / f"overhead-{device_type}.json"
 
     load_before = load_average()
     with tempfile.TemporaryDirectory(prefix="dynamics-overhead-") as workdir:
-        bench = Bench(device, args.batch_size, lr=0.01, seed=args.seed, workdir=Path(workdir))
-        result = compare(bench, args.probes, args.steps, args.repeats, f"{args.probes} vs plain")
+        bench = Bench(device, args.batch_size, lr=0.01, seed=args.seed, workdir=Path(workdir), clock=args.clock)
+        probes = args.probes if args.probes in PRESETS else args.probes.split(",")
+        result = compare(bench, probes, args.steps, args.repeats, f"{args.probes} vs plain")
         per_probe = {}
-        if args.per_probe and args.probes in PRESETS:
-            for name in PRESETS[args.probes]:
+        if args.per_probe:
+            for name in PRESETS.get(args.probes, probes):
                 single = compare(bench, [name], args.steps, max(3, args.repeats // 2), name)
                 per_probe[name] = {k: single[k] for k in ("ratio_median", "ratios", "recorded_ms_median",
                                                           "plain_ms_median", "mean_ratio_median")}
@@ -244,7 +269,8 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
             "steps_per_block": args.steps,
             "rounds": args.repeats,
             "order": "warmup AB, then ABBA per round",
-            "timing": "CUDA events per step" if device_type == "cuda" else "perf_counter per step",
+            "timing": "CUDA events per step" if device_type == "cuda" else
+                      {"wall": "perf_counter per step", "cpu": "thread_time (CPU time) per step"}[args.clock],
             "torch_threads": torch.get_num_threads(),
             "ratio": "per round mean(B block medians) / mean(A block medians); ratio_median over rounds",
             "mean_ratio": "per round mean of all B step times / mean of all A step times (spikes included)",
