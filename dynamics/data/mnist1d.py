@@ -10,7 +10,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from mnist1d.data import get_dataset_args, make_dataset
 
 from dynamics.data.base import Dataset
 from dynamics.errors import ConfigError
@@ -27,8 +26,11 @@ def generate_mnist1d(num_samples: int, seed: int) -> dict[str, np.ndarray]:
     """Arrays ``x, y, x_test, y_test`` from ``mnist1d.data.make_dataset`` with the package's default args.
 
     ``make_dataset`` reseeds Python's and NumPy's global generators; their states are restored afterwards
-    so that generating data does not perturb other seeded code.
+    so that generating data does not perturb other seeded code. The package is imported here, not at
+    module level, since it pulls in matplotlib and scipy (about a second) and cached data never needs it.
     """
+    from mnist1d.data import get_dataset_args, make_dataset
+
     args = get_dataset_args()
     args.num_samples = num_samples
     args.seed = seed
