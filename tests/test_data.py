@@ -74,14 +74,14 @@ def test_mnist1d_cache_is_written_once_and_reused(tmp_path, monkeypatch):
     mtime = files[0].stat().st_mtime_ns
 
     def no_generation(*args, **kwargs):
-        raise AssertionError("make_dataset called although the cache exists")
+        raise AssertionError("generation ran although the cache exists")
 
-    monkeypatch.setattr(dynamics.data.mnist1d, "make_dataset", no_generation)
+    monkeypatch.setattr(dynamics.data.mnist1d, "generate_mnist1d", no_generation)
     second = load_mnist1d(num_samples=200, seed=1, cache_dir=tmp_path)
     assert files[0].stat().st_mtime_ns == mtime
     assert list(tmp_path.iterdir()) == files  # no temporary files left behind
     assert torch.equal(first.x_train, second.x_train) and torch.equal(first.y_test, second.y_test)
-    with pytest.raises(AssertionError, match="make_dataset called"):
+    with pytest.raises(AssertionError, match="generation ran"):
         load_mnist1d(num_samples=200, seed=2, cache_dir=tmp_path)  # another seed is another file
 
 
