@@ -15,9 +15,13 @@ def shared_data_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
         os.environ["DYNAMICS_CACHE"] = str(tmp_path_factory.mktemp("data-cache"))
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def one_thread():
-    """Run small models on one intra-op thread: on a loaded 2-core machine more threads only contend."""
+    """Run small models on one intra-op thread: on a loaded 2-core machine more threads only contend.
+
+    Module-scoped, so a module's ``pytestmark = pytest.mark.usefixtures("one_thread")`` also covers its
+    module-scoped fixtures that train.
+    """
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield

@@ -5,12 +5,10 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 import xarray as xr
 from matplotlib.image import imread
 
@@ -27,13 +25,7 @@ CAPTURE = {"dataset": "mnist1d", "num_samples": 4000, "epochs": 4, "batch_size":
 """The default CNN (width 32, depth 3) on 3200 MNIST-1D training samples, 200 steps: accuracy passes 50%."""
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread() -> Iterator[None]:
-    """Small tensors: one thread is faster and immune to other processes' load on a shared machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # small tensors: one thread is faster on a shared machine
 
 
 # ------------------------------------------------------------------------------- synthetic curves

@@ -4,7 +4,6 @@ and no side effect on training (bit-identical losses, gradients, activations, BN
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -38,13 +37,7 @@ SMALL = {"dataset": "mnist1d", "num_samples": 1200, "epochs": 2, "batch_size": 6
          "probe_samples": 40, "probes": "default"}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread() -> Iterator[None]:
-    """Small tensors: one thread is faster and immune to other processes' load on a shared machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # small tensors: one thread is faster on a shared machine
 
 
 # ------------------------------------------------------------------ brute-force float64 references
