@@ -4,6 +4,10 @@ With no arguments it captures the default run (MNIST-1D, 1-D CNN; see :class:`dy
 into ``runs/<timestamp>-mnist1d-cnn-s0``. Settings come from defaults, then ``--config FILE`` (TOML or
 JSON, same keys as the flags with underscores), then the flags. Usage errors print one line and exit 2;
 a diverging loss marks the run failed (keeping every recorded step) and exits 1.
+
+``--resume RUN_DIR`` continues an interrupted run from its newest checkpoint with the settings of its own
+``config.json``; only ``--no-progress`` and ``--check`` may come with it, since any other flag would make
+the continued run differ from the one it continues.
 """
 
 from __future__ import annotations
@@ -22,9 +26,9 @@ from dynamics.cli import UsageParser
 from dynamics.config import RunConfig, make_config, read_config_file
 from dynamics.data import DATASETS
 from dynamics.engine import RunResult, default_run_dir, train
-from dynamics.errors import ConfigError, DynamicsError, NonFiniteLossError
+from dynamics.errors import ConfigError, DynamicsError, NonFiniteLossError, StoreError
 from dynamics.models import MODELS
-from dynamics.store import open_run
+from dynamics.store import open_run, read_json
 from dynamics.strategies import validate_strategies
 
 USAGE_ERROR = 2
@@ -64,6 +68,11 @@ _HELP = {
     "channels_last": "NHWC layout of image batches and conv weights (GPU speed)",
     "compile": "torch.compile the model (in place; recording keeps working)",
     "flush_seconds": "longest time between writes to the store",
+    "checkpoint_steps": "checkpoint every N optimizer steps (0: by time only); also before the first, after the last",
+    "checkpoint_seconds": "checkpoint when this many seconds passed since the last one (0: by steps only)",
+    "checkpoint_keep": "newest checkpoints kept in RUN/checkpoints",
+    "deterministic": "deterministic kernels only (torch.use_deterministic_algorithms): bit-identical reruns",
+    "on_nonfinite": "NaN/Inf loss or gradient: stop (run failed, exit 1), skip (no update that step) or record",
     "sketch_dim": "random directions of the trajectory sketch traj_proj (probes default, trajectory)",
     "sketch_seed": "seed of the sketch's directions (keep it to compare runs in one sketch)",
     "sketch_mode": "dense (Gaussian directions, sketch_dim floats per parameter) or hashed (sparse signs)",
@@ -75,6 +84,10 @@ _HELP = {
     "probe_growth": "probe-set measurements at step 0, then ceil(growth * step) steps apart (>= 1)",
     "probe_max_interval": "longest gap between probe-set measurements in steps (default: none)",
     "store_features": "also keep the raw probe-set features in RUN/features/ (with --representation)",
+    "interference": "record clean-vs-mixed gradient cos and interference ratio, activation revival and ATD",
+    "interference_every": "steps between interference measurements",
+    "interference_alpha": "Mixup alpha of the interference probe when the run mixes nothing",
+    "interference_samples": "also record the per-sample clean-vs-mixed gradient alignment (costlier)",
     "mixup_alpha": "Mixup Beta(alpha, alpha) concentration; 0 = off (Zhang et al. 2018)",
     "cutmix_alpha": "CutMix Beta(alpha, alpha) concentration, images only; 0 = off (Yun et al. 2019)",
     "mix_prob": "probability of mixing a batch (batch mode) or a pair/sample",
@@ -115,6 +128,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     parser.add_argument("--check", action="store_true",
                         help="validate the settings, print them as JSON and exit without training")
+    parser.add_argument("--resume", metavar="RUN_DIR",
+                        help="continue the interrupted run in RUN_DIR from its newest checkpoint, with its own "
+                             "config.json (only --no-progress and --check may be added)")
     defaults = RunConfig()
     for field in fields(RunConfig):
         flag = "--" + field.name.replace("_", "-")
@@ -135,6 +151,21 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
     names = {field.name for field in fields(RunConfig)}
     values.update({key: value for key, value in given.items() if key in names})
     return make_config(values)
+
+
+RESUME_COMPANIONS = ("resume", "no_progress", "check")
+
+
+def resume_config(args: argparse.Namespace) -> RunConfig:
+    """The settings of the run ``--resume`` continues, read from its ``config.json``."""
+    extra = [name for name in vars(args) if name not in RESUME_COMPANIONS]
+    if extra:
+        raise ConfigError(f"--resume continues {args.resume} with its own config.json; drop "
+                          f"--{extra[0].replace('_', '-')} (other flags would change the run)")
+    try:
+        return make_config(read_json(Path(args.resume) / "config.json"))
+    except StoreError as err:
+        raise ConfigError(f"--resume {args.resume}: {err}") from None
 
 
 def report(result: RunResult, figure: tuple[Path, Path]) -> str:
@@ -164,9 +195,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit status."""
     try:
         args = build_parser().parse_args(argv)
-        config = config_from_args(args)
+        resume = "resume" in args
+        config = resume_config(args) if resume else config_from_args(args)
         validate_strategies(config)
-        run_dir = Path(args.out) if "out" in args else default_run_dir(config)
+        run_dir = Path(args.resume) if resume else Path(args.out) if "out" in args else default_run_dir(config)
         if "check" in args:
             print(json.dumps(config.to_dict(), indent=2))
             return 0
@@ -174,7 +206,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         _fail(err)
         return USAGE_ERROR
     try:
-        result = train(config, run_dir, overwrite="overwrite" in args, progress="no_progress" not in args)
+        result = train(config, run_dir, overwrite="overwrite" in args, progress="no_progress" not in args,
+                       resume=resume)
         figure = plot_overview(open_run(run_dir), run_dir / "overview")
         print(report(result, figure))
     except ConfigError as err:
@@ -187,7 +220,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         _fail(err)
         return RUN_FAILED
     except KeyboardInterrupt:
-        print(f"interrupted; the run is marked failed and keeps every recorded step in {run_dir}", file=sys.stderr)
+        print(f"interrupted; the run is marked failed and keeps every recorded step in {run_dir} "
+              f"(continue it with --resume {run_dir})", file=sys.stderr)
         return 130
     return 0
 

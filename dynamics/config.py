@@ -20,6 +20,7 @@ from dynamics.errors import ConfigError
 from dynamics.models import ACTIVATIONS, MODELS
 from dynamics.optim import OPTIMIZERS, SCHEDULES
 from dynamics.probes import PRESETS, SKETCH_MODES
+from dynamics.recorder import NONFINITE_POLICIES
 from dynamics.steps import PRECISIONS
 
 if sys.version_info >= (3, 11):
@@ -83,6 +84,17 @@ class RunConfig:
     compile: bool = False
     """torch.compile the model in place (module names and the Recorder's hooks are kept)."""
     flush_seconds: float = 10.0
+    # Checkpoints, resume and failures (dynamics.checkpoint)
+    checkpoint_steps: int = 0
+    """Checkpoint every this many optimizer steps (0: by time only); always before the first and after the last."""
+    checkpoint_seconds: float = 300.0
+    """Checkpoint when this many seconds passed since the last one (0: by steps only)."""
+    checkpoint_keep: int = 2
+    """Newest checkpoints kept in <run>/checkpoints (>= 1)."""
+    deterministic: bool = False
+    """Deterministic kernels only (torch.use_deterministic_algorithms), for bit-identical reruns and resumes."""
+    on_nonfinite: str = "stop"
+    """NaN/Inf loss or gradient: stop (run failed), skip (that step's update is not applied) or record."""
     # Parameter trajectories (dynamics.probes.trajectory, dynamics.snapshots)
     sketch_dim: int = 8
     """Random unit directions of the trajectory sketch (traj_proj), per parameter tensor and for the model."""
@@ -107,6 +119,15 @@ class RunConfig:
     """Longest gap between probe-set measurements in steps; None leaves it unbounded."""
     store_features: bool = False
     """Also keep the raw probe-set features of each measurement in <run>/features/ (needs representation)."""
+    # Gradient interference and activation revival of Mixup (dynamics.probes.interference)
+    interference: bool = False
+    """Record cos/interference ratio of clean vs mixed gradients, activation revival and ATD on the probe set."""
+    interference_every: int = 10
+    """Steps between interference measurements (on the step's batch, after its update)."""
+    interference_alpha: float = 0.4
+    """Mixup alpha the interference probe mixes with when the run itself mixes nothing."""
+    interference_samples: bool = False
+    """Also record the per-sample clean-vs-mixed gradient alignment (a per-sample Gram of 2 x batch samples)."""
     # Training strategies (dynamics.strategies; validated by validate_strategies there)
     mixup_alpha: float = 0.0
     cutmix_alpha: float = 0.0
@@ -142,11 +163,12 @@ class RunConfig:
         return asdict(self)
 
 
-_POSITIVE_INTS = ("width", "depth", "epochs", "batch_size", "eval_batch_size", "every", "sketch_dim")
+_POSITIVE_INTS = ("width", "depth", "epochs", "batch_size", "eval_batch_size", "every", "sketch_dim",
+                  "interference_every")
 _CHOICES: dict[str, tuple[str, ...]] = {
     "dataset": DATASETS, "model": MODELS, "activation": tuple(ACTIVATIONS), "optimizer": OPTIMIZERS,
     "schedule": SCHEDULES, "probes": tuple(PRESETS), "device": DEVICES, "precision": PRECISIONS,
-    "sketch_mode": SKETCH_MODES,
+    "sketch_mode": SKETCH_MODES, "on_nonfinite": NONFINITE_POLICIES,
 }
 
 
@@ -220,6 +242,14 @@ def validate(config: RunConfig) -> None:
         raise ConfigError(f"warmup_steps must be >= 0, got {config.warmup_steps}; fix --warmup-steps")
     if not (math.isfinite(config.flush_seconds) and config.flush_seconds > 0):
         raise ConfigError(f"flush_seconds must be > 0, got {config.flush_seconds}; fix --flush-seconds")
+    if config.checkpoint_steps < 0:
+        raise ConfigError(f"checkpoint_steps must be >= 0 (0: by time only), got {config.checkpoint_steps}; "
+                          "fix --checkpoint-steps")
+    if not (math.isfinite(config.checkpoint_seconds) and config.checkpoint_seconds >= 0):
+        raise ConfigError(f"checkpoint_seconds must be a finite number >= 0 (0: by steps only), got "
+                          f"{config.checkpoint_seconds}; fix --checkpoint-seconds")
+    if config.checkpoint_keep < 1:
+        raise ConfigError(f"checkpoint_keep must be >= 1, got {config.checkpoint_keep}; fix --checkpoint-keep")
     if config.sketch_seed < 0:
         raise ConfigError(f"sketch_seed must be >= 0, got {config.sketch_seed}; fix --sketch-seed")
     if not (math.isfinite(config.snapshot_budget_mb) and config.snapshot_budget_mb > 0):
@@ -234,6 +264,11 @@ def validate(config: RunConfig) -> None:
                           "fix --probe-max-interval")
     if config.store_features and not config.representation:
         raise ConfigError("store_features keeps the representation probe's features; add --representation")
+    if config.interference_samples and not config.interference:
+        raise ConfigError("interference_samples extends the interference probe; add --interference")
+    if not (math.isfinite(config.interference_alpha) and config.interference_alpha > 0):
+        raise ConfigError(f"interference_alpha must be a finite number > 0, got {config.interference_alpha}; "
+                          "fix --interference-alpha")
 
 
 def read_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:

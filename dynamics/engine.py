@@ -18,17 +18,28 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from dynamics.augment import InputPipeline
+from dynamics.checkpoint import CheckpointCadence, load_checkpoint, rng_states, save_checkpoint, set_rng_states
 from dynamics.config import RunConfig
 from dynamics.data import Dataset, load_dataset, to_device
 from dynamics.errors import ConfigError
 from dynamics.models import build_model
 from dynamics.optim import build_optimizer, build_schedule
-from dynamics.probes import PRESETS, FisherTrace, GeometricCadence, Probe, Representation, Sketch, make_probe_set
+from dynamics.probes import (
+    PRESETS,
+    FisherTrace,
+    GeometricCadence,
+    Interference,
+    Probe,
+    Representation,
+    Sketch,
+    make_probe_set,
+)
 from dynamics.recorder import Recorder
 from dynamics.runinfo import now_iso
 from dynamics.snapshots import SnapshotWriter, snapshot_bytes, snapshot_steps
 from dynamics.steps import autocast, evaluate_split, prepare_model
-from dynamics.strategies import StrategyPlan, check_strategies_fit_data, validate_strategies
+from dynamics.store import read_json
+from dynamics.strategies import Mixup, StrategyPlan, check_strategies_fit_data, validate_strategies
 
 
 @dataclass(frozen=True)
@@ -80,9 +91,22 @@ def load_data(config: RunConfig, device: torch.device) -> Dataset:
     return to_device(data, device)
 
 
+def interference_mixer(config: RunConfig, num_classes: int) -> Mixup:
+    """The interference probe's own mixer: the run's Mixup/CutMix mixing every batch, else Mixup(interference_alpha).
+
+    Its seed differs from the run's mixer, and its generator is its own, so the run's draws are unchanged.
+    """
+    seed = config.seed + 104729
+    if config.mixup_alpha > 0 or config.cutmix_alpha > 0:
+        return Mixup(num_classes, config.mixup_alpha, config.cutmix_alpha, 1.0, config.switch_prob, config.mix_mode,
+                     config.label_smoothing, seed=seed)
+    return Mixup(num_classes, config.interference_alpha, mode=config.mix_mode,
+                 label_smoothing=config.label_smoothing, seed=seed)
+
+
 def phase_probes(config: RunConfig, data: Dataset, pipeline: InputPipeline, run_dir: Path) -> list[Probe]:
-    """The representation and Fisher probes ``config`` asks for, on a probe set seeded by ``data_seed``."""
-    if not (config.representation or config.fisher):
+    """The representation, Fisher and interference probes ``config`` asks for, on a probe set seeded by data_seed."""
+    if not (config.representation or config.fisher or config.interference):
         return []
     probe_set = make_probe_set(data, config.probe_samples, config.data_seed, prepare=lambda x: pipeline(x, False))
     cadence = GeometricCadence(config.probe_growth, config.probe_max_interval)
@@ -92,14 +116,42 @@ def phase_probes(config: RunConfig, data: Dataset, pipeline: InputPipeline, run_
                                      features_dir=run_dir / "features" if config.store_features else None))
     if config.fisher:
         probes.append(FisherTrace(probe_set, cadence=cadence, every=config.every, seed=config.seed))
+    if config.interference:
+        probes.append(Interference(interference_mixer(config, data.num_classes), interval=config.interference_every,
+                                   every=config.every, probe_set=probe_set,
+                                   sample_alignment=config.interference_samples))
     return probes
 
 
+def set_deterministic() -> None:
+    """Make this process use deterministic kernels only: ``torch.use_deterministic_algorithms(True)``,
+    cuDNN without autotuning, and the cuBLAS workspace setting that deterministic CUDA matmuls need.
+
+    An operation without a deterministic implementation then raises instead of running; it is
+    process-wide, as is the cuBLAS setting (read when CUDA starts).
+    """
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True)
+    torch.backends.cudnn.benchmark = False
+    torch.backends.cudnn.deterministic = True
+
+
 def train(config: RunConfig, run_dir: str | os.PathLike[str], *, overwrite: bool = False,
-          progress: bool = True) -> RunResult:
-    """Train ``config`` and record it into ``run_dir``; raises NonFiniteLossError if the loss diverges."""
+          progress: bool = True, resume: bool = False) -> RunResult:
+    """Train ``config`` and record it into ``run_dir``; raises NonFiniteLossError if the loss diverges.
+
+    Checkpoints are written before the first step, at the configured cadence and after the last epoch
+    (:mod:`dynamics.checkpoint`). ``resume`` continues the run in ``run_dir`` from its newest checkpoint
+    (``config`` must be the run's own): the store is cut to the steps before it and the run goes on as
+    if it had never stopped.
+    """
     validate_strategies(config)
+    if config.deterministic:
+        set_deterministic()
     device = resolve_device(config.device)
+    if resume and read_json(Path(run_dir) / "meta.json").get("status") == "finished":
+        raise ConfigError(f"the run in {run_dir} is finished; there is nothing to resume")
+    checkpoint = load_checkpoint(Path(run_dir), device) if resume else None
     data = load_data(config, device)
     torch.manual_seed(config.seed)
     model = build_model(config.model, input_shape=data.input_shape, num_classes=data.num_classes,
@@ -117,6 +169,13 @@ def train(config: RunConfig, run_dir: str | os.PathLike[str], *, overwrite: bool
     schedule = build_schedule(optimizer, config.schedule, total_steps=total_steps,
                               warmup_steps=config.warmup_steps)
     order = torch.Generator(device="cpu").manual_seed(config.seed)
+    if checkpoint is not None:
+        model.load_state_dict(checkpoint["model"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        schedule.load_state_dict(checkpoint["schedule"])
+        plan.load_state_dict(checkpoint["plan"])
+        order.set_state(checkpoint["order"].cpu())
+        pipeline.generator.set_state(checkpoint["augment"].cpu())
     sketch = Sketch(k=config.sketch_dim, seed=config.sketch_seed, mode=config.sketch_mode)
     probes = [*(sketch if name == "sketch" else name for name in PRESETS[config.probes]),
               *phase_probes(config, data, pipeline, Path(run_dir))]
@@ -125,38 +184,77 @@ def train(config: RunConfig, run_dir: str | os.PathLike[str], *, overwrite: bool
                                 budget_bytes=config.snapshot_budget_mb * 2**20) if config.snapshots else []
     recorder = Recorder(model, optimizer, run_dir, every=config.every, probes=probes,
                         config=config.to_dict(), seed=config.seed, flush_seconds=config.flush_seconds,
-                        overwrite=overwrite)
+                        on_nonfinite=config.on_nonfinite, overwrite=overwrite,
+                        resume=None if checkpoint is None else checkpoint["recorder"])
     recorder.note(num_classes=data.num_classes)
-    snapshots = SnapshotWriter(model, run_dir, snap_steps, flush_seconds=config.flush_seconds)
-    bar = tqdm(total=total_steps, desc="training", unit="step", disable=not progress, dynamic_ncols=True)
+    snapshots = SnapshotWriter(model, run_dir, snap_steps, flush_seconds=config.flush_seconds,
+                               resume_step=None if checkpoint is None else checkpoint["step"])
+    cadence = CheckpointCadence(config.checkpoint_steps, config.checkpoint_seconds)
+
+    def save(epoch: int, batch: int, permutation: torch.Tensor | None) -> None:
+        """Checkpoint before step ``recorder.steps_done``: batch ``batch`` of ``epoch`` comes next."""
+        recorder_state = recorder.state_dict()  # flushes the store first
+        snapshots.flush()
+        save_checkpoint(Path(run_dir), {
+            "step": recorder.steps_done, "epoch": epoch, "batch": batch,
+            "permutation": None if batch == 0 or permutation is None else permutation.cpu(),
+            "model": model.state_dict(), "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
+            "plan": plan.state_dict(), "order": order.get_state(), "augment": pipeline.generator.get_state(),
+            "rng": rng_states(), "recorder": recorder_state, "config": config.to_dict(),
+        }, config.checkpoint_keep)
+        cadence.mark()
+
+    start_epoch, start_batch = (0, 0) if checkpoint is None else (checkpoint["epoch"], checkpoint["batch"])
+    val_loss: torch.Tensor | float | None = None
+    bar = tqdm(total=total_steps, initial=recorder.steps_done, desc="training", unit="step", disable=not progress,
+               dynamic_ncols=True)
     with recorder, snapshots, bar:
         model.train()
-        for epoch in range(config.epochs):
+        if checkpoint is None:
+            save(0, 0, None)
+        else:
+            set_rng_states(checkpoint["rng"])
+        for epoch in range(start_epoch, config.epochs):
             recorder.epoch = epoch
             plan.start_epoch(epoch, recorder.steps_done)
             batch_size = plan.batch_size(epoch)
-            permutation = torch.randperm(len(data.x_train), generator=order).to(device)
-            for batch in range(steps_per_epoch[epoch]):
+            first = start_batch if epoch == start_epoch else 0
+            if first:
+                permutation = checkpoint["permutation"].to(device)
+            else:
+                permutation = torch.randperm(len(data.x_train), generator=order).to(device)
+            for batch in range(first, steps_per_epoch[epoch]):
                 index = permutation[batch * batch_size:(batch + 1) * batch_size]
                 x, y = data.x_train[index], data.y_train[index]
                 optimizer.zero_grad(set_to_none=True)
-                inputs, target = plan.prepare(pipeline(x, True), y)
+                clean = pipeline(x, True)
+                inputs, target = plan.prepare(clean, y)
                 with autocast(device, config.precision):
                     out = model(inputs)
                     loss = plan.loss(out, target)
                 loss.backward()
-                plan.after_backward()
-                optimizer.step()
-                plan.after_step(recorder.steps_done, out, y, epoch_end=batch == steps_per_epoch[epoch] - 1)
+                skipped = config.on_nonfinite == "skip" and recorder.skip_nonfinite(loss)
+                if not skipped:
+                    plan.after_backward()
+                    optimizer.step()
+                last = batch == steps_per_epoch[epoch] - 1
+                plan.after_step(recorder.steps_done, out, y, epoch_end=last, skipped=skipped)
                 snapshots.observe(recorder.steps_done, epoch)
-                recorder.step(loss=loss, output=out, target=y, **plan.scalars())
+                recorder.step(loss=loss, output=out, target=y, inputs=clean, **plan.scalars())
                 schedule.step()
                 bar.update()
+                if not last and cadence.due(recorder.steps_done):
+                    save(epoch, batch + 1, permutation)
             val_loss, val_accuracy = evaluate_split(model, data.x_test, data.y_test, config.eval_batch_size,
                                                     prepare=pipeline, precision=config.precision)
             recorder.record_eval(val_loss=val_loss, val_accuracy=val_accuracy)  # device tensors: no sync here
             if progress:
                 bar.set_postfix(epoch=epoch + 1, val_acc=f"{float(val_accuracy):.3f}")
+            if epoch == config.epochs - 1 or cadence.due(recorder.steps_done):
+                save(epoch + 1, 0, None)
+        if val_loss is None:  # resumed from the checkpoint after the last epoch
+            val_loss, val_accuracy = evaluate_split(model, data.x_test, data.y_test, config.eval_batch_size,
+                                                    prepare=pipeline, precision=config.precision)
         train_loss, train_accuracy = evaluate(model, data.x_train, data.y_train, config.eval_batch_size,
                                               prepare=pipeline, precision=config.precision)
         val_loss, val_accuracy = float(val_loss), float(val_accuracy)

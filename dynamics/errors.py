@@ -16,9 +16,17 @@ class StoreError(DynamicsError):
 
 
 class NonFiniteLossError(DynamicsError, FloatingPointError):
-    """Training produced a NaN or infinite loss; ``step`` is the first optimizer step where it appeared."""
+    """Training produced a NaN or infinite loss or gradient; ``step`` is the first optimizer step where it appeared.
 
-    def __init__(self, step: int, value: float) -> None:
-        super().__init__(f"non-finite loss {value} at step {step}; lower the learning rate or check the data")
+    ``kind`` is ``"loss"`` or ``"gradient"`` (the loss was finite, a gradient was not); ``where`` names the
+    first parameter with a non-finite gradient or the first layer with non-finite activations, when known.
+    """
+
+    def __init__(self, step: int, value: float, kind: str = "loss", where: str | None = None) -> None:
+        place = f" ({where})" if where else ""
+        what = f"loss {value}" if kind == "loss" else f"gradient (loss {value})"
+        super().__init__(f"non-finite {what} at step {step}{place}; lower the learning rate or check the data")
         self.step = step
         self.value = value
+        self.kind = kind
+        self.where = where

@@ -9,9 +9,10 @@ Three lines in a user's loop::
 
 Values stay on the device; a flush (every ``flush_steps`` recorded steps or ``flush_seconds`` seconds,
 whichever comes first, and at close) moves them to the host in one transfer and appends them to
-``data.zarr``. The detached loss of every step is kept on the device and checked for NaN/Inf in one
-stacked operation every ``check_finite_every`` steps and at close, so there is no host synchronisation
-(and no device work) per step.
+``data.zarr``. The detached loss of every step is kept on the device and checked for NaN/Inf, together
+with the recorded gradient norms, in one stacked operation every ``check_finite_every`` steps, at each
+flush and at close, so there is no host synchronisation (and no device work) per step. Only
+``on_nonfinite="skip"`` checks every step (:meth:`Recorder.skip_nonfinite`: one synchronisation per step).
 """
 
 from __future__ import annotations
@@ -32,9 +33,10 @@ from torch import nn
 from dynamics.errors import ConfigError, NonFiniteLossError, StoreError
 from dynamics.probes import Context, Probe, StepData, resolve_probes
 from dynamics.runinfo import environment, now_iso
-from dynamics.store import RunWriter, prepare_run_dir, write_json_atomic
+from dynamics.store import DATA_NAME, RunWriter, prepare_run_dir, read_json, write_json_atomic
 
 Scalar = float | int | bool | torch.Tensor
+NONFINITE_POLICIES = ("stop", "skip", "record")
 
 STEP_ATTRS = {
     "step": {"long_name": "optimizer step", "description": "index of the optimizer step, contiguous from 0"},
@@ -55,9 +57,15 @@ class Recorder:
         probes: a preset name (``"default"``, ``"minimal"``, ``"loss"``) or a list of probe names/instances.
         config: everything needed to rerun, written to ``config.json``.
         flush_steps / flush_seconds: the bound on unflushed recorded steps and on time between flushes.
-        check_finite_every: steps between host checks of the device-side non-finite-loss flag.
-        on_nonfinite: ``"stop"`` raises NonFiniteLossError (run marked failed); ``"record"`` keeps going.
+        check_finite_every: steps between host checks for a non-finite loss or recorded gradient norm.
+        on_nonfinite: ``"stop"`` raises NonFiniteLossError (run marked failed); ``"record"`` keeps going;
+            ``"skip"`` keeps going too, the loop skipping the update of each step that
+            :meth:`skip_nonfinite` flags. The first event (step, loss or gradient, first parameter with a
+            non-finite gradient norm, first layer with a non-finite activation mean) goes to ``meta.json``
+            under ``nonfinite``.
         overwrite: replace an existing run in ``run_dir``.
+        resume: a checkpoint's :meth:`state_dict`: reopen the run in ``run_dir`` instead of creating it, cut
+            its store to the steps before the checkpoint, restore the probes' state and continue from there.
     """
 
     def __init__(
@@ -73,8 +81,9 @@ class Recorder:
         flush_steps: int = 1000,
         flush_seconds: float = 10.0,
         check_finite_every: int = 50,
-        on_nonfinite: Literal["stop", "record"] = "stop",
+        on_nonfinite: Literal["stop", "skip", "record"] = "stop",
         overwrite: bool = False,
+        resume: Mapping[str, Any] | None = None,
     ) -> None:
         for label, value in (("every", every), ("flush_steps", flush_steps),
                              ("check_finite_every", check_finite_every)):
@@ -82,8 +91,9 @@ class Recorder:
                 raise ConfigError(f"{label} must be a positive integer, got {value!r}")
         if not flush_seconds > 0:
             raise ConfigError(f"flush_seconds must be positive, got {flush_seconds!r}")
-        if on_nonfinite not in ("stop", "record"):
-            raise ConfigError(f"on_nonfinite must be 'stop' or 'record', got {on_nonfinite!r}")
+        if on_nonfinite not in NONFINITE_POLICIES:
+            raise ConfigError(f"on_nonfinite must be one of {', '.join(NONFINITE_POLICIES)}, got {on_nonfinite!r}; "
+                              "fix --on-nonfinite")
         self.run_dir = Path(run_dir)
         self.every = every
         self.flush_steps = flush_steps
@@ -95,7 +105,8 @@ class Recorder:
         self.context = Context(model, optimizer)
         self.probes = resolve_probes(probes)
         self.device = next((p.device for p in model.parameters()), torch.device("cpu"))
-        prepare_run_dir(self.run_dir, overwrite)
+        if resume is None:
+            prepare_run_dir(self.run_dir, overwrite)
 
         for probe in self.probes:
             probe.attach(self.context)
@@ -107,19 +118,34 @@ class Recorder:
             for variable in probe.variables(self.context):
                 self._dims[variable.name] = ("step", *variable.dims)
                 variable_attrs[variable.name] = {**variable.attrs, "probe": probe.name}
-        self._writer = RunWriter(self.run_dir, coords, {
-            "every": every, "probes": [p.name for p in self.probes], "config": dict(config or {}),
-        })
+        self._coords = coords
+        try:
+            if resume is None:
+                self._writer = RunWriter(self.run_dir, coords, {
+                    "every": every, "probes": [p.name for p in self.probes], "config": dict(config or {}),
+                })
+                write_json_atomic(self.run_dir / "config.json", dict(config or {}))
+            else:
+                self._writer = RunWriter.reopen(self.run_dir, int(resume["step"]))
+        except OSError as err:
+            raise write_failed(self.run_dir / DATA_NAME, err) from None
         for name, attrs in {**STEP_ATTRS, **variable_attrs}.items():
             self._writer.describe(name, attrs)
 
-        self._meta: dict[str, Any] = {
-            "status": "running", "error": None, "started": now_iso(), "finished": None, "seed": seed,
-            "every": every, "probes": [p.name for p in self.probes], "steps": 0, "last_flush": None,
-            **environment(self.device),
-        }
-        write_json_atomic(self.run_dir / "config.json", dict(config or {}))
-        write_json_atomic(self.run_dir / "meta.json", self._meta)
+        if resume is None:
+            self._meta: dict[str, Any] = {
+                "status": "running", "error": None, "started": now_iso(), "finished": None, "seed": seed,
+                "every": every, "probes": [p.name for p in self.probes], "steps": 0, "last_flush": None,
+                "on_nonfinite": on_nonfinite, **environment(self.device),
+            }
+        else:
+            self._meta = read_json(self.run_dir / "meta.json")
+            for key in ("nonfinite", "failed_step", "first_nonfinite_step"):  # events after the checkpoint
+                self._meta.pop(key, None)
+            self._meta.update(status="running", error=None, finished=None, steps=self._writer.lengths["step"],
+                              resumed=[*self._meta.get("resumed", []), {"step": int(resume["step"]),
+                                                                        "at": now_iso()}])
+        self._write_meta()
 
         self._step = 0
         self._layout: list[tuple[str, int, torch.Size]] | None = None
@@ -129,10 +155,46 @@ class Recorder:
         self._eval_rows: list[tuple[int, dict[str, Scalar]]] = []
         self._unchecked_losses: list[torch.Tensor] = []
         """Detached losses of the steps since the last host check, oldest first (scanned in one stack)."""
+        self._rows_checked = 0
+        """Rows of ``_rows`` already scanned for non-finite gradient norms."""
         self._first_bad_step = -1
         self._first_bad_value = math.nan
+        self._skipped_steps = 0
+        self._skip_this_step = False
         self._last_flush = time.monotonic()
         self._closed = False
+        if resume is not None:
+            self._restore(resume)
+
+    def state_dict(self) -> dict[str, Any]:
+        """What a checkpoint needs to resume recording at the next step (see ``resume``).
+
+        Flushes first, so the store holds exactly the steps before it; with ``on_nonfinite="stop"`` a
+        diverged loss raises NonFiniteLossError here rather than being checkpointed.
+        """
+        self._check_finite()
+        self.flush()
+        return {"step": self._step, "epoch": self.epoch, "probes": [p.state_dict() for p in self.probes],
+                "first_bad_step": self._first_bad_step, "first_bad_value": self._first_bad_value,
+                "nonfinite": self._meta.get("nonfinite"), "skipped_steps": self._skipped_steps}
+
+    def _restore(self, state: Mapping[str, Any]) -> None:
+        """Continue from a checkpoint's :meth:`state_dict` (after the probes were attached)."""
+        if len(state["probes"]) != len(self.probes):
+            raise StoreError(f"the checkpoint holds {len(state['probes'])} probe states but the run has "
+                             f"{len(self.probes)} probes; resume with the run's own config.json")
+        self._step = int(state["step"])
+        self.epoch = int(state["epoch"])
+        self.context.recording = self._step % self.every == 0
+        for probe, probe_state in zip(self.probes, state["probes"], strict=True):
+            probe.load_state_dict(probe_state)
+        self._first_bad_step = int(state["first_bad_step"])
+        self._first_bad_value = float(state["first_bad_value"])
+        self._skipped_steps = int(state["skipped_steps"])
+        if state["nonfinite"] is not None:
+            self._meta["nonfinite"] = state["nonfinite"]
+        if self._skipped_steps:
+            self._meta["skipped_steps"] = self._skipped_steps
 
     @property
     def steps_done(self) -> int:
@@ -140,9 +202,10 @@ class Recorder:
         return self._step
 
     def step(self, loss: torch.Tensor | float, output: torch.Tensor | None = None,
-             target: torch.Tensor | None = None, **scalars: Scalar) -> None:
+             target: torch.Tensor | None = None, *, inputs: torch.Tensor | None = None, **scalars: Scalar) -> None:
         """Mark the end of one optimizer step; call it after ``optimizer.step()``.
 
+        ``inputs`` is the step's clean model input (before mixing), for probes that rerun the batch.
         ``scalars`` are extra per-step values (floats or 0-d tensors) recorded under their own names,
         e.g. hyperparameters a strategy applied; a name missing at some recorded step is NaN there.
         """
@@ -150,8 +213,11 @@ class Recorder:
             raise RuntimeError("Recorder.step() after close(); create a new Recorder for a new run")
         loss = loss if isinstance(loss, torch.Tensor) else torch.tensor(float(loss), device=self.device)
         self._watch_finite(loss.detach())
+        if self.on_nonfinite == "skip":
+            scalars = {**scalars, "skipped": float(self._skip_this_step)}
+            self._skip_this_step = False
         if self.context.recording:
-            self._record(StepData(loss, output, target), scalars)
+            self._record(StepData(loss, output, target, inputs), scalars)
         self._step += 1
         self.context.recording = self._step % self.every == 0
         if self.context.recording:
@@ -203,47 +269,104 @@ class Recorder:
         if self._first_bad_step < 0:
             self._unchecked_losses.append(loss)
 
+    def skip_nonfinite(self, loss: torch.Tensor) -> bool:
+        """Whether this step's loss or a gradient is NaN/Inf, so that the loop skips ``optimizer.step()``.
+
+        For ``on_nonfinite="skip"``: call it between ``backward()`` and ``optimizer.step()``. It costs one
+        fused norm over the gradients and one host synchronisation per step. A flagged step is counted
+        (``skipped_steps`` in ``meta.json``) and recorded with ``skipped`` = 1 (0 at the other steps).
+        """
+        grads = [p.grad for p in self.context.params if p.grad is not None]
+        values = [loss.detach().reshape(()).float(), *(n.float() for n in torch._foreach_norm(grads))]
+        self._skip_this_step = not bool(torch.isfinite(torch.stack(values)).all())
+        if self._skip_this_step:
+            self._skipped_steps += 1
+            self._meta["skipped_steps"] = self._skipped_steps
+        return self._skip_this_step
+
+    def _columns(self, name: str) -> slice | None:
+        """Where variable ``name`` lies in a recorded row, or None when it is not recorded."""
+        offset = 0
+        for variable, size, _ in self._layout or ():
+            if variable == name:
+                return slice(offset, offset + size)
+            offset += size
+        return None
+
     def _scan_losses(self) -> None:
-        """Find the first non-finite loss among the unchecked steps: one stack, one host transfer."""
+        """Find the first non-finite loss or recorded gradient norm among the unchecked steps (one host transfer)."""
         losses, self._unchecked_losses = self._unchecked_losses, []
+        first_row, self._rows_checked = self._rows_checked, len(self._rows)
         if not losses or self._first_bad_step >= 0:
             return
         first_step = self._step - len(losses)
         values = torch.stack([loss.reshape(()).float() for loss in losses])
-        bad = (~torch.isfinite(values)).nonzero()
-        if len(bad):
-            index = int(bad[0, 0])
-            self._first_bad_step = first_step + index
-            self._first_bad_value = float(values[index])
+        flags = [~torch.isfinite(values)]
+        grads = self._columns("grad_norm")
+        rows = self._rows[first_row:]
+        if grads is not None and rows:
+            flags.append(~torch.isfinite(torch.stack(rows)[:, grads]).all(1))
+        bad = torch.cat(flags).nonzero().flatten().tolist()
+        if not bad:
+            return
+        steps = [first_step + i if i < len(values) else self._host_rows[first_row + i - len(values)][0] for i in bad]
+        step = min(steps)
+        self._first_bad_step = step
+        self._first_bad_value = float(values[step - first_step])
+        self._meta["nonfinite"] = {"step": step, "kind": "gradient" if math.isfinite(self._first_bad_value)
+                                   else "loss", "loss": str(self._first_bad_value), **self._locate(step)}
+
+    def _locate(self, step: int) -> dict[str, str | None]:
+        """First parameter with a non-finite gradient norm and first layer with a non-finite activation mean at
+        ``step``, from its recorded row (None where the step or the variable is not recorded)."""
+        found: dict[str, str | None] = {"param": None, "layer": None}
+        index = next((i for i, (row_step, _, _) in enumerate(self._host_rows) if row_step == step), None)
+        if index is None:
+            return found
+        row = self._rows[index]
+        for key, variable in (("param", "grad_norm"), ("layer", "act_mean")):
+            columns = self._columns(variable)
+            labels = self._coords.get(key)
+            if columns is not None and labels:
+                bad = (~torch.isfinite(row[columns])).nonzero().flatten().tolist()
+                found[key] = labels[bad[0]] if bad else None
+        return found
 
     def _check_finite(self) -> None:
         self._scan_losses()
         bad_step = self._first_bad_step
-        if bad_step < 0 or self.on_nonfinite == "record":
+        if bad_step < 0 or self.on_nonfinite != "stop":
             if bad_step >= 0:
                 self._meta["first_nonfinite_step"] = bad_step
             return
-        error = NonFiniteLossError(bad_step, self._first_bad_value)
+        error = self._nonfinite_error()
         self._meta["failed_step"] = bad_step
         self.close(status="failed", error=str(error))
         raise error
+
+    def _nonfinite_error(self) -> NonFiniteLossError:
+        """The error describing the first non-finite event (``meta["nonfinite"]``)."""
+        event = self._meta["nonfinite"]
+        where = ", ".join(f"first {key} {event[key]}" for key in ("param", "layer") if event[key])
+        return NonFiniteLossError(self._first_bad_step, self._first_bad_value, event["kind"], where or None)
 
     def flush(self) -> None:
         """Move everything recorded to the store now (one device-to-host transfer per kind of value)."""
         self._last_flush = time.monotonic()
         if not self._rows and not self._eval_rows:
             return
+        self._scan_losses()  # the rows leave the device now: look at their gradient norms first
         try:
             if self._rows:
                 self._writer.append("step", self._step_columns())
             if self._eval_rows:
                 self._writer.append("eval_step", self._eval_columns())
         except OSError as err:
-            raise StoreError(f"writing {self.run_dir / 'data.zarr'} failed ({err.strerror or err}); "
-                             "free disk space or choose a writable --out") from None
+            raise write_failed(self.run_dir / DATA_NAME, err) from None
         self._meta["steps"] = self._writer.lengths["step"]
         self._meta["last_flush"] = now_iso()
         self._rows, self._host_rows, self._extras, self._eval_rows = [], [], [], []
+        self._rows_checked = 0
         self._write_meta()
 
     def _step_columns(self) -> dict[str, tuple[tuple[str, ...], np.ndarray]]:
@@ -270,8 +393,7 @@ class Recorder:
         try:
             write_json_atomic(self.run_dir / "meta.json", self._meta)
         except OSError as err:
-            raise StoreError(f"writing {self.run_dir / 'meta.json'} failed ({err.strerror or err}); "
-                             "free disk space or choose a writable --out") from None
+            raise write_failed(self.run_dir / "meta.json", err) from None
 
     def close(self, status: Literal["finished", "failed"] = "finished", error: str | None = None) -> None:
         """Flush, remove the hooks and mark the run finished (or failed, with ``error``). Idempotent."""
@@ -281,12 +403,11 @@ class Recorder:
         try:
             self.flush()
             self._scan_losses()
-            if self._first_bad_step >= 0 and self.on_nonfinite == "record":
+            if self._first_bad_step >= 0 and self.on_nonfinite != "stop":
                 self._meta["first_nonfinite_step"] = self._first_bad_step
             if status == "finished" and self.on_nonfinite == "stop" and self._first_bad_step >= 0:
-                bad = NonFiniteLossError(self._first_bad_step, self._first_bad_value)
-                status, error = "failed", str(bad)
-                self._meta["failed_step"] = bad.step
+                status, error = "failed", str(self._nonfinite_error())
+                self._meta["failed_step"] = self._first_bad_step
         finally:
             for probe in self.probes:
                 probe.detach()
@@ -302,6 +423,12 @@ class Recorder:
             self.close()
         else:
             self.close(status="failed", error=f"{kind.__name__}: {value}")
+
+
+def write_failed(path: Path, err: OSError) -> StoreError:
+    """The one-line error of a failed write (disk full, read-only directory), naming the fix."""
+    return StoreError(f"writing {path} failed ({err.strerror or err}); free disk space or make the run "
+                      "directory writable (or choose another --out)")
 
 
 def _host_floats(values: Sequence[float | torch.Tensor]) -> list[float]:

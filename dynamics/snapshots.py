@@ -22,6 +22,7 @@ density is kept), always with the first and the last.
 
 from __future__ import annotations
 
+import bisect
 import os
 import time
 from collections.abc import Iterable, Sequence
@@ -37,7 +38,7 @@ from torch import nn
 
 from dynamics.errors import ConfigError, StoreError
 from dynamics.probes.cadence import GeometricCadence
-from dynamics.store import DATA_NAME
+from dynamics.store import DATA_NAME, cut_group, rows_before
 
 GROUP = "snapshots"
 INITIAL_STEP = -1
@@ -116,10 +117,12 @@ class SnapshotWriter:
         steps: the steps to snapshot (e.g. from :func:`snapshot_steps`); others are skipped.
         flush_seconds: longest time a taken snapshot waits on the device before it is written.
         flush_bytes: write as soon as this many bytes of snapshots are pending.
+        resume_step: continue a resumed run at this step: the stored snapshots of later steps are dropped
+            (taken after the checkpoint) and only planned steps from ``resume_step`` on are taken.
     """
 
     def __init__(self, model: nn.Module, run_dir: str | os.PathLike[str], steps: Iterable[int], *,
-                 flush_seconds: float = 10.0, flush_bytes: int = 256 * 2**20) -> None:
+                 flush_seconds: float = 10.0, flush_bytes: int = 256 * 2**20, resume_step: int | None = None) -> None:
         self.path = Path(run_dir) / DATA_NAME / GROUP
         named = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
         self.params = [p for _, p in named]
@@ -137,9 +140,22 @@ class SnapshotWriter:
         self._group: zarr.Group | None = None
         self._last_flush = time.monotonic()
         self._closed = False
-        if self.steps and self.steps[0] == INITIAL_STEP:
+        if resume_step is not None:
+            self._reopen(resume_step)
+        elif self.steps and self.steps[0] == INITIAL_STEP:
             self._take(INITIAL_STEP, 0)
             self._next = 1
+
+    def _reopen(self, resume_step: int) -> None:
+        """Reopen the stored snapshots (if any were written), cut to the steps before ``resume_step``."""
+        self._next = bisect.bisect_left(self.steps, resume_step)
+        if not (self.path / "zarr.json").exists():
+            return
+        self._group = zarr.open_group(self.path, mode="r+", zarr_format=3, use_consolidated=False)
+        self._arrays = {name: array for name, array in self._group.arrays()}
+        committed = int(self._group.attrs.get("committed", {}).get("snap_step", 0))
+        self.written = rows_before(self._arrays["snap_step"], committed, resume_step)
+        cut_group(self._group, {"snap_step": self.written})
 
     def observe(self, step: int, epoch: int) -> None:
         """Call after optimizer step ``step``: snapshot it if planned; write pending snapshots when due."""

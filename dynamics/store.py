@@ -73,7 +73,8 @@ def prepare_run_dir(run_dir: Path, overwrite: bool) -> None:
             raise ConfigError(
                 f"--out {run_dir} already holds a {status} run; pass --overwrite to replace it or choose another --out"
             )
-        for name in ("config.json", "meta.json", DATA_NAME, "overview.png", "overview.pdf"):
+        for name in ("config.json", "meta.json", DATA_NAME, "overview.png", "overview.pdf", "features",
+                     "checkpoints"):
             target = run_dir / name
             if target.is_dir():
                 shutil.rmtree(target)
@@ -90,6 +91,32 @@ def _status_of(meta_path: Path) -> str:
         return str(json.loads(meta_path.read_text()).get("status", "unknown"))
     except (OSError, ValueError):
         return "damaged"
+
+
+def cut_group(group: zarr.Group, lengths: Mapping[str, int]) -> None:
+    """Cut the arrays of ``group`` whose first dimension is in ``lengths`` to those lengths (for a resume).
+
+    The shorter lengths are committed first, so a process killed during the cut leaves a store that opens
+    with the cut applied; the rows beyond them in a chunk that is kept are reset to the fill value, so a
+    later append that pads an array (a variable missing from it) never shows a stale row.
+    """
+    committed = dict(group.attrs.get("committed", {}))
+    group.attrs["committed"] = {**committed, **{dim: int(n) for dim, n in lengths.items()}}
+    for _, array in group.arrays():
+        dims = array.metadata.dimension_names or ()
+        if not dims or dims[0] not in lengths or array.shape[0] <= lengths[dims[0]]:
+            continue
+        keep = int(lengths[dims[0]])
+        chunk = array.chunks[0]
+        end = min(array.shape[0], -(-keep // chunk) * chunk)
+        if end > keep:
+            array[keep:end] = array.fill_value
+        array.resize((keep, *array.shape[1:]))
+
+
+def rows_before(array: zarr.Array, length: int, step: int) -> int:
+    """How many of the first ``length`` values of a sorted step-like ``array`` are below ``step``."""
+    return int(np.searchsorted(np.asarray(array[:length]), step, side="left")) if length else 0
 
 
 class RunWriter:
@@ -112,6 +139,36 @@ class RunWriter:
             self.dim_sizes[name] = len(values)
         self.group.attrs.update({"format": FORMAT, "format_version": FORMAT_VERSION, **attrs,
                                  "committed": dict(self.lengths)})
+
+    @classmethod
+    def reopen(cls, run_dir: Path, before_step: int) -> RunWriter:
+        """Reopen the store of ``run_dir`` for appending, cut to the rows of steps before ``before_step``.
+
+        Rows along ``step`` and ``eval_step`` recorded at ``before_step`` or later (written after the
+        checkpoint a resume starts from) are dropped, so the resumed run appends them again.
+        """
+        writer = cls.__new__(cls)
+        writer.path = run_dir / DATA_NAME
+        try:
+            writer.group = zarr.open_group(writer.path, mode="r+", zarr_format=3, use_consolidated=False)
+        except OSError:
+            raise  # not writable: the caller names the fix
+        except Exception as err:  # zarr raises many types for a missing or damaged store
+            raise StoreError(f"{writer.path} cannot be reopened ({type(err).__name__}: {err}); "
+                             "the run cannot be resumed, start it again") from None
+        committed = writer.group.attrs.get("committed", {})
+        lengths = {dim: int(committed.get(dim, 0)) for dim in APPEND_DIMS}
+        writer.dim_sizes, writer._arrays, writer._attrs = {}, {}, {}
+        for name, array in writer.group.arrays():
+            dims = tuple(array.metadata.dimension_names or ())
+            if dims and dims[0] in APPEND_DIMS:
+                writer._arrays[name] = array
+            elif dims == (name,):
+                writer.dim_sizes[name] = array.shape[0]
+        writer.lengths = {dim: rows_before(writer._arrays[dim], lengths[dim], before_step)
+                          if dim in writer._arrays else 0 for dim in APPEND_DIMS}
+        cut_group(writer.group, writer.lengths)
+        return writer
 
     def describe(self, name: str, attrs: Mapping[str, Any]) -> None:
         """Give a variable its attributes (units, description, rules); stored when its array is created."""

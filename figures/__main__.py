@@ -1,7 +1,9 @@
 """``python -m figures [RUN_DIR ...] [--runs-root runs] [--out DIR]``: regenerate the overview figure of runs.
 
 Without RUN_DIR arguments every run directory under ``--runs-root`` (any depth; a run directory holds
-``meta.json`` and ``data.zarr``) is drawn. Figures go to ``<run_dir>/overview.png/.pdf``, or with ``--out``
+``meta.json`` and ``data.zarr``) is drawn, and so is every interference scale study there (a folder holding
+``interference_study.json``, see ``analyses.interference``), redrawn from its runs into that folder (with
+``--out``: ``<out>/<folder name>/``). Figures go to ``<run_dir>/overview.png/.pdf``, or with ``--out``
 to ``<out>/<run_name>-overview.png/.pdf``. Each written path is printed. A run that cannot be read or
 drawn prints one ``error: ...`` line on stderr; the others are still drawn, and the exit status is 2.
 """
@@ -15,6 +17,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from analyses.interference import SUMMARY_NAME, summarise, write_study
 from analyses.overview import plot_overview
 from dynamics import open_run
 from dynamics.errors import DynamicsError
@@ -104,6 +107,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             continue
         except OSError as err:
             error(f"cannot write {stem}.png/.pdf ({err.strerror or err}); choose a writable --out")
+            failed += 1
+            continue
+        for path in paths:
+            tqdm.write(str(path))
+    studies = [] if args.run_dirs else sorted(p.parent for p in args.runs_root.rglob(f"{SUMMARY_NAME}.json"))
+    for study in studies:
+        try:
+            paths = write_study(summarise(study), study if args.out is None else args.out / study.name)
+        except DynamicsError as err:
+            error(f"{study}: {err}")
             failed += 1
             continue
         for path in paths:

@@ -53,7 +53,7 @@ def assert_clean_outcome(status: int, stderr: str) -> None:
 
 
 flag_lists = st.lists(
-    st.tuples(st.sampled_from(FLAGS + ["--bogus", "--out", "--config"]), text_values),
+    st.tuples(st.sampled_from(FLAGS + ["--bogus", "--out", "--config", "--resume"]), text_values),
     min_size=1, max_size=5,
 )
 

@@ -2,11 +2,23 @@
 
 from dynamics.probes.activations import ActivationStats
 from dynamics.probes.base import Context, Probe, StepData, Variable
-from dynamics.probes.cadence import GeometricCadence, SparseProbe
+from dynamics.probes.cadence import FixedCadence, GeometricCadence, SparseProbe
 from dynamics.probes.fisher import FisherTrace, fisher_trace
 from dynamics.probes.flat_regions import FlatRule, flat_rule
+from dynamics.probes.gradient_stats import (
+    Alignment,
+    Stiffness,
+    alignment,
+    cosine_matrix,
+    gradient_diversity,
+    gsnr_aggregate,
+    gsnr_elementwise,
+    stiffness,
+)
+from dynamics.probes.interference import Interference, gradient_interference, revival, trajectory_distance
 from dynamics.probes.loss import LossAccuracy
 from dynamics.probes.parameters import DistanceFromInit, GradNorm, ParamNorm, UpdateNorm
+from dynamics.probes.per_sample_gram import Moments, per_sample_gram, per_sample_gram_with_moments
 from dynamics.probes.presets import PRESETS, PROBES, resolve_probes
 from dynamics.probes.probe_set import ProbeSet, make_probe_set, side_pass
 from dynamics.probes.representation import (
@@ -26,4 +38,7 @@ __all__ = [
     "FisherTrace", "GeometricCadence", "ProbeSet", "Representation", "SparseProbe", "fisher_trace", "knn_accuracy",
     "last_linear", "linear_cka", "load_features", "make_probe_set", "nc1", "ridge_accuracy", "side_pass",
     "SKETCH_MODES", "Sketch", "sketch_directions",
+    "FixedCadence", "Interference", "gradient_interference", "revival", "trajectory_distance",
+    "Alignment", "Moments", "Stiffness", "alignment", "cosine_matrix", "gradient_diversity", "gsnr_aggregate",
+    "gsnr_elementwise", "per_sample_gram", "per_sample_gram_with_moments", "stiffness",
 ]

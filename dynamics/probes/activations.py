@@ -22,7 +22,7 @@ from torch import nn
 from torch.utils.hooks import RemovableHandle
 
 from dynamics.probes.base import Context, Probe, StepData, Variable
-from dynamics.probes.flat_regions import FlatRule, flat_rule
+from dynamics.probes.flat_regions import FlatRule, activation_layers
 
 
 def count_flat(values: torch.Tensor, rule: FlatRule) -> torch.Tensor:
@@ -184,10 +184,7 @@ class ActivationStats(Probe):
 
     def attach(self, context: Context) -> None:
         self._context = context
-        for name, module in context.model.named_modules():
-            rule = flat_rule(module)
-            if rule is None:
-                continue
+        for name, module, rule in activation_layers(context.model):
             index = len(self.layer_names)
             self.layer_names.append(name)
             self.rules.append(rule)

@@ -11,6 +11,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -26,11 +27,16 @@ class Variable:
 
 @dataclass
 class StepData:
-    """What the training loop hands to ``Recorder.step``: the loss, and optionally outputs and targets."""
+    """What the training loop hands to ``Recorder.step``: the loss, and optionally outputs, targets and inputs.
+
+    ``inputs`` is the step's clean model input (before any mixing), for probes that run their own passes
+    on the current batch (:mod:`dynamics.probes.interference`).
+    """
 
     loss: torch.Tensor
     output: torch.Tensor | None = None
     target: torch.Tensor | None = None
+    inputs: torch.Tensor | None = None
 
 
 class Context:
@@ -54,9 +60,15 @@ class Context:
 
 
 class Probe(ABC):
-    """A family of recorded variables. Subclasses declare ``variables`` and implement ``measure``."""
+    """A family of recorded variables. Subclasses declare ``variables`` and implement ``measure``.
+
+    A probe that carries state from one step to the next (initial parameters, a cadence counter, a
+    generator) names those attributes in ``state_attrs``: a checkpoint saves them and a resumed run
+    restores them after ``attach``, so it measures the same values as an uninterrupted run.
+    """
 
     name: str = ""
+    state_attrs: tuple[str, ...] = ()
 
     def attach(self, context: Context) -> None:  # noqa: B027 - optional hook installation
         """Install hooks; called once when the recorder starts."""
@@ -78,3 +90,26 @@ class Probe(ABC):
 
     def detach(self) -> None:  # noqa: B027 - optional hook removal
         """Remove hooks; called once when the recorder closes."""
+
+    def state_dict(self) -> dict[str, Any]:
+        """The ``state_attrs`` values; torch and NumPy generators are saved as their states."""
+        state: dict[str, Any] = {}
+        for name in self.state_attrs:
+            value = getattr(self, name)
+            if isinstance(value, torch.Generator):
+                value = value.get_state()
+            elif isinstance(value, np.random.Generator):
+                value = value.bit_generator.state
+            state[name] = value
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` saved (generators are reset to the saved states, in place)."""
+        for name in self.state_attrs:
+            current = getattr(self, name)
+            if isinstance(current, torch.Generator):
+                current.set_state(state[name].cpu())
+            elif isinstance(current, np.random.Generator):
+                current.bit_generator.state = state[name]
+            else:
+                setattr(self, name, state[name])

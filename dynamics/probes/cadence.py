@@ -6,7 +6,8 @@ unnecessary late in training, where little changes. After a measurement at step 
 ``log(step)`` once ``growth * s > 1``: with ``growth = 0.1`` every step up to step 10, then about 24
 measurements per decade. A probe measures at the first *recorded* step at or after each due step, so the
 cadence also works with a recorder that records every ``every``-th step; at the other recorded steps it
-returns NaN (the recorder stores one row per recorded step, so shapes stay fixed).
+returns NaN (the recorder stores one row per recorded step, so shapes stay fixed). A :class:`FixedCadence`
+measures every ``interval_steps`` steps instead (the interference probe's cadence).
 """
 
 from __future__ import annotations
@@ -57,6 +58,30 @@ class GeometricCadence:
                 due = step + self.interval(step)
         return measured
 
+    def describe(self) -> str:
+        """The cadence in words, stored in the variables' ``cadence`` attribute."""
+        return f"geometric growth={self.growth:g} max_interval={self.max_interval}"
+
+
+@dataclass(frozen=True)
+class FixedCadence:
+    """Measure at step 0 and then every ``interval_steps`` steps (at the first recorded step at or after each)."""
+
+    interval_steps: int
+
+    def __post_init__(self) -> None:
+        if isinstance(self.interval_steps, bool) or not isinstance(self.interval_steps, int) \
+                or self.interval_steps < 1:
+            raise ConfigError(f"cadence interval must be a positive integer, got {self.interval_steps!r}")
+
+    def interval(self, step: int) -> int:
+        """Steps from a measurement at ``step`` to the next due one."""
+        return self.interval_steps
+
+    def describe(self) -> str:
+        """The cadence in words, stored in the variables' ``cadence`` attribute."""
+        return f"fixed interval={self.interval_steps}"
+
 
 class SparseProbe(Probe):
     """A probe that measures only at the steps its cadence makes due, and records NaN at the others.
@@ -65,7 +90,9 @@ class SparseProbe(Probe):
     calls to know the step, so ``every`` must be the recorder's. Subclasses implement ``measure_now``.
     """
 
-    def __init__(self, cadence: GeometricCadence, every: int) -> None:
+    state_attrs: tuple[str, ...] = ("step", "_calls", "_due", "_skipped")
+
+    def __init__(self, cadence: GeometricCadence | FixedCadence, every: int) -> None:
         if isinstance(every, bool) or not isinstance(every, int) or every < 1:
             raise ConfigError(f"every must be the recorder's positive integer cadence, got {every!r}")
         self.cadence = cadence
@@ -79,8 +106,7 @@ class SparseProbe(Probe):
     @property
     def cadence_attrs(self) -> dict[str, str]:
         """Attributes that tell an analysis which variables share their measured steps."""
-        return {"cadence": f"geometric growth={self.cadence.growth:g} max_interval={self.cadence.max_interval} "
-                           f"every={self.every}"}
+        return {"cadence": f"{self.cadence.describe()} every={self.every}"}
 
     @abstractmethod
     def measure_now(self, context: Context) -> dict[str, torch.Tensor]:

@@ -56,6 +56,7 @@ class FisherTrace(SparseProbe):
     """
 
     name = "fisher"
+    state_attrs = (*SparseProbe.state_attrs, "generator")
 
     def __init__(self, probe_set: ProbeSet, *, cadence: GeometricCadence | None = None, every: int = 1,
                  seed: int = 0, batch_size: int = 128) -> None:

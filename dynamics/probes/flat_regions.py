@@ -84,3 +84,8 @@ def flat_rule(module: nn.Module) -> FlatRule | None:
     if isinstance(module, nn.SiLU):
         return FlatRule(SILU_LOW, None, "input", f"x <= {SILU_LOW:.4f} (|f'| <= {SLOPE} on the left tail)")
     return None
+
+
+def activation_layers(model: nn.Module) -> list[tuple[str, nn.Module, FlatRule]]:
+    """``(name, module, rule)`` of every module of ``model`` with a flat region, in ``named_modules`` order."""
+    return [(name, module, rule) for name, module in model.named_modules() if (rule := flat_rule(module)) is not None]

@@ -116,6 +116,7 @@ class DistanceFromInit(Probe):
     """``dist_from_init(step, param)``: |theta_t - theta_init| with theta_init taken when recording starts."""
 
     name = "dist_from_init"
+    state_attrs = ("initial",)
     coords = staticmethod(_param_coords)
 
     def __init__(self) -> None:
@@ -140,6 +141,7 @@ class UpdateNorm(Probe):
     """
 
     name = "update_norm"
+    state_attrs = ("previous",)
     coords = staticmethod(_param_coords)
 
     def __init__(self) -> None:

@@ -71,7 +71,7 @@ def make_probe_set(data: Dataset, samples: int = 256, seed: int = 0,
         raise ConfigError(f"probe set size must be an integer >= 2, got {samples!r}; fix --probe-samples")
     if data.kind == "sequence":
         raise ConfigError(f"the probe set needs one class label per sample, but {data.name} is sequence data; "
-                          "drop --representation and --fisher")
+                          "drop --representation, --fisher and --interference")
     parts = []
     for x, y in ((data.x_train, data.y_train), (data.x_test, data.y_test)):
         labels = y.cpu()

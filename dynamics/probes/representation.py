@@ -28,7 +28,8 @@ the probe set, ``test`` on the held-out part. All arithmetic is float64 on the d
 ``features_dir`` keeps the raw features too: one ``step-<step>.npz`` per measurement (arrays ``features``
 (n x d, float32), ``labels``, ``samples``), written through a temporary file and a rename; read them
 back with :func:`load_features`. Files are written at measurement steps only, so this costs one
-device-to-host transfer per measurement.
+device-to-host transfer per measurement. The directory is the run's (``<run>/features``): replacing a run
+(``--overwrite``) clears it, and a resumed run deletes the files written after its checkpoint.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ import os
 import re
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -148,6 +150,7 @@ class Representation(SparseProbe):
     """
 
     name = "representation"
+    state_attrs = (*SparseProbe.state_attrs, "_previous")
 
     def __init__(self, probe_set: ProbeSet, *, module: str | None = None,
                  cadence: GeometricCadence | None = None, every: int = 1, ridge: float = 1e-3, knn: int = 10,
@@ -178,9 +181,6 @@ class Representation(SparseProbe):
         self._handle = modules[name].register_forward_pre_hook(self._hook)
         if self.features_dir is not None:
             self.features_dir.mkdir(parents=True, exist_ok=True)
-            for stale in self.features_dir.iterdir():
-                if _FEATURE_FILE.fullmatch(stale.name):
-                    stale.unlink()
         self._previous = self._grams(self.features(context))[::2]
 
     def _hook(self, module: nn.Module, args: tuple) -> None:
@@ -248,6 +248,16 @@ class Representation(SparseProbe):
         if self.features_dir is not None:
             self._write(features)
         return {name: value.float() for name, value in values.items()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore the cadence and the previous Grams; feature files of later steps (written after the
+        checkpoint, before an interruption) are deleted, since the resumed run writes them again."""
+        super().load_state_dict(state)
+        if self.features_dir is not None:
+            for stale in self.features_dir.iterdir():
+                match = _FEATURE_FILE.fullmatch(stale.name)
+                if match and int(match.group(1)) > self.step:
+                    stale.unlink()
 
     def _write(self, features: torch.Tensor) -> None:
         path = self.features_dir / f"step-{self.step:09d}.npz"

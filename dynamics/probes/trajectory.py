@@ -117,6 +117,7 @@ class Sketch(Probe):
     """
 
     name = "sketch"
+    state_attrs = ("_origin",)
 
     def __init__(self, k: int = 8, seed: int = 0, mode: str = "dense") -> None:
         _check(k, seed, mode)

@@ -65,6 +65,13 @@ class EnlightenmentTracker:
         smoothed = None if self._smoothed is None else float(self._smoothed)
         return {"end_step": self.end_step, "epoch": self._epoch, "smoothed": smoothed}
 
+    def load_state_dict(self, state: dict[str, object]) -> None:
+        """Continue from :meth:`state_dict` (the float64 average is restored exactly)."""
+        self.end_step = state["end_step"]
+        self._epoch = state["epoch"]
+        smoothed = state["smoothed"]
+        self._smoothed = None if smoothed is None else torch.tensor(smoothed, dtype=torch.float64)
+
 
 def high_loss_keep_mask(per_sample_loss: torch.Tensor, fraction: float) -> torch.Tensor:
     """Float mask (B,) that is 0 for the ``floor(fraction * B)`` largest losses and 1 elsewhere."""

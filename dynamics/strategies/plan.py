@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -193,17 +194,38 @@ class StrategyPlan:
         if self.clip_norm is not None:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.clip_norm)
 
-    def after_step(self, step: int, output: torch.Tensor, labels: torch.Tensor, epoch_end: bool) -> None:
+    def after_step(self, step: int, output: torch.Tensor, labels: torch.Tensor, epoch_end: bool,
+                   skipped: bool = False) -> None:
         """After ``optimizer.step()``, before the step is recorded: PLP and the online period detection.
 
         PLP observes after every step (``unit="iteration"``) or after the last step of each epoch
         (``"epoch"``), so a prediction shows in that step's recorded ``update_norm`` and ``plp_applied``.
+        A ``skipped`` step (non-finite loss or gradient, no update) is neither a PLP point nor observed.
         """
         self._plp_applied = 0.0
+        if skipped:
+            return
         if self.plp is not None and (self.plp.unit == "iteration" or epoch_end):
             self._plp_applied = float(self.plp.observe())
         if self.tracker is not None and self.tracker.epochs == "auto" and self.tracker.active:
             self.tracker.observe(step, (output.detach().argmax(-1) == labels).float().mean())
+
+    def state_dict(self) -> dict[str, Any]:
+        """What a checkpoint needs beyond the optimizer: the mixer's generator, period detection, PLP points.
+
+        The per-epoch values (cyclical schedules) are set again by :meth:`start_epoch`.
+        """
+        return {"mixer": self.mixer.rng.bit_generator.state,
+                "tracker": None if self.tracker is None else self.tracker.state_dict(),
+                "plp": None if self.plp is None else self.plp.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` saved."""
+        self.mixer.rng.bit_generator.state = state["mixer"]
+        if self.tracker is not None:
+            self.tracker.load_state_dict(state["tracker"])
+        if self.plp is not None:
+            self.plp.load_state_dict(state["plp"])
 
     def scalars(self) -> dict[str, float]:
         """Hyperparameters applied at this step, recorded under their own names."""

@@ -55,6 +55,15 @@ class PLP:
         self.applied = 0
         """Number of predictions applied so far."""
 
+    def state_dict(self) -> dict[str, Any]:
+        """The points of the current cycle and the count of predictions, for a checkpoint."""
+        return {"points": self._points, "applied": self.applied}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue the cycle saved by :meth:`state_dict`."""
+        self._points = [list(point) for point in state["points"]]
+        self.applied = int(state["applied"])
+
     @torch.no_grad()
     def observe(self) -> bool:
         """Take the current parameters as the next point; at the third, apply the prediction."""

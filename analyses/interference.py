@@ -1,0 +1,414 @@
+"""Does gradient interference shrink with scale? A study over MNIST-1D training-set sizes x CNN widths.
+
+``python -m analyses.interference --study [--quick]`` captures, for every training-set size x CNN width x
+seed, two runs with the same data and seed: *always-Mixup* (with the interference probe,
+:mod:`dynamics.probes.interference`) and *Mixup Pause* (no Mixup until the online-detected Enlightenment
+Period ends, then the same Mixup). Runs go to ``--root`` (one directory per run; finished runs are skipped,
+so an interrupted study resumes). ``--runs DIR`` only redraws from existing runs. Both write
+``interference_study.json`` and ``interference_study.png/.pdf`` (into ``--out``, default the runs' folder)
+and print one sentence that says whether the data support the claim. Only the capture step (:func:`capture`)
+imports the training code, lazily; everything else reads stores, as every analysis does.
+
+Choices this makes:
+
+- *Budget*: every run trains about ``steps`` optimizer steps (epochs = round(steps / steps per epoch), at
+  least 1), so larger sets see fewer epochs: a fixed-compute comparison that keeps the quick preset on two
+  CPU cores under 30 minutes. The test split (20% of the generated samples) is the same for every size.
+- *The period*: the always-Mixup run's recorded accuracy is scored on mixed batches against the first label,
+  which stays near 50% even for a good model, so the Enlightenment Period of a (size, width, seed) is taken
+  from its Mixup Pause run, which trains on clean batches until that period ends
+  (:func:`analyses.enlightenment.enlightenment_period`, the same EMA and threshold as the online detection).
+  When it never ends, the whole run counts and ``enp_reached`` is false.
+- *Per run*: the whole-model ``interference_ratio_model`` and ``revival_frac`` (mean over layers) of the
+  always-Mixup run, averaged over its measurements at steps ``<= end_step``; the final test accuracy is the
+  one each run notes in its ``meta.json`` (the last evaluation, in float64).
+- *Statistics*: per cell, the mean over seeds and a two-sided 95% Student-t interval of the paired accuracy
+  difference (Mixup Pause minus always-Mixup); a cell is significant when the interval excludes 0 and has
+  positive width (seeds with identical differences give a zero-width interval, which is not counted). The
+  claim is judged by Spearman's rank correlation of the per-run interference ratio with size and with
+  width: supported when both are negative with p < 0.05.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from matplotlib import colormaps
+from matplotlib.axes import Axes
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.colors import TwoSlopeNorm
+from matplotlib.figure import Figure
+from scipy import stats
+from tqdm.auto import tqdm
+
+from analyses.enlightenment import enlightenment_period
+from analyses.overview import save_figure
+from dynamics.errors import ConfigError, DynamicsError
+from dynamics.store import open_run, read_json
+
+SUMMARY_NAME = "interference_study"
+"""File stem of the JSON summary and of the figure."""
+LEVEL = 0.95
+"""Confidence level of the per-cell intervals."""
+ALPHA_SIGNIFICANCE = 0.05
+"""p-value below which a rank correlation counts as evidence."""
+STRATEGIES = ("mixup", "pause")
+"""always-Mixup and Mixup Pause, in that order."""
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A grid of the study: training-set sizes, CNN widths, seeds and the step budget of every run."""
+
+    sizes: tuple[int, ...]
+    widths: tuple[int, ...]
+    seeds: tuple[int, ...]
+    steps: int
+    num_samples: int = 20_000
+    batch_size: int = 64
+
+
+PRESETS = {
+    "quick": Preset(sizes=(500, 2000, 4000, 16000), widths=(4, 8, 16, 32), seeds=(0, 1), steps=500),
+    "full": Preset(sizes=(500, 1000, 2000, 4000, 8000, 16000), widths=(4, 8, 16, 32, 64), seeds=(0, 1, 2, 3, 4),
+                   steps=2000),
+}
+"""``quick``: 4 x 4 x 2 seeds x 2 strategies = 64 runs of ~500 steps; ``full``: 300 runs of ~2000 steps."""
+
+BASE: dict[str, Any] = {
+    "dataset": "mnist1d", "model": "cnn", "depth": 3, "mixup_alpha": 1.0, "probes": "loss", "snapshots": False,
+    "interference_every": 10, "probe_samples": 64, "enp_epochs": "auto", "device": "cpu",
+}
+"""Settings shared by every run of the study (the rest are RunConfig defaults)."""
+
+
+def run_settings(preset: Preset, size: int, width: int, seed: int, strategy: str) -> dict[str, Any]:
+    """RunConfig settings of one run of the study."""
+    steps_per_epoch = size // preset.batch_size
+    if steps_per_epoch < 1:
+        raise ConfigError(f"training-set size {size} is smaller than the batch size {preset.batch_size}; "
+                          "raise --sizes or lower --batch-size")
+    epochs = max(1, round(preset.steps / steps_per_epoch))
+    return {**BASE, "num_samples": preset.num_samples, "train_size": size, "width": width, "seed": seed,
+            "batch_size": preset.batch_size, "epochs": epochs, "interference": strategy == "mixup",
+            "mixup_pause": strategy == "pause"}
+
+
+def run_name(size: int, width: int, seed: int, strategy: str) -> str:
+    """Directory name of one run: ``n<size>-w<width>-<strategy>-s<seed>``."""
+    return f"n{size}-w{width}-{strategy}-s{seed}"
+
+
+def _finished(run_dir: Path) -> bool:
+    try:
+        return read_json(run_dir / "meta.json").get("status") == "finished"
+    except DynamicsError:
+        return False
+
+
+def capture(preset: Preset, root: Path, *, progress: bool = True) -> int:
+    """Train every run of ``preset`` missing from ``root`` (finished runs are kept); returns how many ran."""
+    from dynamics.config import make_config  # the capture step trains; the analysis below only reads stores
+    from dynamics.engine import train
+
+    plan = [(size, width, seed, strategy) for size in preset.sizes for width in preset.widths
+            for seed in preset.seeds for strategy in STRATEGIES]
+    configs = [(root / run_name(*key), make_config(run_settings(preset, *key))) for key in plan]
+    todo = [(path, config) for path, config in configs if not _finished(path)]
+    for path, config in tqdm(todo, desc="interference study", unit="run", disable=not progress or None,
+                             dynamic_ncols=True):
+        train(config, path, overwrite=True, progress=False)
+    return len(todo)
+
+
+def mean_ci(values: Sequence[float], level: float = LEVEL) -> tuple[float, float]:
+    """Mean and half-width of the two-sided Student-t interval of the mean (NaN half-width below 2 values)."""
+    x = np.asarray(values, dtype=np.float64)
+    if x.size < 2:
+        return (float(x.mean()) if x.size else math.nan), math.nan
+    sem = x.std(ddof=1) / math.sqrt(x.size)
+    return float(x.mean()), float(stats.t.ppf(0.5 + level / 2, x.size - 1) * sem)
+
+
+def _mean_finite(values: np.ndarray) -> float:
+    finite = values[np.isfinite(values)]
+    return float(finite.mean()) if finite.size else math.nan
+
+
+@dataclass(frozen=True)
+class RunPair:
+    """One (size, width, seed): what its always-Mixup and Mixup Pause runs give."""
+
+    size: int
+    width: int
+    seed: int
+    enp_end_step: int
+    enp_reached: bool
+    interference: float
+    cos: float
+    revival: float
+    measurements: int
+    accuracy_mixup: float
+    accuracy_pause: float
+
+    @property
+    def accuracy_diff(self) -> float:
+        """Final test accuracy of Mixup Pause minus always-Mixup."""
+        return self.accuracy_pause - self.accuracy_mixup
+
+
+def find_pairs(root: Path) -> dict[tuple[int, int, int], dict[str, Path]]:
+    """Finished study runs under ``root`` by (size, width, seed) and strategy, read from their config.json."""
+    pairs: dict[tuple[int, int, int], dict[str, Path]] = {}
+    for config_path in sorted(root.rglob("config.json")):
+        run = config_path.parent
+        if not (run / "data.zarr").is_dir() or not _finished(run):
+            continue
+        config = read_json(config_path)
+        if not config.get("mixup_alpha") or config.get("train_size") is None:
+            continue
+        strategy = "pause" if config.get("mixup_pause") else "mixup" if config.get("interference") else None
+        if strategy is not None:
+            key = (int(config["train_size"]), int(config["width"]), int(config["seed"]))
+            pairs.setdefault(key, {})[strategy] = run
+    return {key: runs for key, runs in pairs.items() if set(runs) == set(STRATEGIES)}
+
+
+def final_accuracy(run_dir: Path) -> float:
+    """Final test accuracy of a finished run, from its meta.json (the float64 value; the store keeps float32)."""
+    return float(read_json(run_dir / "meta.json")["results"]["final_test_accuracy"])
+
+
+def measure_pair(runs: dict[str, Path], key: tuple[int, int, int]) -> RunPair:
+    """The per-run quantities of one (size, width, seed) from its two run directories (see module docstring)."""
+    mixup, pause = open_run(runs["mixup"]), open_run(runs["pause"])
+    period = enlightenment_period(pause)
+    steps = np.asarray(mixup["step"].values)
+    end = period.end_step if period.reached else int(steps[-1])
+    inside = steps <= end
+    ratio = np.asarray(mixup["interference_ratio_model"].values, dtype=np.float64)[inside]
+    cos = np.asarray(mixup["interference_cos_model"].values, dtype=np.float64)[inside]
+    revival = np.asarray(mixup["revival_frac"].values, dtype=np.float64)[inside]
+    with np.errstate(invalid="ignore"):
+        per_step_revival = np.array([_mean_finite(row) for row in revival])
+    return RunPair(*key, enp_end_step=end, enp_reached=period.reached, interference=_mean_finite(ratio),
+                   cos=_mean_finite(cos), revival=_mean_finite(per_step_revival),
+                   measurements=int(np.isfinite(ratio).sum()),
+                   accuracy_mixup=final_accuracy(runs["mixup"]), accuracy_pause=final_accuracy(runs["pause"]))
+
+
+def spearman(x: Sequence[float], y: Sequence[float]) -> tuple[float, float]:
+    """Spearman's rho and its two-sided p-value over the finite pairs (NaN with fewer than 3)."""
+    a, b = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    keep = np.isfinite(a) & np.isfinite(b)
+    if keep.sum() < 3 or np.ptp(a[keep]) == 0 or np.ptp(b[keep]) == 0:
+        return math.nan, math.nan
+    result = stats.spearmanr(a[keep], b[keep])
+    return float(result.statistic), float(result.pvalue)
+
+
+def conclusion(by_size: tuple[float, float], by_width: tuple[float, float], runs: int) -> str:
+    """The sentence that answers the claim, from the two rank correlations (rho, p)."""
+    def trend(rho: float) -> str:
+        return "does not vary measurably" if math.isnan(rho) else "falls" if rho < 0 else "rises"
+
+    def supports(rho: float, p: float) -> bool:
+        return rho < 0 and p < ALPHA_SIGNIFICANCE
+
+    size_ok, width_ok = supports(*by_size), supports(*by_width)
+    verdict = ("supported" if size_ok and width_ok else "supported for size only" if size_ok
+               else "supported for width only" if width_ok else "not supported")
+    return (f"Over {runs} runs, the interference ratio during the Enlightenment Period {trend(by_size[0])} with "
+            f"training-set size (Spearman rho = {by_size[0]:+.2f}, p = {by_size[1]:.2g}) and {trend(by_width[0])} "
+            f"with CNN width (rho = {by_width[0]:+.2f}, p = {by_width[1]:.2g}): the claim that interference "
+            f"shrinks with scale is {verdict} by these runs.")
+
+
+def summarise(root: str | os.PathLike[str]) -> dict[str, Any]:
+    """The JSON summary of the study runs under ``root``: per run, per cell, correlations and the conclusion."""
+    pairs = find_pairs(Path(root))
+    if not pairs:
+        raise ConfigError(f"no finished always-Mixup/Mixup Pause run pairs under {root}; run "
+                          "python -m analyses.interference --study, or pass the folder holding them (--runs)")
+    measured = [measure_pair(runs, key) for key, runs in tqdm(sorted(pairs.items()), desc="reading runs",
+                                                              unit="pair", disable=None, dynamic_ncols=True)]
+    cells = []
+    for size, width in sorted({(p.size, p.width) for p in measured}):
+        group = [p for p in measured if (p.size, p.width) == (size, width)]
+        diff, half = mean_ci([p.accuracy_diff for p in group])
+        cells.append({
+            "size": size, "width": width, "seeds": len(group),
+            "interference": mean_ci([p.interference for p in group])[0],
+            "interference_ci": mean_ci([p.interference for p in group])[1],
+            "revival": mean_ci([p.revival for p in group])[0],
+            "accuracy_mixup": float(np.mean([p.accuracy_mixup for p in group])),
+            "accuracy_pause": float(np.mean([p.accuracy_pause for p in group])),
+            "accuracy_diff": diff, "accuracy_diff_ci": half,
+            "significant": bool(half > 0 and abs(diff) > half),
+        })
+    interference = [p.interference for p in measured]
+    by_size = spearman([p.size for p in measured], interference)
+    by_width = spearman([p.width for p in measured], interference)
+    revival_size = spearman([p.size for p in measured], [p.revival for p in measured])
+    revival_width = spearman([p.width for p in measured], [p.revival for p in measured])
+    return {
+        "runs": [{**asdict(p), "accuracy_diff": p.accuracy_diff} for p in measured],
+        "cells": cells,
+        "correlations": {
+            "interference_vs_size": {"rho": by_size[0], "p": by_size[1]},
+            "interference_vs_width": {"rho": by_width[0], "p": by_width[1]},
+            "revival_vs_size": {"rho": revival_size[0], "p": revival_size[1]},
+            "revival_vs_width": {"rho": revival_width[0], "p": revival_width[1]},
+        },
+        "level": LEVEL,
+        "conclusion": conclusion(by_size, by_width, len(measured)),
+    }
+
+
+def _lines(ax: Axes, summary: dict[str, Any], x_key: str, hue_key: str, y_key: str, ylabel: str) -> None:
+    """Per value of ``hue_key``, the cells' mean ``y_key`` against ``x_key`` (log x) and each seed as a dot."""
+    cells, runs = summary["cells"], summary["runs"]
+    hues = sorted({c[hue_key] for c in cells})
+    colors = colormaps["viridis"](np.linspace(0.0, 0.85, max(len(hues), 1)))
+    for index, (color, hue) in enumerate(zip(colors, hues, strict=True)):
+        row = sorted((c for c in cells if c[hue_key] == hue), key=lambda c: c[x_key])
+        ax.plot([c[x_key] for c in row], [c[y_key] for c in row], color=color, marker="o", markersize=4,
+                linewidth=1.5, label=f"{hue_key} {hue}")
+        seeds = [r for r in runs if r[hue_key] == hue]
+        shift = 1.0 + 0.03 * (index - (len(hues) - 1) / 2)  # side by side on the log axis
+        ax.scatter([r[x_key] * shift for r in seeds], [r[y_key] for r in seeds], color=color, s=10, alpha=0.5,
+                   linewidths=0)
+    ticks = sorted({c[x_key] for c in cells})
+    ax.set_xscale("log")
+    ax.set_xticks(ticks, labels=[f"{v:g}" for v in ticks])
+    ax.minorticks_off()
+    ax.set_xlabel("training-set size" if x_key == "size" else "CNN width (channels)")
+    ax.set_ylabel(ylabel)
+    ax.legend(fontsize="small", frameon=False)
+
+
+def _heat_map(fig: Figure, ax: Axes, cells: list[dict[str, Any]]) -> None:
+    """Accuracy difference (Pause - Mixup) per size x width, annotated mean +- CI, significant cells starred."""
+    sizes = sorted({c["size"] for c in cells})
+    widths = sorted({c["width"] for c in cells})
+    grid = np.full((len(sizes), len(widths)), np.nan)
+    for c in cells:
+        grid[sizes.index(c["size"]), widths.index(c["width"])] = 100 * c["accuracy_diff"]
+    limit = max(float(np.nanmax(np.abs(grid))) if np.isfinite(grid).any() else 0.0, 1e-3)
+    image = ax.imshow(grid, cmap="RdBu", norm=TwoSlopeNorm(0.0, -limit, limit), origin="lower", aspect="auto")
+    for c in cells:
+        i, j = sizes.index(c["size"]), widths.index(c["width"])
+        half = f"\n±{100 * c['accuracy_diff_ci']:.1f}" if c["accuracy_diff_ci"] == c["accuracy_diff_ci"] else ""
+        star = "*" if c["significant"] else ""
+        dark = abs(grid[i, j]) > 0.6 * limit  # white text on the saturated ends of the colour map
+        ax.text(j, i, f"{100 * c['accuracy_diff']:+.1f}{star}{half}", ha="center", va="center", fontsize="small",
+                fontweight="bold" if star else "normal", color="white" if dark else "black")
+    ax.set_xticks(range(len(widths)), labels=[str(w) for w in widths])
+    ax.set_yticks(range(len(sizes)), labels=[str(s) for s in sizes])
+    ax.set_xlabel("CNN width (channels)")
+    ax.set_ylabel("training-set size")
+    ax.grid(False)
+    fig.colorbar(image, ax=ax, label="final test accuracy, Pause - Mixup (points)")
+
+
+def study_figure(summary: dict[str, Any]) -> Figure:
+    """Interference and revival over the Enlightenment Period against size and width, and the accuracy map."""
+    import seaborn as sns  # here, not at the top: only drawing needs it
+
+    cells = summary["cells"]
+    seeds = sorted({c["seeds"] for c in cells})
+    with sns.axes_style("whitegrid"), sns.plotting_context("notebook", font_scale=0.8):
+        fig = Figure(figsize=(12, 9), layout="constrained")
+        FigureCanvasAgg(fig)
+        axes = fig.subplots(2, 2)
+        ratio = "interference ratio r (EnP mean)"
+        _lines(axes[0, 0], summary, "size", "width", "interference", ratio)
+        _lines(axes[0, 1], summary, "width", "size", "interference", ratio)
+        _lines(axes[1, 0], summary, "size", "width", "revival", "revival fraction (EnP mean)")
+        _heat_map(fig, axes[1, 1], cells)
+        for ax, title in zip(axes.flat, ("a  interference vs size", "b  interference vs width",
+                                         "c  activation revival vs size",
+                                         f"d  accuracy difference, mean ± {int(100 * summary['level'])}% t-CI "
+                                         "(* excludes 0)"), strict=True):
+            ax.set_title(title, loc="left", fontsize="medium")
+        fig.suptitle(f"MNIST-1D CNN, always-Mixup vs Mixup Pause; n = {'/'.join(map(str, seeds))} seeds per cell; "
+                     f"a-c: lines = mean over seeds, dots = single seeds\n{summary['conclusion']}",
+                     fontsize="medium", wrap=True)
+    return fig
+
+
+def write_study(summary: dict[str, Any], out_dir: str | os.PathLike[str]) -> tuple[Path, Path, Path]:
+    """Write ``interference_study.json`` and the figure (PNG, PDF) into ``out_dir``; returns the three paths."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    json_path = out / f"{SUMMARY_NAME}.json"
+    json_path.write_text(json.dumps(summary, indent=2, allow_nan=True) + "\n")
+    png, pdf = save_figure(study_figure(summary), out / SUMMARY_NAME)
+    return json_path, png, pdf
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not values or min(values) < 0:
+        raise argparse.ArgumentTypeError(f"expected non-negative integers, got {text!r}")
+    return values
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    """The command line (argparse reports usage errors with exit status 2)."""
+    parser = argparse.ArgumentParser(prog="python -m analyses.interference", description=__doc__.splitlines()[0])
+    mode = parser.add_mutually_exclusive_group(required=True)
+    mode.add_argument("--study", action="store_true", help="capture the missing runs, then summarise and draw")
+    mode.add_argument("--runs", type=Path, metavar="DIR", help="only summarise and draw the runs under DIR")
+    parser.add_argument("--quick", action="store_true", help="the quick preset (CPU, under 30 minutes)")
+    parser.add_argument("--root", type=Path, default=None,
+                        help="where --study keeps its runs (default: runs/interference-study[-quick])")
+    parser.add_argument("--out", type=Path, default=None, help="folder of the JSON and figure (default: the runs)")
+    parser.add_argument("--sizes", type=_ints, help="training-set sizes, e.g. 500,2000 (overrides the preset)")
+    parser.add_argument("--widths", type=_ints, help="CNN widths, e.g. 4,8 (overrides the preset)")
+    parser.add_argument("--seeds", type=_ints, help="training seeds, e.g. 0,1 (overrides the preset)")
+    parser.add_argument("--steps", type=int, help="optimizer steps per run (overrides the preset)")
+    parser.add_argument("--num-samples", type=int, help="MNIST-1D samples generated, train + test")
+    parser.add_argument("--batch-size", type=int, help="samples per step")
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the study or redraw it; prints the conclusion and the written paths. Returns the exit status."""
+    args = parse_args(argv)
+    preset = PRESETS["quick" if args.quick else "full"]
+    overrides = {key: getattr(args, key) for key in ("sizes", "widths", "seeds", "steps", "num_samples",
+                                                     "batch_size") if getattr(args, key) is not None}
+    preset = Preset(**{**asdict(preset), **overrides})
+    try:
+        if args.study:
+            root = args.root or Path("runs") / ("interference-study-quick" if args.quick else "interference-study")
+            capture(preset, root, progress=not args.no_progress)
+        else:
+            root = args.runs
+        summary = summarise(root)
+        paths = write_study(summary, args.out or root)
+    except DynamicsError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(summary["conclusion"])
+    for path in paths:
+        print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

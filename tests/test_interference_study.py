@@ -1,0 +1,117 @@
+"""The interference scale study through its CLI: a tiny grid captured, resumed and redrawn, and every number in
+its JSON recomputed directly from the stores (xarray reductions, scipy's t-test interval, ranks)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from analyses.enlightenment import enlightenment_period
+from dynamics import open_run
+from dynamics.store import read_json
+from figures.__main__ import main as figures_main
+
+TINY = ["--sizes", "128,256", "--widths", "2,4", "--seeds", "0,1", "--steps", "20", "--num-samples", "500",
+        "--batch-size", "32", "--no-progress"]
+
+
+def cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "analyses.interference", *args], capture_output=True, text=True,
+                          timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.CompletedProcess[str]]:
+    root = tmp_path_factory.mktemp("study")
+    return root, cli("--study", "--root", str(root), *TINY)
+
+
+def test_study_writes_json_figure_and_prints_its_conclusion(study) -> None:
+    root, done = study
+    assert done.returncode == 0, done.stderr
+    summary = json.loads((root / "interference_study.json").read_text())
+    lines = done.stdout.strip().splitlines()
+    assert lines[0] == summary["conclusion"]
+    assert lines[1:] == [str(root / f"interference_study.{suffix}") for suffix in ("json", "png", "pdf")]
+    assert all((root / f"interference_study.{suffix}").stat().st_size > 1000 for suffix in ("png", "pdf"))
+    assert len(summary["runs"]) == 8 and len(summary["cells"]) == 4
+    assert len([p for p in root.iterdir() if p.is_dir()]) == 16
+
+
+def test_every_statistic_matches_a_recomputation_from_the_stores(study) -> None:
+    root, _ = study
+    summary = json.loads((root / "interference_study.json").read_text())
+    per_run = {}
+    for run in summary["runs"]:
+        name = f"n{run['size']}-w{run['width']}-{{}}-s{run['seed']}"
+        mixup, pause = open_run(root / name.format("mixup")), open_run(root / name.format("pause"))
+        period = enlightenment_period(pause)
+        end = period.end_step if period.reached else int(mixup["step"][-1])
+        early = mixup.where(mixup["step"] <= end, drop=True)
+        interference = float(early["interference_ratio_model"].mean(skipna=True))
+        revival = float(early["revival_frac"].mean("layer", skipna=True).mean(skipna=True))
+        accuracy = {s: read_json(root / name.format(s) / "meta.json")["results"]["final_test_accuracy"]
+                    for s in ("mixup", "pause")}
+        assert run["enp_end_step"] == end and run["enp_reached"] == period.reached
+        assert run["interference"] == pytest.approx(interference, rel=1e-6)
+        assert run["revival"] == pytest.approx(revival, rel=1e-6, nan_ok=True)
+        assert run["accuracy_diff"] == pytest.approx(accuracy["pause"] - accuracy["mixup"], abs=1e-12)
+        stored = float(pause["val_accuracy"][-1]) - float(mixup["val_accuracy"][-1])  # float32 in the store
+        assert run["accuracy_diff"] == pytest.approx(stored, abs=1e-6)
+        per_run[(run["size"], run["width"], run["seed"])] = (interference, accuracy["pause"] - accuracy["mixup"])
+    for cell in summary["cells"]:
+        diffs = [diff for (size, width, _), (_, diff) in per_run.items() if (size, width) == (cell["size"],
+                                                                                                cell["width"])]
+        assert cell["accuracy_diff"] == pytest.approx(np.mean(diffs), abs=1e-12)
+        if np.ptp(diffs) > 0:
+            low, high = stats.ttest_1samp(diffs, 0.0).confidence_interval(0.95)
+            assert cell["accuracy_diff_ci"] == pytest.approx((high - low) / 2, rel=1e-9)
+            assert cell["significant"] == (low > 0 or high < 0)
+        else:  # identical differences: a zero-width interval, not evidence
+            assert cell["accuracy_diff_ci"] == 0 and not cell["significant"]
+    keys = list(per_run)
+    ratios = [per_run[k][0] for k in keys]
+    for index, name in ((0, "size"), (1, "width")):
+        ranks = np.corrcoef(stats.rankdata([k[index] for k in keys]), stats.rankdata(ratios))[0, 1]
+        rho = summary["correlations"][f"interference_vs_{name}"]["rho"]
+        assert rho == pytest.approx(ranks, abs=1e-12)
+        trend = "falls" if rho < 0 else "rises"
+        assert f"{trend} with {'training-set size' if name == 'size' else 'CNN width'}" in summary["conclusion"]
+    supported = all(summary["correlations"][f"interference_vs_{n}"]["rho"] < 0
+                    and summary["correlations"][f"interference_vs_{n}"]["p"] < 0.05 for n in ("size", "width"))
+    assert ("is supported by" in summary["conclusion"]) == supported
+    assert all(math.isfinite(r) for r in ratios)
+
+
+def test_rerun_skips_finished_runs_and_redraw_reads_the_same_stores(study, tmp_path) -> None:
+    root, _ = study
+    stamps = {p: (p / "meta.json").stat().st_mtime_ns for p in root.iterdir() if p.is_dir()}
+    again = cli("--study", "--root", str(root), *TINY)
+    assert again.returncode == 0, again.stderr
+    assert {p: (p / "meta.json").stat().st_mtime_ns for p in stamps} == stamps
+    redraw = cli("--runs", str(root), "--out", str(tmp_path), "--no-progress")
+    assert redraw.returncode == 0, redraw.stderr
+    assert (tmp_path / "interference_study.json").read_text() == (root / "interference_study.json").read_text()
+    missing = cli("--runs", str(tmp_path / "nothing"))
+    assert missing.returncode == 2 and missing.stderr.count("\n") == 1 and "no finished" in missing.stderr
+
+
+def test_figures_redraws_a_study_found_under_the_runs_root(study, tmp_path) -> None:
+    root, _ = study
+    folder = tmp_path / "runs" / "scale"
+    for strategy in ("mixup", "pause"):
+        shutil.copytree(root / f"n128-w2-{strategy}-s0", folder / f"n128-w2-{strategy}-s0")
+    shutil.copy(root / "interference_study.json", folder)
+    assert figures_main(["--runs-root", str(tmp_path / "runs"), "--out", str(tmp_path / "out")]) == 0
+    redrawn = json.loads((tmp_path / "out" / "scale" / "interference_study.json").read_text())
+    assert [(r["size"], r["width"], r["seed"]) for r in redrawn["runs"]] == [(128, 2, 0)]
+    assert (tmp_path / "out" / "scale" / "interference_study.pdf").stat().st_size > 1000
