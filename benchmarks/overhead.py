@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import resource
 import statistics
 import tempfile
@@ -30,6 +28,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from common import RESULTS, available_cores, describe_machine, load_average
 from tqdm import tqdm
 
 from dynamics import Recorder
@@ -40,37 +39,11 @@ from dynamics.probes import PRESETS
 TARGET = 1.10
 FLUSH_STEPS = 1000
 """The Recorder's default flush_steps: the amortised ratio spreads one flush over this many steps."""
-RESULTS = Path(__file__).resolve().parent / "results"
-
-
-def cpu_model() -> str:
-    """The processor's model name from /proc/cpuinfo (falls back to the platform's description)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def load_average() -> list[float] | None:
-    try:
-        return [round(x, 2) for x in os.getloadavg()]
-    except OSError:
-        return None
 
 
 def minor_faults() -> int:
     """Minor page faults of this process so far (each costs a zeroed page; large temporaries cause many)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-
-
-def available_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1
 
 
 class Timer:
@@ -250,16 +223,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
 
     report = {
         "benchmark": "overhead",
-        "machine": {
-            "cpu": cpu_model(),
-            "cores": available_cores(),
-            "torch": torch.__version__,
-            "python": platform.python_version(),
-            "device": device_type,
-            "device_name": torch.cuda.get_device_name(device) if device_type == "cuda" else cpu_model(),
-            "torch_threads": torch.get_num_threads(),
-            "load_average_1_5_15min": {"before": load_before, "after": load_average()},
-        },
+        "machine": describe_machine(device, load_before),
         "config": {
             "model": "cnn (CNN1d defaults: width 32, depth 3, relu, kernel 5)",
             "dataset": "mnist1d (8000 train samples)",

@@ -29,7 +29,8 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from overhead import RESULTS, Bench, available_cores, cpu_model
+from common import RESULTS, available_cores, cpu_model
+from overhead import Bench
 from tqdm import tqdm
 
 from dynamics import Recorder

@@ -40,7 +40,7 @@ from unittest import mock
 
 import torch
 import torch.nn.functional as F
-from overhead import available_cores, cpu_model
+from common import available_cores, cpu_model
 
 import dynamics.engine
 from dynamics.augment import crop_flip

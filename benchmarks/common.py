@@ -1,0 +1,52 @@
+"""What every benchmark reports about the machine it ran on (shared by the scripts in this folder)."""
+
+from __future__ import annotations
+
+import os
+import platform
+from pathlib import Path
+
+import torch
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def cpu_model() -> str:
+    """The processor's model name from /proc/cpuinfo (falls back to the platform's description)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def load_average() -> list[float] | None:
+    """The 1, 5 and 15 minute load averages (None where the platform has none)."""
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return None
+
+
+def available_cores() -> int:
+    """CPU cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def describe_machine(device: torch.device, load_before: list[float] | None) -> dict[str, object]:
+    """CPU, cores, versions, device name, torch threads, and the load averages before and after the run."""
+    return {
+        "cpu": cpu_model(),
+        "cores": available_cores(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "device": device.type,
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_model(),
+        "torch_threads": torch.get_num_threads(),
+        "load_average_1_5_15min": {"before": load_before, "after": load_average()},
+    }
