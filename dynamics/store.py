@@ -314,6 +314,8 @@ def open_run(path: str | os.PathLike[str]) -> xr.Dataset:
             data = _CommittedArray(array, array.shape)._read((slice(None),) * array.ndim)
         variables[name] = xr.Variable(dims, data, attrs=dict(array.attrs))
     variables.update(grouped)
+    for dim in APPEND_DIMS:  # before the first flush of a dimension: an empty coordinate, not a missing one
+        variables.setdefault(dim, xr.Variable((dim,), np.zeros(0, dtype=np.int64)))
     coord_names = [n for n in variables if variables[n].dims == (n,)] + [n for n in ("epoch", "snap_epoch")
                                                                          if n in variables]
     data_vars = {n: v for n, v in variables.items() if n not in coord_names}

@@ -227,3 +227,20 @@ def test_nonfinite_loss_stops_and_keeps_data(tmp_path):
     assert list(ds.step.values) == list(range(8))
     assert ds.attrs["status"] == "failed"
     assert np.isnan(ds.loss.values[5]) and np.isfinite(ds.loss.values[:5]).all()
+
+
+def test_run_opens_with_empty_steps_before_the_first_flush(tmp_path):
+    model = nn.Linear(3, 2)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    with Recorder(model, optimizer, tmp_path / "run") as recorder:
+        early = open_run(tmp_path / "run")
+        assert early.sizes["step"] == 0 and early.sizes["eval_step"] == 0
+        assert early.step.values.tolist() == [] and early.attrs["status"] == "running"
+        for _ in range(3):
+            loss = model(torch.ones(1, 3)).sum()
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            recorder.step(loss)
+        recorder.flush()
+        assert open_run(tmp_path / "run").step.values.tolist() == [0, 1, 2]
