@@ -2,7 +2,7 @@
 
 Both runs are real ``python -m dynamics.collect`` processes in ``--deterministic`` mode on the CPU with every
 stateful part switched on (Mixup with Alpha Boost, online period detection, PLP, cyclical clipping, the
-trajectory sketch, snapshots, the representation and Fisher probes with their cadences and generators).
+trajectory sketch, snapshots, the representation, Fisher and interference probes with their cadences and generators).
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ RUN = ["--dataset", "gaussian", "--num-samples", "800", "--model", "mlp", "--wid
        "--epochs", "3", "--batch-size", "32", "--device", "cpu", "--deterministic", "--no-progress",
        "--mixup-alpha", "0.4", "--enp-epochs", "auto", "--alpha-boost", "1.0", "--plp", "--cyclical-clip", "1:5",
        "--representation", "--store-features", "--fisher", "--probe-samples", "16",
+       "--interference", "--interference-every", "5", "--interference-samples",
        "--checkpoint-steps", "25", "--checkpoint-seconds", "0", "--flush-seconds", "0.01"]
 
 
