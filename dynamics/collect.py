@@ -87,7 +87,8 @@ _HELP = {
     "interference": "record clean-vs-mixed gradient cos and interference ratio, activation revival and ATD",
     "interference_every": "steps between interference measurements",
     "interference_alpha": "Mixup alpha of the interference probe when the run mixes nothing",
-    "interference_samples": "also record the per-sample clean-vs-mixed gradient alignment (costlier)",
+    "interference_samples": "also record per-sample gradient statistics from one Gram of clean and mixed samples: "
+                            "clean-vs-mixed alignment, stiffness, gradient diversity, GSNR (costlier)",
     "mixup_alpha": "Mixup Beta(alpha, alpha) concentration; 0 = off (Zhang et al. 2018)",
     "cutmix_alpha": "CutMix Beta(alpha, alpha) concentration, images only; 0 = off (Yun et al. 2019)",
     "mix_prob": "probability of mixing a batch (batch mode) or a pair/sample",

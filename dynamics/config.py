@@ -127,7 +127,7 @@ class RunConfig:
     interference_alpha: float = 0.4
     """Mixup alpha the interference probe mixes with when the run itself mixes nothing."""
     interference_samples: bool = False
-    """Also record the per-sample clean-vs-mixed gradient alignment (a per-sample Gram of 2 x batch samples)."""
+    """Also record per-sample gradient statistics: clean-vs-mixed alignment, stiffness, diversity, GSNR (one Gram)."""
     # Training strategies (dynamics.strategies; validated by validate_strategies there)
     mixup_alpha: float = 0.0
     cutmix_alpha: float = 0.0

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -25,13 +24,7 @@ STORE_RTOL = 1e-6  # values are stored as float32 (6e-8 relative)
 CLASSES = 4
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread() -> Iterator[None]:
-    """Small tensors: one thread is faster and immune to other processes' load on a shared machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # small tensors: one thread is faster on a shared machine
 
 
 def make_model() -> nn.Sequential:
@@ -199,13 +192,31 @@ def test_sample_alignment_matches_per_sample_autograd(tmp_path) -> None:
         F.cross_entropy(reference_model(inputs[None]), target[None]).backward()
         return np.concatenate([p.grad.double().numpy().ravel() for p in reference_model.parameters()])
 
-    cosines = []
+    cosines, clean = [], []
     for i in range(len(x)):
         a = sample_gradient(x[i], F.one_hot(y[i], CLASSES).float())
         b = sample_gradient(mixed_x[i], mixed_y[i])
         cosines.append(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
-    stored = float(open_run(tmp_path / "run")["sample_align_cos"][0])
-    assert stored == pytest.approx(np.mean(cosines), rel=STORE_RTOL)
+        clean.append(a)
+    run = open_run(tmp_path / "run")
+    assert float(run["sample_align_cos"][0]) == pytest.approx(np.mean(cosines), rel=STORE_RTOL)
+
+    # stiffness, gradient diversity and GSNR of the clean per-sample gradients, straight from their definitions
+    g = np.stack(clean)
+    unit = g / np.linalg.norm(g, axis=1, keepdims=True)
+    cos = unit @ unit.T
+    labels = y.numpy()
+    same = (labels[:, None] == labels[None, :]) & ~np.eye(len(g), dtype=bool)
+    diff = labels[:, None] != labels[None, :]
+    assert float(run["stiffness_same"][0]) == pytest.approx(cos[same].mean(), rel=STORE_RTOL)
+    assert float(run["stiffness_diff"][0]) == pytest.approx(cos[diff].mean(), rel=STORE_RTOL)
+    diversity = (g ** 2).sum() / (g.sum(0) ** 2).sum()
+    assert float(run["grad_diversity"][0]) == pytest.approx(diversity, rel=STORE_RTOL)
+    bounds = np.cumsum([0, *(p.numel() for p in model.parameters())])
+    for index, (start, stop) in enumerate(zip(bounds[:-1], bounds[1:], strict=True)):
+        block = g[:, start:stop]
+        gsnr = (block.mean(0) ** 2).sum() / block.var(0).sum()
+        assert float(run["gsnr"][0, index]) == pytest.approx(gsnr, rel=STORE_RTOL)
 
 
 def test_measuring_changes_nothing_training_reads(tmp_path) -> None:

@@ -27,6 +27,10 @@ settings, or a configured alpha when the run mixes nothing), with its own genera
   per-sample gradients of each clean sample and of its mixed counterpart, whole model, from the per-sample
   Gram of [clean; mixed] (:func:`~dynamics.probes.per_sample_gram.per_sample_gram`, BatchNorm on its
   running statistics there, since batch statistics couple the samples; zero-gradient samples left out).
+  From the clean block of the same Gram (:mod:`~dynamics.probes.gradient_stats`): ``stiffness_same`` /
+  ``stiffness_diff`` (mean cosine of two clean samples' gradients, same class / different classes),
+  ``grad_diversity`` (sum_i |g_i|^2 / |sum_i g_i|^2) and ``gsnr`` (param: the layer-aggregate GSNR,
+  |mean g|^2 over the summed per-element variance).
 
 **No side effects on training.** The batch passes run in the model's current (training) mode, so
 BatchNorm normalises with batch statistics as training does, in float32 without autocast. Gradients come
@@ -53,7 +57,7 @@ from dynamics.probes.activations import active_units, count_flat
 from dynamics.probes.base import Context, StepData, Variable
 from dynamics.probes.cadence import FixedCadence, SparseProbe
 from dynamics.probes.flat_regions import FlatRule, activation_layers
-from dynamics.probes.gradient_stats import alignment
+from dynamics.probes.gradient_stats import alignment, gradient_diversity, gsnr_aggregate, stiffness
 from dynamics.probes.per_sample_gram import per_sample_gram
 from dynamics.probes.probe_set import ProbeSet, side_pass
 
@@ -227,6 +231,16 @@ class Interference(SparseProbe):
                 **common, "long_name": "mean per-sample cos(g_clean_i, g_mixed_i), whole model",
                 "description": "per-sample gradients of each clean sample and its mixed counterpart, "
                                "BatchNorm on running statistics"}))
+            clean = {**common, "description": "per-sample gradients of the clean batch, BatchNorm on running "
+                                              "statistics (dynamics.probes.gradient_stats)"}
+            variables += [
+                Variable("stiffness_same", (), {**clean, "long_name": "stiffness within classes (mean cosine)"}),
+                Variable("stiffness_diff", (), {**clean, "long_name": "stiffness between classes (mean cosine)"}),
+                Variable("grad_diversity", (), {**clean, "long_name": "gradient diversity, whole model"}),
+                Variable("gsnr", ("param",), {**clean, "long_name": "gradient signal-to-noise ratio per tensor",
+                                              "description": "|mean g|^2 / summed per-element variance "
+                                                             "(population), clean batch"}),
+            ]
         if not self.layer_names:
             return variables
         flat = {**common, "flat_rules": {name: rule.as_attrs() for name, rule in zip(self.layer_names, self.rules,
@@ -301,14 +315,14 @@ class Interference(SparseProbe):
             if self.sample_alignment:
                 grams = per_sample_gram(context.model, _per_sample_loss, torch.cat([x, mixed_x]),
                                         torch.cat([clean_y, mixed_y]), batchnorm="eval")
-                pair_cos = alignment(grams["total"]).pair_cos
+                per_sample = self._per_sample_statistics(grams, y, context.param_names)
         finally:
             context.paused = paused
         cos, ratio, cos_model, ratio_model = gradient_interference(g_clean, g_mixed)
         values = {"interference_cos": cos, "interference_ratio": ratio,
                   "interference_cos_model": cos_model, "interference_ratio_model": ratio_model}
         if self.sample_alignment:
-            values["sample_align_cos"] = pair_cos.nanmean()
+            values.update(per_sample)
         if self.layer_names:
             revived, zero_clean, zero_mixed = zip(*(revival(c, m, x.device) for c, m in zip(a_clean, a_mixed,
                                                                                              strict=True)),
@@ -322,6 +336,18 @@ class Interference(SparseProbe):
                 self._previous = current
                 values.update(atd_mean=torch.stack(mean), atd_var=torch.stack(var))
         return {name: value.float() for name, value in values.items()}
+
+    @staticmethod
+    def _per_sample_statistics(grams: dict[str, torch.Tensor], labels: torch.Tensor,
+                               param_names: Sequence[str]) -> dict[str, torch.Tensor]:
+        """Alignment from the Gram of [clean; mixed]; stiffness, diversity and GSNR from its clean block."""
+        n = len(labels)
+        clean = grams["total"][:n, :n]
+        stiff = stiffness(clean, labels)
+        return {"sample_align_cos": alignment(grams["total"]).pair_cos.nanmean(),
+                "stiffness_same": stiff.same, "stiffness_diff": stiff.diff,
+                "grad_diversity": gradient_diversity(clean),
+                "gsnr": torch.stack([gsnr_aggregate(grams[name][:n, :n]) for name in param_names])}
 
     def detach(self) -> None:
         for handle in self._handles:
