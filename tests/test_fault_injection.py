@@ -5,6 +5,9 @@ at a moment drawn from a seeded RNG: just after a store append began to commit, 
 at an evaluation, or at a random time. Every killed run must open with steps contiguous from 0 and every
 row the child reported committed; its resume must finish and hold exactly the values of an uninterrupted
 run. ``DYNAMICS_STRESS_TRIALS`` sets the number of trials (default 30) for a longer stress run.
+
+Disk faults: injected (an OSError from the store or the checkpoint writer) everywhere, and real where this
+process may mount: a capture filling a 1.5 MB tmpfs, and one whose file system is remounted read-only mid-run.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -252,3 +256,70 @@ def test_read_only_run_directory_is_refused_with_one_line(tmp_path: Path) -> Non
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "Permission denied" in lines[0] and "make the run directory writable" in lines[0]
     np.testing.assert_array_equal(open_run(run)["loss"].values, before)
+
+
+# ------------------------------------------------------------- real file systems (needs mount permission)
+
+LONG = ["--dataset", "gaussian", "--num-samples", "2000", "--model", "mlp", "--width", "64", "--epochs", "20",
+        "--batch-size", "32", "--device", "cpu", "--no-progress", "--flush-seconds", "0.01"]
+
+
+@pytest.fixture
+def small_filesystem(tmp_path: Path) -> Iterator[Path]:
+    """A 1.5 MB tmpfs mounted at a fresh directory; skipped where this process may not mount (not root)."""
+    mount_point = tmp_path / "fs"
+    mount_point.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1500k", "tmpfs", str(mount_point)],
+                             capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a small file system here ({mounted.stderr.strip() or 'mount failed'})")
+    try:
+        yield mount_point
+    finally:
+        subprocess.run(["umount", "-l", str(mount_point)], check=True)
+
+
+def assert_failed_cleanly(result: subprocess.CompletedProcess[str] | subprocess.Popen[str], stderr: str,
+                          reason: str, run: Path) -> int:
+    """Exit 1 with one line naming the reason and a fix; the store opens with contiguous steps. Returns them."""
+    assert result.returncode == 1, stderr
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in stderr, stderr
+    assert lines[0].startswith("error: writing ") and reason in lines[0] and "free disk space" in lines[0]
+    ds = open_run(run)
+    np.testing.assert_array_equal(ds["step"].values, np.arange(ds.sizes["step"]))
+    assert np.isfinite(ds["loss"].values).all()
+    return ds.sizes["step"]
+
+
+def test_a_really_full_disk_stops_with_one_line_and_keeps_the_store(small_filesystem: Path) -> None:
+    result = subprocess.run([sys.executable, "-m", "dynamics.collect", *LONG, "--out", "run"],
+                            cwd=small_filesystem, capture_output=True, text=True, timeout=300)
+    steps = assert_failed_cleanly(result, result.stderr, "No space left on device", small_filesystem / "run")
+    assert steps > 0  # the disk filled after some flushes: those steps are all there
+
+
+def test_a_run_directory_turned_read_only_stops_with_one_line_and_keeps_the_store(small_filesystem: Path) -> None:
+    run = small_filesystem / "run"
+    process = subprocess.Popen([sys.executable, "-m", "dynamics.collect", *LONG, "--no-snapshots",
+                                "--out", "run"], cwd=small_filesystem, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while process.poll() is None and time.monotonic() < deadline:
+            try:
+                if open_run(run).sizes["step"] >= 20:
+                    break
+            except Exception:  # noqa: BLE001 - the store is not created yet
+                pass
+            time.sleep(0.02)
+        remount = subprocess.run(["mount", "-o", "remount,ro", str(small_filesystem)], capture_output=True, text=True)
+        assert remount.returncode == 0, remount.stderr
+        committed = open_run(run).sizes["step"]
+        _, stderr = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert committed >= 20, "the run finished or stalled before the file system was made read-only"
+    steps = assert_failed_cleanly(process, stderr, "Read-only file system", run)
+    assert steps >= committed  # nothing committed before the remount is lost
