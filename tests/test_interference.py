@@ -96,7 +96,7 @@ def test_every_quantity_matches_a_brute_force_reference(tmp_path) -> None:
     model.train()
     with Recorder(model, optimizer, tmp_path / "run", probes=["loss", "activations", probe]) as recorder:
         previous = layer_activations(model, probes.x_train)
-        expected = []
+        expected, strengths = [], []
         for _ in range(3):
             x = torch.randn(32, 12, generator=generator)
             y = torch.randint(0, CLASSES, (32,), generator=generator)
@@ -107,6 +107,10 @@ def test_every_quantity_matches_a_brute_force_reference(tmp_path) -> None:
             optimizer.step()
             rng = torch.get_rng_state()
             mixed_x, mixed_y, _ = reference_mixer(x, y)
+            # each sample's lambda back from the mixed input, mixed_x = lam x + (1 - lam) x_flipped, least squares
+            xd, md, fd = x.double().numpy(), mixed_x.double().numpy(), x.flip(0).double().numpy()
+            lam = ((md - fd) * (xd - fd)).sum(1) / ((xd - fd) ** 2).sum(1)
+            strengths.append(np.minimum(lam, 1 - lam).mean())
             copy_model = copy.deepcopy(model)
             g_clean, flat_clean = reference(copy_model, x, F.one_hot(y, CLASSES).float(), rng)
             g_mixed, flat_mixed = reference(copy_model, mixed_x, mixed_y, rng)
@@ -116,6 +120,7 @@ def test_every_quantity_matches_a_brute_force_reference(tmp_path) -> None:
             previous = current
             recorder.step(loss, out, y, inputs=x)
     ds = open_run(tmp_path / "run")
+    np.testing.assert_allclose(ds["mix_strength"].values, strengths, rtol=STORE_RTOL)
     for step, (g_clean, g_mixed, flat_clean, flat_mixed, before, after) in enumerate(expected):
         row = ds.isel(step=step)
         norms = [(np.linalg.norm(c), np.linalg.norm(m)) for c, m in zip(g_clean, g_mixed, strict=True)]

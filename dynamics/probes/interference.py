@@ -12,6 +12,9 @@ settings, or a configured alpha when the run mixes nothing), with its own genera
   model, cos = <g_c, g_m> / (|g_c| |g_m|) and the interference ratio
   r = |g_m - (<g_m, g_c> / |g_c|^2) g_c| / |g_m|, the sine of the angle (science.md, GIE). Float64 sums;
   NaN where a gradient is zero.
+- ``mix_strength``: how strongly the probe's batch was mixed, the mean over samples of min(lambda, 1 - lambda)
+  (0: unmixed, 0.5: even halves). With one lambda per batch (``mix_mode="batch"``) r and cos follow it
+  closely, so condition on it when comparing measurements.
 - ``revival_frac`` (layer): among the units flat for every clean sample (a unit is one entry of the
   per-sample activation; flat regions as in :mod:`dynamics.probes.flat_regions`, the layers
   :class:`~dynamics.probes.activations.ActivationStats` records), the fraction outside the flat region for
@@ -225,6 +228,8 @@ class Interference(SparseProbe):
             Variable("interference_cos_model", (), {**common, "long_name": "cos(g_clean, g_mix), whole model"}),
             Variable("interference_ratio_model", (), {**common, "long_name": "interference ratio, whole model",
                                                       "description": ratio}),
+            Variable("mix_strength", (), {**common, "long_name": "mixing strength of the probe's mixed batch",
+                                          "description": "mean over samples of min(lambda, 1 - lambda)"}),
         ]
         if self.sample_alignment:
             variables.append(Variable("sample_align_cos", (), {
@@ -305,7 +310,7 @@ class Interference(SparseProbe):
             raise ConfigError("the interference probe mixes classification batches; it needs one integer label "
                               f"per sample, got targets shaped {tuple(data.target.shape)}")
         x, y = data.inputs.detach(), data.target.detach()
-        mixed_x, mixed_y, _ = self.mixer(x, y)
+        mixed_x, mixed_y, mix = self.mixer(x, y)
         _, clean_y, _ = self.mixer(x, y, 0.0)  # alpha 0: the same soft targets unmixed, no random draw
         paused = context.paused
         context.paused = True
@@ -320,7 +325,8 @@ class Interference(SparseProbe):
             context.paused = paused
         cos, ratio, cos_model, ratio_model = gradient_interference(g_clean, g_mixed)
         values = {"interference_cos": cos, "interference_ratio": ratio,
-                  "interference_cos_model": cos_model, "interference_ratio_model": ratio_model}
+                  "interference_cos_model": cos_model, "interference_ratio_model": ratio_model,
+                  "mix_strength": torch.tensor(mix.strength, device=x.device)}
         if self.sample_alignment:
             values.update(per_sample)
         if self.layer_names:

@@ -30,11 +30,16 @@ MODES = ("batch", "pair", "elem")
 
 @dataclass(frozen=True)
 class MixInfo:
-    """What one call applied: the alpha in force, the fraction of samples mixed, and the kind."""
+    """What one call applied: the alpha in force, the fraction of samples mixed, the kind, and the strength.
+
+    ``strength`` is the mean over samples of min(lambda, 1 - lambda) (CutMix: of the pasted area fraction),
+    in [0, 0.5]: 0 when nothing was mixed, 0.5 for even halves.
+    """
 
     alpha: float
     applied: float
     kind: str
+    strength: float = 0.0
 
 
 def soft_targets(target: torch.Tensor, num_classes: int, smoothing: float = 0.0) -> torch.Tensor:
@@ -116,7 +121,8 @@ class Mixup:
         mixed_x, lam = (self._cutmix(x, lam) if kind == "cutmix" else (self._mixup(x, lam), lam))
         lam_t = torch.as_tensor(lam, dtype=targets.dtype).to(targets.device, non_blocking=True).unsqueeze(1)
         mixed_y = lam_t * targets + (1 - lam_t) * targets.flip(0)
-        return mixed_x, mixed_y, MixInfo(float(used_alpha), float(np.mean(lam < 1.0)), kind)
+        strength = float(np.mean(np.minimum(lam, 1.0 - lam)))
+        return mixed_x, mixed_y, MixInfo(float(used_alpha), float(np.mean(lam < 1.0)), kind, strength)
 
     @staticmethod
     def _mixup(x: torch.Tensor, lam: np.ndarray) -> torch.Tensor:
