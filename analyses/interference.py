@@ -22,6 +22,11 @@ Choices this makes:
 - *Per run*: the whole-model ``interference_ratio_model`` and ``revival_frac`` (mean over layers) of the
   always-Mixup run, averaged over its measurements at steps ``<= end_step``; the final test accuracy is the
   one each run notes in its ``meta.json`` (the last evaluation, in float64).
+- *Mixing strength*: with one lambda per batch the ratio of a measurement follows how strongly that batch
+  was mixed (``mix_strength`` = mean min(lambda, 1 - lambda): a batch with lambda near 0 or 1 is nearly
+  clean and gives r near 0), which would swamp any trend with scale. So ``interference`` averages only the
+  measurements with ``mix_strength >= STRONG_MIX`` (0.25; with alpha 1 about half of them); the mean over
+  all measurements is kept as ``interference_all``. Runs recorded without ``mix_strength`` use all.
 - *Statistics*: per cell, the mean over seeds and a two-sided 95% Student-t interval of the paired accuracy
   difference (Mixup Pause minus always-Mixup); a cell is significant when the interval excludes 0 and has
   positive width (seeds with identical differences give a zero-width interval, which is not counted). The
@@ -56,6 +61,8 @@ from dynamics.errors import ConfigError, DynamicsError
 from dynamics.store import open_run, read_json
 
 SUMMARY_NAME = "interference_study"
+STRONG_MIX = 0.25
+"""Smallest mixing strength min(lambda, 1 - lambda) of a measurement that ``interference`` averages."""
 """File stem of the JSON summary and of the figure."""
 LEVEL = 0.95
 """Confidence level of the per-cell intervals."""
@@ -154,6 +161,7 @@ class RunPair:
     enp_end_step: int
     enp_reached: bool
     interference: float
+    interference_all: float
     cos: float
     revival: float
     measurements: int
@@ -196,13 +204,15 @@ def measure_pair(runs: dict[str, Path], key: tuple[int, int, int]) -> RunPair:
     end = period.end_step if period.reached else int(steps[-1])
     inside = steps <= end
     ratio = np.asarray(mixup["interference_ratio_model"].values, dtype=np.float64)[inside]
+    strong = (np.asarray(mixup["mix_strength"].values, dtype=np.float64)[inside] >= STRONG_MIX
+              if "mix_strength" in mixup.variables else np.ones(len(ratio), dtype=bool))
     cos = np.asarray(mixup["interference_cos_model"].values, dtype=np.float64)[inside]
     revival = np.asarray(mixup["revival_frac"].values, dtype=np.float64)[inside]
     with np.errstate(invalid="ignore"):
         per_step_revival = np.array([_mean_finite(row) for row in revival])
-    return RunPair(*key, enp_end_step=end, enp_reached=period.reached, interference=_mean_finite(ratio),
-                   cos=_mean_finite(cos), revival=_mean_finite(per_step_revival),
-                   measurements=int(np.isfinite(ratio).sum()),
+    return RunPair(*key, enp_end_step=end, enp_reached=period.reached, interference=_mean_finite(ratio[strong]),
+                   interference_all=_mean_finite(ratio), cos=_mean_finite(cos), revival=_mean_finite(per_step_revival),
+                   measurements=int(np.isfinite(ratio[strong]).sum()),
                    accuracy_mixup=final_accuracy(runs["mixup"]), accuracy_pause=final_accuracy(runs["pause"]))
 
 
@@ -227,10 +237,10 @@ def conclusion(by_size: tuple[float, float], by_width: tuple[float, float], runs
     size_ok, width_ok = supports(*by_size), supports(*by_width)
     verdict = ("supported" if size_ok and width_ok else "supported for size only" if size_ok
                else "supported for width only" if width_ok else "not supported")
-    return (f"Over {runs} runs, the interference ratio during the Enlightenment Period {trend(by_size[0])} with "
-            f"training-set size (Spearman rho = {by_size[0]:+.2f}, p = {by_size[1]:.2g}) and {trend(by_width[0])} "
-            f"with CNN width (rho = {by_width[0]:+.2f}, p = {by_width[1]:.2g}): the claim that interference "
-            f"shrinks with scale is {verdict} by these runs.")
+    return (f"Over {runs} runs, the interference ratio of strongly mixed batches during the Enlightenment Period "
+            f"{trend(by_size[0])} with training-set size (Spearman rho = {by_size[0]:+.2f}, p = {by_size[1]:.2g}) "
+            f"and {trend(by_width[0])} with CNN width (rho = {by_width[0]:+.2f}, p = {by_width[1]:.2g}): "
+            f"the claim that interference shrinks with scale is {verdict} by these runs.")
 
 
 def summarise(root: str | os.PathLike[str]) -> dict[str, Any]:
@@ -330,7 +340,7 @@ def study_figure(summary: dict[str, Any]) -> Figure:
         fig = Figure(figsize=(12, 9), layout="constrained")
         FigureCanvasAgg(fig)
         axes = fig.subplots(2, 2)
-        ratio = "interference ratio r (EnP mean)"
+        ratio = "interference ratio r (EnP mean, strong mixing)"
         _lines(axes[0, 0], summary, "size", "width", "interference", ratio)
         _lines(axes[0, 1], summary, "width", "size", "interference", ratio)
         _lines(axes[1, 0], summary, "size", "width", "revival", "revival fraction (EnP mean)")
