@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 
 from tqdm.auto import tqdm
@@ -99,29 +100,27 @@ def main(argv: Sequence[str] | None = None) -> int:
             error(f"{run}/data.zarr is unreadable ({type(err).__name__}: {err}); the store is damaged")
             failed += 1
             continue
-        try:
-            paths = plot_overview(ds, stem)
-        except DynamicsError as err:
-            error(f"{run}: {err}")
-            failed += 1
-            continue
-        except OSError as err:
-            error(f"cannot write {stem}.png/.pdf ({err.strerror or err}); choose a writable --out")
-            failed += 1
-            continue
-        for path in paths:
-            tqdm.write(str(path))
+        failed += not draw(run, stem, partial(plot_overview, ds, stem))
     studies = [] if args.run_dirs else sorted(p.parent for p in args.runs_root.rglob(f"{SUMMARY_NAME}.json"))
     for study in studies:
-        try:
-            paths = write_study(summarise(study), study if args.out is None else args.out / study.name)
-        except DynamicsError as err:
-            error(f"{study}: {err}")
-            failed += 1
-            continue
-        for path in paths:
-            tqdm.write(str(path))
+        out = study if args.out is None else args.out / study.name
+        failed += not draw(study, out / SUMMARY_NAME, lambda study=study, out=out: write_study(summarise(study), out))
     return USAGE_ERROR if failed else 0
+
+
+def draw(source: Path, stem: Path, write: Callable[[], Sequence[Path]]) -> bool:
+    """Write one figure (``write`` returns the files), print the files; on failure one error line and False."""
+    try:
+        paths = write()
+    except DynamicsError as err:
+        error(f"{source}: {err}")
+        return False
+    except OSError as err:
+        error(f"cannot write {stem}.png/.pdf ({err.strerror or err}); choose a writable --out")
+        return False
+    for path in paths:
+        tqdm.write(str(path))
+    return True
 
 
 if __name__ == "__main__":
