@@ -57,6 +57,7 @@ from tqdm.auto import tqdm
 
 from analyses.enlightenment import enlightenment_period
 from analyses.overview import save_figure
+from dynamics.cli import UsageParser
 from dynamics.errors import ConfigError, DynamicsError
 from dynamics.store import open_run, read_json
 
@@ -377,8 +378,8 @@ def _ints(text: str) -> tuple[int, ...]:
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    """The command line (argparse reports usage errors with exit status 2)."""
-    parser = argparse.ArgumentParser(prog="python -m analyses.interference", description=__doc__.splitlines()[0])
+    """The command line; a usage error raises ConfigError (one line, exit status 2, from :func:`main`)."""
+    parser = UsageParser(prog="python -m analyses.interference", description=__doc__.splitlines()[0])
     mode = parser.add_mutually_exclusive_group(required=True)
     mode.add_argument("--study", action="store_true", help="capture the missing runs, then summarise and draw")
     mode.add_argument("--runs", type=Path, metavar="DIR", help="only summarise and draw the runs under DIR")
@@ -398,12 +399,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the study or redraw it; prints the conclusion and the written paths. Returns the exit status."""
-    args = parse_args(argv)
-    preset = PRESETS["quick" if args.quick else "full"]
-    overrides = {key: getattr(args, key) for key in ("sizes", "widths", "seeds", "steps", "num_samples",
-                                                     "batch_size") if getattr(args, key) is not None}
-    preset = Preset(**{**asdict(preset), **overrides})
     try:
+        args = parse_args(argv)
+        preset = PRESETS["quick" if args.quick else "full"]
+        overrides = {key: getattr(args, key) for key in ("sizes", "widths", "seeds", "steps", "num_samples",
+                                                         "batch_size") if getattr(args, key) is not None}
+        preset = Preset(**{**asdict(preset), **overrides})
         if args.study:
             root = args.root or Path("runs") / ("interference-study-quick" if args.quick else "interference-study")
             capture(preset, root, progress=not args.no_progress)

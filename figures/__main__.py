@@ -21,7 +21,8 @@ from tqdm.auto import tqdm
 from analyses.interference import SUMMARY_NAME, summarise, write_study
 from analyses.overview import plot_overview
 from dynamics import open_run
-from dynamics.errors import DynamicsError
+from dynamics.cli import UsageParser
+from dynamics.errors import ConfigError, DynamicsError
 
 USAGE_ERROR = 2
 
@@ -44,9 +45,9 @@ def output_names(runs: Sequence[Path]) -> list[str]:
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    """The command line; argparse itself reports usage errors (exit status 2)."""
+    """The command line; a usage error raises ConfigError (one line, exit status 2, from :func:`main`)."""
     description = __doc__.split("\n\n")[1].replace("``", "")
-    parser = argparse.ArgumentParser(prog="python -m figures", description=description)
+    parser = UsageParser(prog="python -m figures", description=description)
     parser.add_argument("run_dirs", nargs="*", type=Path, metavar="RUN_DIR",
                         help="run directories to draw (default: every run under --runs-root)")
     parser.add_argument("--runs-root", type=Path, default=Path("runs"),
@@ -63,7 +64,11 @@ def error(message: str) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Draw every requested run; returns the exit status (0, or 2 if anything failed)."""
-    args = parse_args(argv)
+    try:
+        args = parse_args(argv)
+    except ConfigError as err:
+        error(str(err))
+        return USAGE_ERROR
     if args.run_dirs:
         runs = list(args.run_dirs)
     elif not args.runs_root.is_dir():

@@ -7,13 +7,16 @@ generated inputs run in-process in seconds; a few are repeated as real subproces
 from __future__ import annotations
 
 import contextlib
+import importlib
 import io
 import json
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import fields
 from pathlib import Path
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -33,12 +36,12 @@ json_values = st.one_of(st.none(), st.booleans(), numbers, st.sampled_from(WORDS
                                                                              max_size=2))
 
 
-def run_main(argv: list[str]) -> tuple[int, str]:
-    """Exit status and stderr of the CLI run in-process."""
+def run_main(argv: list[str], entry: Callable[[list[str]], int] = main) -> tuple[int, str]:
+    """Exit status and stderr of a CLI entry point (default ``python -m dynamics.collect``) run in-process."""
     stderr, stdout = io.StringIO(), io.StringIO()
     with contextlib.redirect_stderr(stderr), contextlib.redirect_stdout(stdout):
         try:
-            status = main(argv)
+            status = entry(argv)
         except SystemExit as done:  # --help
             status = int(done.code or 0)
     return status, stderr.getvalue()
@@ -101,3 +104,20 @@ def test_hostile_inputs_as_real_subprocesses(tmp_path: Path) -> None:
                                 capture_output=True, text=True, timeout=120)
         assert_clean_outcome(result.returncode, result.stderr)
         assert result.returncode == 2, argv
+
+
+@pytest.mark.parametrize("argv", [["--config=--"], ["--out=--"], ["--resume=--"], ["--lr=--"], ["--dataset=--"]])
+def test_a_value_of_double_dash_is_a_usage_error(argv: list[str]) -> None:
+    """argparse turns ``--flag=--`` into an empty list; every entry point must refuse it in one line."""
+    status, stderr = run_main(["--check", *argv])
+    assert status == 2 and stderr.count("\n") == 1 and "expected one value" in stderr, stderr
+
+
+@pytest.mark.parametrize(("module", "argv"), [("figures.__main__", ["--out=--"]),
+                                              ("analyses.interference", ["--runs=--"]),
+                                              ("analyses.phase", ["--out=--"]),
+                                              ("analyses.trajectory", ["--out=--"])])
+def test_other_entry_points_refuse_double_dash_values(module: str, argv: list[str]) -> None:
+    entry = importlib.import_module(module).main
+    status, stderr = run_main(argv, entry)
+    assert status == 2 and stderr.count("\n") == 1 and stderr.startswith("error: "), stderr
