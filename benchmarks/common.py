@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import platform
 from pathlib import Path
@@ -36,6 +37,18 @@ def available_cores() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:
         return os.cpu_count() or 1
+
+
+def select_device(parser: argparse.ArgumentParser, choice: str, threads: int | None) -> torch.device:
+    """The ``--device`` asked for (``auto``: CUDA when present), with ``threads`` torch threads (None: every core).
+
+    Asking for CUDA without it is a usage error of ``parser``.
+    """
+    device_type = ("cuda" if torch.cuda.is_available() else "cpu") if choice == "auto" else choice
+    if device_type == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda, but torch sees no CUDA device; use --device cpu")
+    torch.set_num_threads(threads or available_cores())
+    return torch.device(device_type)
 
 
 def describe_machine(device: torch.device, load_before: list[float] | None) -> dict[str, object]:

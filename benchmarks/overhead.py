@@ -28,7 +28,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from common import RESULTS, available_cores, describe_machine, load_average
+from common import RESULTS, describe_machine, load_average, select_device
 from tqdm import tqdm
 
 from dynamics import Recorder
@@ -199,14 +199,10 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     if args.steps < 10 or args.repeats < 1:
         parser.error("--steps must be >= 10 and --repeats >= 1")
 
-    device_type = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
-    if device_type == "cuda" and not torch.cuda.is_available():
-        parser.error("--device cuda, but torch sees no CUDA device; use --device cpu")
-    device = torch.device(device_type)
-    threads = args.threads or available_cores()
+    device = select_device(parser, args.device, args.threads)
+    device_type, threads = device.type, torch.get_num_threads()
     if args.clock == "cpu" and (threads != 1 or device_type != "cpu"):
         parser.error("--clock cpu measures one thread's CPU time: use it with --threads 1 on the CPU")
-    torch.set_num_threads(threads)
     out = args.out or RESULTS / f"overhead-{device_type}.json"
 
     load_before = load_average()

@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import random
 import statistics
 import tempfile
@@ -29,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from common import RESULTS, available_cores, cpu_model
+from common import RESULTS, describe_machine, load_average, select_device
 from overhead import Bench
 from tqdm import tqdm
 
@@ -110,11 +108,9 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     args = parser.parse_args(argv)
     if args.steps < 10 or args.repeats < 1:
         parser.error("--steps must be >= 10 and --repeats >= 1")
-    device_type = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
-    if device_type == "cuda" and not torch.cuda.is_available():
-        parser.error("--device cuda, but torch sees no CUDA device; use --device cpu")
-    device = torch.device(device_type)
-    torch.set_num_threads(args.threads or available_cores())
+    device = select_device(parser, args.device, args.threads)
+    device_type = device.type
+    load_before = load_average()
     out = args.out or RESULTS / f"sketch-overhead-{device_type}.json"
 
     base = [name for name in PRESETS["default"] if name != "sketch"]
@@ -145,10 +141,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     verdict = fine[clock]
     report = {
         "benchmark": "sketch_overhead",
-        "machine": {"cpu": cpu_model(), "cores": available_cores(), "torch": torch.__version__,
-                    "python": platform.python_version(), "device": device_type,
-                    "device_name": torch.cuda.get_device_name(device) if device_type == "cuda" else cpu_model(),
-                    "torch_threads": torch.get_num_threads(), "load_average": list(os.getloadavg())},
+        "machine": describe_machine(device, load_before),
         "config": {"model": "cnn (CNN1d defaults: width 32, depth 3, relu)", "dataset": "mnist1d",
                    "batch_size": args.batch_size, "optimizer": "SGD lr 0.01 momentum 0.9",
                    "a": {"probes": base}, "b": {"probes": [*base, f"sketch(k={args.k}, mode={args.mode})"]},

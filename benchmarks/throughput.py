@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import tempfile
 import time
@@ -40,7 +39,7 @@ from unittest import mock
 
 import torch
 import torch.nn.functional as F
-from common import available_cores, cpu_model
+from common import RESULTS, describe_machine, load_average, select_device
 
 import dynamics.engine
 from dynamics.augment import crop_flip
@@ -49,7 +48,6 @@ from dynamics.data import load_dataset, write_cifar
 from dynamics.models import build_model
 from dynamics.recorder import Recorder
 
-RESULTS = Path(__file__).resolve().parent / "results"
 WITHIN = 0.05
 GPU_TARGET = 20_000
 VARIANTS = ("loop", "engine_probes_off", "engine_probes_default")
@@ -150,11 +148,9 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     args = parser.parse_args(argv)
     if args.epochs < 2 or args.rounds < 1 or args.train_images % 10:
         parser.error("--epochs must be >= 2, --rounds >= 1 and --train-images a multiple of 10")
-    device_type = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
-    if device_type == "cuda" and not torch.cuda.is_available():
-        parser.error("--device cuda, but torch sees no CUDA device; use --device cpu")
-    device = torch.device(device_type)
-    torch.set_num_threads(args.threads or available_cores())
+    device = select_device(parser, args.device, args.threads)
+    device_type = device.type
+    load_before = load_average()
     out = args.out or RESULTS / f"throughput-{device_type}.json"
 
     with tempfile.TemporaryDirectory(prefix="dynamics-throughput-") as tmp:
@@ -189,15 +185,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
                          and args.precision == "bf16" and args.channels_last and device_type == "cuda")
     report = {
         "benchmark": "throughput",
-        "machine": {
-            "device": device_type,
-            "device_name": torch.cuda.get_device_name(device) if device_type == "cuda" else cpu_model(),
-            "cpu": cpu_model(),
-            "cores": available_cores(),
-            "torch_threads": torch.get_num_threads(),
-            "torch": torch.__version__,
-            "python": platform.python_version(),
-        },
+        "machine": describe_machine(device, load_before),
         "config": {
             "model": args.model, "width_mult": args.width_mult, "batch_size": args.batch_size,
             "precision": args.precision, "channels_last": args.channels_last, "compile": args.compile,
