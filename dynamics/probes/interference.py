@@ -61,6 +61,7 @@ from dynamics.probes.base import Context, StepData, Variable
 from dynamics.probes.cadence import FixedCadence, SparseProbe
 from dynamics.probes.flat_regions import FlatRule, activation_layers
 from dynamics.probes.gradient_stats import alignment, gradient_diversity, gsnr_aggregate, stiffness
+from dynamics.probes.isolation import preserved_state
 from dynamics.probes.per_sample_gram import per_sample_gram
 from dynamics.probes.probe_set import ProbeSet, side_pass
 
@@ -286,18 +287,9 @@ class Interference(SparseProbe):
             if kind == rule.space:
                 calls[index].append((active_units(values, rule), count_flat(values, rule), values.numel()))
 
-        device = x.device
-        cuda = [device.index if device.index is not None else torch.cuda.current_device()] \
-            if device.type == "cuda" else []
-        buffers = [(buffer, buffer.clone()) for buffer in context.model.buffers()]
-        try:
-            with torch.random.fork_rng(devices=cuda), torch.enable_grad(), self._reading(reduce):
-                loss = _per_sample_loss(context.model(x), target).mean()
-                grads = torch.autograd.grad(loss, context.params, allow_unused=True)
-        finally:
-            with torch.no_grad():
-                for buffer, saved in buffers:
-                    buffer.copy_(saved)
+        with preserved_state(context.model, x.device), torch.enable_grad(), self._reading(reduce):
+            loss = _per_sample_loss(context.model(x), target).mean()
+            grads = torch.autograd.grad(loss, context.params, allow_unused=True)
         return tuple(torch.zeros_like(p) if g is None else g for p, g in zip(context.params, grads, strict=True)), \
             calls
 

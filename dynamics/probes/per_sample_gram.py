@@ -50,6 +50,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from torch.overrides import TorchFunctionMode
 
 from dynamics.errors import ConfigError
+from dynamics.probes.isolation import preserved_state
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 """Maps model outputs and targets of a batch of B samples to the B per-sample losses."""
@@ -280,12 +281,6 @@ class _Capture(TorchFunctionMode):
             output.register_hook(lambda g: entry.__setitem__(1, g))
 
 
-def _cuda_devices(tensor: torch.Tensor) -> list[int]:
-    if tensor.device.type != "cuda":
-        return []
-    return [tensor.device.index if tensor.device.index is not None else torch.cuda.current_device()]
-
-
 def _compute(model: nn.Module, loss_fn: LossFn, inputs: torch.Tensor, targets: torch.Tensor, batchnorm: str,
              moments: bool) -> tuple[dict[str, torch.Tensor], dict[str, Moments | None]]:
     if batchnorm not in BATCHNORM_POLICIES:
@@ -296,18 +291,14 @@ def _compute(model: nn.Module, loss_fn: LossFn, inputs: torch.Tensor, targets: t
                           "(it couples the samples); put the model in eval mode, or pass batchnorm='eval' to use "
                           "the running statistics (BatchNorm without running statistics cannot be evaluated)")
     modes = [(m, m.training) for m in model.modules()]
-    buffers = [(b, b.detach().clone()) for b in model.buffers()]
     try:
         for m in coupled:
             m.eval()
-        with torch.random.fork_rng(devices=_cuda_devices(inputs)), torch.enable_grad():
+        with preserved_state(model, inputs.device), torch.enable_grad():
             return _passes(model, loss_fn, inputs, targets, moments)
     finally:
         for m, mode in modes:
             m.training = mode
-        with torch.no_grad():
-            for b, saved in buffers:
-                b.copy_(saved)
 
 
 def _passes(model: nn.Module, loss_fn: LossFn, inputs: torch.Tensor, targets: torch.Tensor, moments: bool,
