@@ -5,11 +5,12 @@ from __future__ import annotations
 import os
 from dataclasses import replace
 
+from dynamics.cache import default_cache_dir
 from dynamics.data.base import Dataset, channel_stats, random_subset, stratified_subset, to_device
 from dynamics.data.cifar import load_cifar, write_cifar
 from dynamics.data.gaussian import make_gaussian_mixture
 from dynamics.data.imagefolder import load_imagefolder, load_tiny_imagenet
-from dynamics.data.mnist1d import default_cache_dir, load_mnist1d
+from dynamics.data.mnist1d import load_mnist1d
 from dynamics.data.text import default_corpus, load_text
 from dynamics.data.timeseries import make_timeseries
 from dynamics.errors import ConfigError

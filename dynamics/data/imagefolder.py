@@ -29,8 +29,8 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 from tqdm.auto import tqdm
 
+from dynamics.cache import default_cache_dir
 from dynamics.data.base import Dataset, channel_stats
-from dynamics.data.mnist1d import default_cache_dir
 from dynamics.errors import ConfigError
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm"})

@@ -11,15 +11,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from dynamics.cache import default_cache_dir
 from dynamics.data.base import Dataset
 from dynamics.errors import ConfigError
 
 NUM_CLASSES = 10
-
-
-def default_cache_dir() -> Path:
-    """``$DYNAMICS_CACHE`` if set, else ``~/.cache/dynamics``."""
-    return Path(os.environ.get("DYNAMICS_CACHE") or Path.home() / ".cache" / "dynamics")
 
 
 def generate_mnist1d(num_samples: int, seed: int) -> dict[str, np.ndarray]:

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
+from dynamics import native
 from dynamics.probes.base import Context, Probe, StepData, Variable
 from dynamics.probes.flat_regions import FlatRule, activation_layers
 
@@ -139,6 +140,29 @@ def _m2(values: torch.Tensor, total: torch.Tensor, scratch: torch.Tensor) -> tor
     return scratch.square_().sum()
 
 
+def _native_pass(library: object, values: torch.Tensor, rule: FlatRule, counts: bool, moments: bool,
+                 stats: torch.Tensor | None = None) -> tuple[torch.Tensor | None, torch.Tensor]:
+    """The per-unit active mask (``counts``) and ``stats`` (as in ``_relu_pass``) from one fused native pass.
+
+    ``counts`` fills ``stats[:2]`` and the mask, ``moments`` fills ``stats[2:]``; ``stats`` is a new float32
+    vector unless one is given to complete.
+    """
+    stats = torch.empty(4) if stats is None else stats
+    active = torch.empty(values.shape[1:]) if counts else None
+    kind = (native.RULE_LOW if rule.low is not None else 0) | (native.RULE_HIGH if rule.high is not None else 0)
+    library.activation_stats_f32(values.data_ptr(), values.shape[0], values[0].numel(), kind,
+                                 0.0 if rule.low is None else rule.low, 0.0 if rule.high is None else rule.high,
+                                 counts, moments, None if active is None else active.data_ptr(), stats.data_ptr())
+    return active, stats
+
+
+def _native_library(values: torch.Tensor) -> object | None:
+    """The native kernels when they can read ``values`` (a non-empty float32 contiguous CPU batch), else None."""
+    if values.dim() == 0 or values.numel() == 0 or not native.supports((values,)):
+        return None
+    return native.kernels()
+
+
 def _pool_moments(passes: list[_Pass], entries: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Pooled mean and variance of several passes in float64 (parallel-variance combination)."""
     stats = torch.stack([p.stats for p in passes]).double()
@@ -165,7 +189,8 @@ class _Pass:
     active: torch.Tensor
     stats: torch.Tensor | None = None
     counts: torch.Tensor | None = None
-    """[entries outside the flat region, active units] of an input-space rule, until the output's moments."""
+    """[entries outside the flat region, active units] of an input-space rule, until the output's moments
+    (a native pass leaves them in a 4-vector whose moments the output's pass fills in)."""
 
 
 class ActivationStats(Probe):
@@ -206,7 +231,10 @@ class ActivationStats(Probe):
             if not context.capturing:
                 return
             values = _as_float(output)
-            if relu:
+            library = _native_library(values)
+            if library is not None:
+                active, stats = _native_pass(library, values, rule, counts=True, moments=True)
+            elif relu:
                 active, stats = _relu_pass(values, scratch.get(values))
             else:
                 nonflat, active, active_count = _nonflat_and_active(values, rule, scratch)
@@ -226,9 +254,13 @@ class ActivationStats(Probe):
             if not context.capturing:
                 return
             values = _as_float(args[0])
-            nonflat, active, active_count = _nonflat_and_active(values, rule, scratch)
-            passes.append(_Pass(entries=values.numel(), units=active.numel(), active=active,
-                                counts=torch.stack((nonflat, active_count))))
+            library = _native_library(values)
+            if library is not None:
+                active, counts = _native_pass(library, values, rule, counts=True, moments=False)
+            else:
+                nonflat, active, active_count = _nonflat_and_active(values, rule, scratch)
+                counts = torch.stack((nonflat, active_count))
+            passes.append(_Pass(entries=values.numel(), units=active.numel(), active=active, counts=counts))
 
         return hook
 
@@ -241,9 +273,15 @@ class ActivationStats(Probe):
             if not context.capturing or not passes or passes[-1].stats is not None:
                 return
             values = _as_float(output)
-            total = values.sum()
             last = passes[-1]
-            last.stats = torch.cat((last.counts, torch.stack((total, _m2(values, total, scratch.get(values))))))
+            library = _native_library(values)
+            if library is not None and last.counts.numel() == 4:
+                last.stats = _native_pass(library, values, self.rules[index], counts=False, moments=True,
+                                          stats=last.counts)[1]
+                return
+            total = values.sum()
+            moments = torch.stack((total, _m2(values, total, scratch.get(values))))
+            last.stats = torch.cat((last.counts[:2], moments))
 
         return hook
 

@@ -1,6 +1,8 @@
 """Per-parameter-tensor norms: gradient (before clipping), parameter, distance from init, update size.
 
-All four use ``torch._foreach_norm`` over the list of trainable parameters: one fused call per quantity.
+Parameter, distance and update norms are one call of the native kernels (``dynamics.native``: one pass
+over all tensors, accumulated in double) for float32 CPU parameters, else ``torch._foreach_norm``; the
+gradient norm is always ``torch._foreach_norm``.
 The gradient norm is read at the end of the backward pass (post-accumulate-grad hooks note which
 gradients changed, an engine callback reads them), i.e. the gradient exactly as backward produced it,
 before any clipping or other in-place change by the training loop. Values are float32 when the
@@ -15,9 +17,21 @@ from collections.abc import Callable
 import torch
 from torch.utils.hooks import RemovableHandle
 
+from dynamics import native
 from dynamics.probes.base import Context, Probe, StepData, Variable
 
 _PARAM = ("param",)
+
+
+def _native_norms(tensors: native.TensorList, minus: native.TensorList | None) -> torch.Tensor | None:
+    """``|a_i|`` (or ``|a_i - b_i|``) of every tensor in one native call; None where the kernels cannot be used."""
+    library = native.kernels() if native.supports(tensors.tensors) else None
+    if library is None:
+        return None
+    out = torch.empty(tensors.count)
+    library.norms_f32(tensors.count, tensors.pointers(), None if minus is None else minus.pointers(),
+                      tensors.numel_address, out.data_ptr())
+    return out
 
 
 def _param_coords(context: Context) -> dict[str, list[str]]:
@@ -105,11 +119,18 @@ class ParamNorm(Probe):
     name = "param_norm"
     coords = staticmethod(_param_coords)
 
+    def __init__(self) -> None:
+        self._params: native.TensorList | None = None
+
+    def attach(self, context: Context) -> None:
+        self._params = native.TensorList(context.params)
+
     def variables(self, context: Context) -> list[Variable]:
         return [Variable("param_norm", _PARAM, {"units": "param", "long_name": "parameter L2 norm"})]
 
     def measure(self, context: Context, data: StepData) -> dict[str, torch.Tensor]:
-        return {"param_norm": torch.stack(torch._foreach_norm(context.params))}
+        norms = _native_norms(self._params, None)
+        return {"param_norm": torch.stack(torch._foreach_norm(context.params)) if norms is None else norms}
 
 
 class DistanceFromInit(Probe):
@@ -121,16 +142,22 @@ class DistanceFromInit(Probe):
 
     def __init__(self) -> None:
         self.initial: list[torch.Tensor] = []
+        self._params: native.TensorList | None = None
+        self._initial: native.TensorList | None = None
 
     def attach(self, context: Context) -> None:
         self.initial = [p.detach().clone() for p in context.params]
+        self._params = native.TensorList(context.params)
 
     def variables(self, context: Context) -> list[Variable]:
         return [Variable("dist_from_init", _PARAM, {"units": "param", "long_name": "distance from initialisation"})]
 
     def measure(self, context: Context, data: StepData) -> dict[str, torch.Tensor]:
-        moved = torch._foreach_sub(context.params, self.initial)
-        return {"dist_from_init": torch.stack(torch._foreach_norm(moved))}
+        self._initial = native.tensor_list(self.initial, self._initial)
+        norms = _native_norms(self._params, self._initial)
+        if norms is None:
+            norms = torch.stack(torch._foreach_norm(torch._foreach_sub(context.params, self.initial)))
+        return {"dist_from_init": norms}
 
 
 class UpdateNorm(Probe):
@@ -146,11 +173,20 @@ class UpdateNorm(Probe):
 
     def __init__(self) -> None:
         self.previous: list[torch.Tensor] = []
+        self._params: native.TensorList | None = None
+        self._previous: native.TensorList | None = None
 
     def attach(self, context: Context) -> None:
         self.previous = [p.detach().clone() for p in context.params]
+        self._params = native.TensorList(context.params)
 
     def before_recorded_step(self, context: Context) -> None:
+        library = native.kernels() if native.supports(context.params) else None
+        if library is not None:
+            self._previous = native.tensor_list(self.previous, self._previous)
+            library.copy_tensors_f32(self._params.count, self._previous.pointers(),
+                                     self._params.pointers(), self._params.numel_address)
+            return
         with torch.no_grad():
             torch._foreach_copy_(self.previous, context.params)
 
@@ -158,5 +194,8 @@ class UpdateNorm(Probe):
         return [Variable("update_norm", _PARAM, {"units": "param", "long_name": "update L2 norm"})]
 
     def measure(self, context: Context, data: StepData) -> dict[str, torch.Tensor]:
-        moved = torch._foreach_sub(context.params, self.previous)
-        return {"update_norm": torch.stack(torch._foreach_norm(moved))}
+        self._previous = native.tensor_list(self.previous, self._previous)
+        norms = _native_norms(self._params, self._previous)
+        if norms is None:
+            norms = torch.stack(torch._foreach_norm(torch._foreach_sub(context.params, self.previous)))
+        return {"update_norm": norms}

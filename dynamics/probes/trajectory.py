@@ -42,6 +42,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from dynamics import native
 from dynamics.errors import ConfigError
 from dynamics.probes.base import Context, Probe, StepData, Variable
 
@@ -125,38 +126,42 @@ class Sketch(Probe):
         self.seed = seed
         self.mode = mode
         self._directions: list[torch.Tensor] = []
-        """Dense: float64 unit rows ``(k, n_i)``; hashed: int32 bins ``(n_i,)``; on the parameter's device."""
+        """Dense: the float32 Gaussian draws ``g_i`` ``(k, n_i)``; hashed: int32 bins ``(n_i,)``; on the parameter's
+        device."""
+        self._unit64: list[torch.Tensor] | None = None
+        """Dense, made on first use by the torch operations: float64 unit rows ``g_ij / |g_ij|``."""
         self._origin: torch.Tensor | None = None
         """The projections of theta_0, ``(P, k)`` float64, subtracted from those of theta_t."""
         self._scale: torch.Tensor | None = None
-        """Hashed: ``1 / sqrt(c_ij)`` as ``(P, k)`` (0 for empty directions)."""
+        """``1 / |g_ij|`` (dense) or ``1 / sqrt(c_ij)`` (hashed) as ``(P, k)`` float64 (0 for empty directions)."""
         self._weights: torch.Tensor | None = None
         """``w_ij / sqrt(sum_i w_ij^2)`` as ``(P, k)``: the whole-model combination."""
 
     def attach(self, context: Context) -> None:
-        self._directions = []
+        self._directions, self._unit64 = [], None
         weights, scales = [], []
         for index, param in enumerate(context.params):
             raw = _draw(param.numel(), self.k, self.seed, index, self.mode)
             if self.mode == "dense":
                 norms = raw.double().norm(dim=1)
-                unit = raw.double() / torch.where(norms > 0, norms, 1.0)[:, None]
-                self._directions.append(unit.to(device=param.device))
                 weights.append(norms)
+                scales.append(torch.where(norms > 0, 1.0 / norms, 0.0))
             else:
                 counts = _hashed_counts(raw, self.k)
-                self._directions.append(raw.to(param.device))
                 weights.append(counts.sqrt())
                 scales.append(torch.where(counts > 0, counts.rsqrt(), 0.0))
+            self._directions.append(raw.to(param.device))
         device = context.params[0].device if context.params else torch.device("cpu")
         w = torch.stack(weights) if weights else torch.zeros((0, self.k), dtype=torch.float64)
         norm = w.square().sum(0).sqrt()
         self._weights = (w / torch.where(norm > 0, norm, 1.0)).to(device)
-        if scales:
-            self._scale = torch.stack(scales).to(device)
+        self._scale = (torch.stack(scales) if scales else torch.zeros((0, self.k), dtype=torch.float64)).to(device)
+        self._params = native.TensorList(context.params)
+        self._tables = native.TensorList(self._directions)
+        self._raw = torch.empty((len(context.params), 2 * self.k), dtype=torch.float64, device=device)
         self._origin = None
         with torch.no_grad():
-            self._origin = self._project(context.params)
+            self._origin = self._project(context.params)[0].clone()
 
     def coords(self, context: Context) -> dict[str, list[str]]:
         return {"param": list(context.param_names), "proj": [str(j) for j in range(self.k)]}
@@ -173,19 +178,35 @@ class Sketch(Probe):
                                                     "description": "D_j . (theta - theta_0), D_j unit"}),
         ]
 
-    def _project(self, params: Sequence[torch.Tensor]) -> torch.Tensor:
-        """``d_ij . theta_i`` for every tensor and direction, ``(P, k)`` float64, minus the origin once set."""
+    def _project(self, params: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """``d_ij . theta_i`` minus the origin once set, ``(P, k)`` float64, and the whole-model ``(k,)`` float64."""
+        library = native.kernels() if native.supports(params) else None
+        if library is not None:
+            return self._project_native(library)
         if self.mode == "dense":
+            if self._unit64 is None:  # float64 unit rows, made once where the native kernels are not used
+                self._unit64 = [d.double() * s[:, None] for d, s in zip(self._directions, self._scale, strict=True)]
             proj = torch.stack([torch.mv(d, p.reshape(-1).double())
-                                for d, p in zip(self._directions, params, strict=True)])
+                                for d, p in zip(self._unit64, params, strict=True)])
         else:
             sums = torch.zeros((len(params), 2 * self.k), dtype=torch.float64, device=self._weights.device)
             for row, bins, p in zip(sums, self._directions, params, strict=True):
                 row.index_add_(0, bins, p.reshape(-1).double())
             proj = (sums[:, :self.k] - sums[:, self.k:]) * self._scale
-        return proj if self._origin is None else proj.sub_(self._origin)
+        proj = proj if self._origin is None else proj.sub_(self._origin)
+        return proj, (proj * self._weights).sum(0)
+
+    def _project_native(self, library: object) -> tuple[torch.Tensor, torch.Tensor]:
+        """``_project`` in one native call: the dot products, scaling, origin and whole-model sum."""
+        count = self._params.count
+        projection = torch.empty((count, self.k), dtype=torch.float64)
+        total = torch.empty(self.k, dtype=torch.float64)
+        sketch = library.dense_sketch_f32 if self.mode == "dense" else library.hashed_sketch_f32
+        sketch(count, self._params.pointers(), self._tables.pointers(), self._params.numel_address, self.k,
+               self._scale.data_ptr(), None if self._origin is None else self._origin.data_ptr(),
+               self._weights.data_ptr(), self._raw.data_ptr(), projection.data_ptr(), total.data_ptr())
+        return projection, total
 
     def measure(self, context: Context, data: StepData) -> dict[str, torch.Tensor]:
-        proj = self._project(context.params)
-        return {"traj_proj": proj.float(), "traj_proj_total": (proj * self._weights).sum(0).float()}
-
+        proj, total = self._project(context.params)
+        return {"traj_proj": proj, "traj_proj_total": total}

@@ -1,0 +1,137 @@
+"""Fused CPU kernels for the per-step statistics, compiled on first use; torch operations where they are missing.
+
+On a CPU, what recording costs is the number of small operations per step (each costs 15-20 us inside a
+training loop, whose caches backward has just cooled), not their arithmetic. ``kernels.c`` does each probe's
+work in one pass: the activation statistics of a layer, the norms or distances of all parameter tensors, the
+sketch projections. The first process that needs them compiles the file with the system C compiler
+(``$CC``, else ``cc``; ``-O3 -march=native``) into ``<cache>/native/`` (``$DYNAMICS_CACHE``, else
+``~/.cache/dynamics``), keyed by the source, the flags and the processor, and every later process loads it.
+
+Probes use the kernels for float32, contiguous CPU tensors when :func:`kernels` returns a library, and their
+torch operations otherwise (other devices and dtypes; no compiler; ``DYNAMICS_NATIVE=0``). Both give the
+same values to float rounding; :func:`status` says which one a run used (recorded in ``meta.json``).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from dynamics.cache import default_cache_dir
+
+SOURCE = Path(__file__).with_name("kernels.c")
+FLAGS = ("-O3", "-march=native", "-fopenmp-simd", "-fPIC", "-shared", "-std=c11")
+RULE_LOW, RULE_HIGH = 1, 2
+
+_P = ctypes.c_void_p
+_I = ctypes.c_int64
+_SIGNATURES = {
+    "activation_stats_f32": [_P, _I, _I, ctypes.c_int, ctypes.c_float, ctypes.c_float, ctypes.c_int, ctypes.c_int,
+                             _P, _P],
+    "norms_f32": [_I, _P, _P, _P, _P],
+    "copy_tensors_f32": [_I, _P, _P, _P],
+    "dense_sketch_f32": [_I, _P, _P, _P, _I, _P, _P, _P, _P, _P, _P],
+    "hashed_sketch_f32": [_I, _P, _P, _P, _I, _P, _P, _P, _P, _P, _P],
+}
+
+_failure: str | None = None
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith(("model name", "flags")):
+                return line
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def _build(target: Path) -> None:
+    """Compile ``kernels.c`` into ``target`` (through a temporary file and a rename, so racing processes agree)."""
+    compiler = os.environ.get("CC") or "cc"
+    if shutil.which(compiler) is None:
+        raise OSError(f"no C compiler ({compiler!r} not found)")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+        built = Path(tmp) / target.name
+        result = subprocess.run([compiler, *FLAGS, str(SOURCE), "-o", str(built)], capture_output=True, text=True)
+        if result.returncode != 0:
+            raise OSError(f"{compiler} failed: {(result.stderr.strip().splitlines() or ['?'])[-1]}")
+        os.replace(built, target)
+
+
+@functools.cache
+def _load() -> ctypes.CDLL | None:
+    global _failure
+    key = hashlib.sha256(SOURCE.read_bytes() + repr((FLAGS, platform.machine(), _cpu_model())).encode())
+    target = default_cache_dir() / "native" / f"kernels-{key.hexdigest()[:16]}.so"
+    try:
+        if not target.exists():
+            _build(target)
+        library = ctypes.CDLL(str(target))
+    except OSError as err:
+        _failure = str(err)
+        return None
+    for name, argtypes in _SIGNATURES.items():
+        function = getattr(library, name)
+        function.argtypes = argtypes
+        function.restype = None
+    return library
+
+
+def kernels() -> ctypes.CDLL | None:
+    """The compiled kernels, or None where they are switched off (``DYNAMICS_NATIVE=0``) or cannot be built."""
+    if os.environ.get("DYNAMICS_NATIVE", "1") == "0":
+        return None
+    return _load()
+
+
+def status() -> str:
+    """``"native"``, or why the torch operations are used instead (for ``meta.json``)."""
+    if os.environ.get("DYNAMICS_NATIVE", "1") == "0":
+        return "torch (DYNAMICS_NATIVE=0)"
+    return "native" if _load() is not None else f"torch ({_failure})"
+
+
+def supports(tensors: Sequence[torch.Tensor]) -> bool:
+    """Whether the kernels can read these tensors in place: float32, contiguous, on the CPU."""
+    return all(t.device.type == "cpu" and t.dtype == torch.float32 and t.is_contiguous() for t in tensors)
+
+
+class TensorList:
+    """The data pointers and sizes of a fixed list of tensors, as the C arrays the kernels take.
+
+    ``pointers()`` re-reads the addresses at every call (a training loop may swap a parameter's storage),
+    into one preallocated array.
+    """
+
+    def __init__(self, tensors: Sequence[torch.Tensor]) -> None:
+        self.source = tensors
+        self.tensors = list(tensors)
+        self.count = len(self.tensors)
+        self.numel = np.array([t.numel() for t in self.tensors], dtype=np.int64)
+        self.numel_address = self.numel.ctypes.data
+        self._pointers = np.zeros(self.count, dtype=np.uint64)
+        self._pointers_address = self._pointers.ctypes.data
+
+    def pointers(self) -> int:
+        """Address of the array of the tensors' current data pointers."""
+        self._pointers[:] = [t.data_ptr() for t in self.tensors]
+        return self._pointers_address
+
+
+def tensor_list(tensors: Sequence[torch.Tensor], cached: TensorList | None) -> TensorList:
+    """``cached`` when it was made from this very sequence object, else a new :class:`TensorList` of it."""
+    return cached if cached is not None and cached.source is tensors else TensorList(tensors)
