@@ -8,7 +8,7 @@ default-recorded loop in which the sketch measures after a random half of the st
 median(steps with) / median(steps without), with a bootstrap 95% interval, in process CPU time on the CPU
 (robust to other processes) and also reported in wall time.
 
-    python benchmarks/sketch_overhead.py [--steps N] [--repeats R] [--k K] [--mode dense|hashed] [--out PATH]
+    python benchmarks/sketch_overhead.py [--steps N] [--repeats R] [--k K] [--mode sign|dense|hashed] [--out PATH]
 
 Writes ``benchmarks/results/sketch-overhead-<device>.json``; the target is a paired ratio <= 1.02.
 """
@@ -17,80 +17,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import random
 import statistics
 import tempfile
-import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 from common import RESULTS, describe_machine, load_average, select_device
-from overhead import Bench
+from overhead import Bench, paired
 from tqdm import tqdm
 
-from dynamics import Recorder
-from dynamics.probes import PRESETS, Sketch, StepData
+from dynamics.probes import PRESETS, SKETCH_MODES, Sketch
 
 TARGET = 1.02
-
-
-def _summary(with_sketch: list[float], without: list[float]) -> dict[str, object]:
-    """Medians of the two halves, their ratio with a bootstrap 95% interval, and the added time."""
-    b, a = np.asarray(with_sketch), np.asarray(without)
-    draws = np.random.default_rng(0)
-    boot = [np.median(draws.choice(b, b.size)) / np.median(draws.choice(a, a.size)) for _ in range(2000)]
-    return {"steps_each": int(a.size), "a_ms_median": 1e3 * float(np.median(a)),
-            "b_ms_median": 1e3 * float(np.median(b)), "ratio": float(np.median(b) / np.median(a)),
-            "ratio_ci95": [float(v) for v in np.percentile(boot, [2.5, 97.5])],
-            "added_us": 1e6 * float(np.median(b) - np.median(a))}
-
-
-def paired(bench: Bench, base: list[str], sketch: Sketch, steps: int, rounds: int) -> dict[str, dict[str, object]]:
-    """Per-step interleaving in one recorded loop (default probes): the sketch measures after a random half of
-    the steps, as the recorder would call it, so bursts of load hit both halves alike.
-
-    On the CPU each step is timed twice: wall time, and the process's CPU time (``time.process_time``, all
-    its threads), which other processes on a busy machine barely disturb; on CUDA, events (wall time).
-    """
-    recorder = Recorder(bench.model, bench.optimizer, bench.workdir / "paired", every=1, probes=base)
-    sketch.attach(recorder.context)
-    rng = random.Random(0)
-    model, optimizer = bench.model, bench.optimizer
-    clocks: dict[str, tuple[list[float], list[float]]] = {"wall": ([], []), "cpu": ([], [])}
-    for _ in tqdm(range(rounds), desc="paired steps", leave=False):
-        batches = bench.batches(steps)
-        flags = [i % 2 == 0 for i in range(steps)]
-        rng.shuffle(flags)
-
-        def step(i: int, batches: list = batches, flags: list[bool] = flags) -> None:
-            x, y = batches[i]
-            out = model(x)
-            loss = F.cross_entropy(out, y)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            recorder.step(loss=loss, output=out, target=y)
-            if flags[i]:
-                with torch.no_grad():
-                    sketch.measure(recorder.context, StepData(loss, out, y))
-
-        if bench.device.type == "cuda":
-            times = {"wall": bench.timer.run(steps, step)}
-        else:
-            times = {"wall": [], "cpu": []}
-            for i in range(steps):
-                wall, cpu = time.perf_counter(), time.process_time()
-                step(i)
-                times["cpu"].append(time.process_time() - cpu)
-                times["wall"].append(time.perf_counter() - wall)
-        for name, values in times.items():
-            clocks[name][0].extend(t for t, flag in zip(values, flags, strict=True) if flag)
-            clocks[name][1].extend(t for t, flag in zip(values, flags, strict=True) if not flag)
-    recorder.close()
-    return {name: _summary(*halves) for name, halves in clocks.items() if halves[0]}
 
 
 def main(argv: list[str] | None = None) -> dict[str, object]:
@@ -98,7 +37,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     parser.add_argument("--steps", type=int, default=200, help="optimizer steps per block (default 200)")
     parser.add_argument("--repeats", type=int, default=9, help="ABBA rounds (default 9)")
     parser.add_argument("--k", type=int, default=8, help="sketch directions (default 8)")
-    parser.add_argument("--mode", choices=("dense", "hashed"), default="dense")
+    parser.add_argument("--mode", choices=SKETCH_MODES, default="sign")
     parser.add_argument("--device", choices=("cpu", "cuda", "auto"), default="cpu")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: all cores)")
     parser.add_argument("--batch-size", type=int, default=128)

@@ -75,7 +75,8 @@ _HELP = {
     "on_nonfinite": "NaN/Inf loss or gradient: stop (run failed, exit 1), skip (no update that step) or record",
     "sketch_dim": "random directions of the trajectory sketch traj_proj (probes default, trajectory)",
     "sketch_seed": "seed of the sketch's directions (keep it to compare runs in one sketch)",
-    "sketch_mode": "dense (Gaussian directions, sketch_dim floats per parameter) or hashed (sparse signs)",
+    "sketch_mode": "sign (random signs, sketch_dim bits per parameter), dense (Gaussian, sketch_dim floats per "
+                   "parameter) or hashed (sparse signs, one int32 per parameter)",
     "snapshots": "keep full parameter snapshots: geometric in steps, every epoch end, the last step",
     "snapshot_budget_mb": "most MiB all snapshots may take; more are thinned evenly",
     "representation": "record NC1, ridge/k-NN probe accuracy and CKA of the penultimate features on the probe set",

@@ -100,8 +100,9 @@ class RunConfig:
     """Random unit directions of the trajectory sketch (traj_proj), per parameter tensor and for the model."""
     sketch_seed: int = 0
     """Seed of the sketch's directions, apart from ``seed`` so that runs of different seeds share one sketch."""
-    sketch_mode: str = "dense"
-    """dense: Gaussian directions (sketch_dim floats per parameter); hashed: sparse signs (one int32 each)."""
+    sketch_mode: str = "sign"
+    """sign: random sign directions (sketch_dim bits per parameter); dense: Gaussian directions (sketch_dim
+    floats per parameter); hashed: sparse signs (one int32 per parameter)."""
     snapshots: bool = True
     """Keep full parameter snapshots: dense early (geometric in steps), at every epoch end and the last step."""
     snapshot_budget_mb: float = 256.0

@@ -30,8 +30,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from dynamics import native
 from dynamics.errors import ConfigError, NonFiniteLossError, StoreError
 from dynamics.probes import Context, Probe, StepData, resolve_probes
+from dynamics.rows import DeviceRows, HostRows
 from dynamics.runinfo import environment, now_iso
 from dynamics.store import DATA_NAME, RunWriter, prepare_run_dir, read_json, write_json_atomic
 
@@ -119,6 +121,16 @@ class Recorder:
                 self._dims[variable.name] = ("step", *variable.dims)
                 variable_attrs[variable.name] = {**variable.attrs, "probe": probe.name}
         self._coords = coords
+        self._layout: list[tuple[str, int, tuple[int, ...]]] = []
+        """(variable, values, shape) of every recorded variable, in row order."""
+        self._spans: list[tuple[int, int]] = []
+        """Each probe's columns (start, stop) in a row."""
+        for probe in self.probes:
+            start = sum(size for _, size, _ in self._layout)
+            for variable in probe.variables(self.context):
+                shape = tuple(len(coords[dim]) for dim in variable.dims)
+                self._layout.append((variable.name, math.prod(shape), shape))
+            self._spans.append((start, sum(size for _, size, _ in self._layout)))
         try:
             if resume is None:
                 self._writer = RunWriter(self.run_dir, coords, {
@@ -137,6 +149,7 @@ class Recorder:
                 "status": "running", "error": None, "started": now_iso(), "finished": None, "seed": seed,
                 "every": every, "probes": [p.name for p in self.probes], "steps": 0, "last_flush": None,
                 "on_nonfinite": on_nonfinite, **environment(self.device),
+                "cpu_kernels": native.status() if self.device.type == "cpu" else f"not used on {self.device.type}",
             }
         else:
             self._meta = read_json(self.run_dir / "meta.json")
@@ -148,8 +161,9 @@ class Recorder:
         self._write_meta()
 
         self._step = 0
-        self._layout: list[tuple[str, int, torch.Size]] | None = None
-        self._rows: list[torch.Tensor] = []
+        width = self._spans[-1][1] if self._spans else 0
+        self._rows = HostRows(width) if self.device.type == "cpu" else DeviceRows()
+        self._rows_verified = False
         self._host_rows: list[tuple[int, int, float]] = []
         self._extras: list[dict[str, Scalar]] = []
         self._eval_rows: list[tuple[int, dict[str, Scalar]]] = []
@@ -230,12 +244,24 @@ class Recorder:
 
     def _record(self, data: StepData, scalars: Mapping[str, Scalar]) -> None:
         with torch.no_grad():
-            values: dict[str, torch.Tensor] = {}
-            for probe in self.probes:
-                values.update(probe.measure(self.context, data))
-            if self._layout is None:
-                self._layout = [(name, value.numel(), value.shape) for name, value in values.items()]
-            self._rows.append(_flat_row(list(values.values())))
+            if isinstance(self._rows, HostRows):
+                row, address = self._rows.next_row()
+                try:
+                    for probe, (start, stop) in zip(self.probes, self._spans, strict=True):
+                        if not probe.measure_into(self.context, data, address + 4 * start):
+                            row[start:stop] = _host_values(probe, probe.measure(self.context, data), stop - start)
+                except BaseException:
+                    self._rows.drop_last()  # a probe failed: the step is not recorded
+                    raise
+            else:
+                values = [v for probe in self.probes for v in probe.measure(self.context, data).values()]
+                if not self._rows_verified:
+                    sizes = [v.numel() for v in values]
+                    if sizes != [size for _, size, _ in self._layout]:
+                        raise RuntimeError(f"the probes measured values of sizes {sizes}, but declared variables "
+                                           f"{self._layout}: measure() must return variables() in order")
+                    self._rows_verified = True
+                self._rows.append(values)
         optimizer = self.context.optimizer
         lr = optimizer.param_groups[0]["lr"] if optimizer is not None else math.nan
         # a tensor lr (capturable/fused optimizers) is copied, not read: float() would sync with the device
@@ -303,9 +329,8 @@ class Recorder:
         values = torch.stack([loss.reshape(()).float() for loss in losses])
         flags = [~torch.isfinite(values)]
         grads = self._columns("grad_norm")
-        rows = self._rows[first_row:]
-        if grads is not None and rows:
-            flags.append(~torch.isfinite(torch.stack(rows)[:, grads]).all(1))
+        if grads is not None and len(self._rows) > first_row:
+            flags.append(~torch.isfinite(self._rows.tensor(first_row)[:, grads]).all(1))
         bad = torch.cat(flags).nonzero().flatten().tolist()
         if not bad:
             return
@@ -323,7 +348,7 @@ class Recorder:
         index = next((i for i, (row_step, _, _) in enumerate(self._host_rows) if row_step == step), None)
         if index is None:
             return found
-        row = self._rows[index]
+        row = self._rows.tensor(index)[0]
         for key, variable in (("param", "grad_norm"), ("layer", "act_mean")):
             columns = self._columns(variable)
             labels = self._coords.get(key)
@@ -353,11 +378,11 @@ class Recorder:
     def flush(self) -> None:
         """Move everything recorded to the store now (one device-to-host transfer per kind of value)."""
         self._last_flush = time.monotonic()
-        if not self._rows and not self._eval_rows:
+        if not len(self._rows) and not self._eval_rows:
             return
         self._scan_losses()  # the rows leave the device now: look at their gradient norms first
         try:
-            if self._rows:
+            if len(self._rows):
                 self._writer.append("step", self._step_columns())
             if self._eval_rows:
                 self._writer.append("eval_step", self._eval_columns())
@@ -365,12 +390,13 @@ class Recorder:
             raise write_failed(self.run_dir / DATA_NAME, err) from None
         self._meta["steps"] = self._writer.lengths["step"]
         self._meta["last_flush"] = now_iso()
-        self._rows, self._host_rows, self._extras, self._eval_rows = [], [], [], []
+        self._rows.clear()
+        self._host_rows, self._extras, self._eval_rows = [], [], []
         self._rows_checked = 0
         self._write_meta()
 
     def _step_columns(self) -> dict[str, tuple[tuple[str, ...], np.ndarray]]:
-        matrix = torch.stack(self._rows).cpu().numpy()
+        matrix = self._rows.tensor().cpu().numpy()
         columns: dict[str, tuple[tuple[str, ...], np.ndarray]] = {}
         offset = 0
         for name, size, shape in self._layout:
@@ -440,15 +466,17 @@ def _host_floats(values: Sequence[float | torch.Tensor]) -> list[float]:
     return [next(host) if isinstance(v, torch.Tensor) else v for v in values]
 
 
-def _flat_row(values: list[torch.Tensor]) -> torch.Tensor:
-    """All values of a step as one new float32 vector: a single flattening copy in C++ (no per-value ops).
+_NUMPY_FLOATS = (torch.float32, torch.float64, torch.float16)
 
-    The row never aliases a probe's or the user's tensors, since it is kept until the next flush.
-    """
-    if len(values) == 1:
-        return values[0].reshape(-1).float().clone()
-    row = torch._utils._flatten_dense_tensors(values)
-    return row if row.dtype == torch.float32 else row.float()
+
+def _host_values(probe: Probe, values: Mapping[str, torch.Tensor], size: int) -> np.ndarray:
+    """A probe's values (CPU tensors) as one float32 numpy vector of the ``size`` values it declared."""
+    flat = np.concatenate([(v if v.dtype in _NUMPY_FLOATS else v.float()).detach().numpy().reshape(-1)
+                           for v in values.values()]) if values else np.zeros(0, dtype=np.float32)
+    if flat.size != size:
+        raise RuntimeError(f"probe {probe.name!r} measured {flat.size} values but declares {size}: measure() must "
+                           "return variables() in order, each shaped by its coordinates")
+    return flat
 
 
 def _scalar_columns(append_dim: str, rows: Sequence[Mapping[str, Scalar]]) -> dict[str, tuple[tuple[str, ...],

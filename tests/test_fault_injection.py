@@ -12,6 +12,7 @@ process may mount: a capture filling a 1.5 MB tmpfs, and one whose file system i
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import queue
@@ -100,7 +101,8 @@ def kill_trial(server: Server, trial: int, run: Path) -> dict[str, int]:
         if seen == occurrence:
             time.sleep(delay)
             break
-    os.kill(pid, signal.SIGKILL)
+    with contextlib.suppress(ProcessLookupError):  # it may have exited just before the drawn moment
+        os.kill(pid, signal.SIGKILL)
     status = server.finish(job)
     assert status in (-signal.SIGKILL, 0), (trial, status, run.with_suffix(".stderr").read_text())
     return committed

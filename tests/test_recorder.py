@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dynamics import NonFiniteLossError, Recorder, open_run
+from dynamics import NonFiniteLossError, Recorder, native, open_run
 from dynamics.probes.flat_regions import flat_rule
 
 RTOL = 1e-6
@@ -169,12 +169,20 @@ def train_and_compare(tmp_path, every: int, accumulate: int = 1) -> None:
                                            err_msg=f"{var} {layer} step {step}")
 
 
+@pytest.fixture(params=["native", "torch"])
+def kernels(request, monkeypatch) -> str:
+    """Both implementations of the probes: the native CPU kernels (which must be available here) and torch."""
+    monkeypatch.setenv("DYNAMICS_NATIVE", "1" if request.param == "native" else "0")
+    assert native.status() == ("native" if request.param == "native" else "torch (DYNAMICS_NATIVE=0)")
+    return request.param
+
+
 @pytest.mark.parametrize("every", [1, 3])
-def test_every_variable_matches_brute_force(tmp_path, every):
+def test_every_variable_matches_brute_force(tmp_path, every, kernels):
     train_and_compare(tmp_path, every)
 
 
-def test_gradient_accumulation_pools_passes(tmp_path):
+def test_gradient_accumulation_pools_passes(tmp_path, kernels):
     train_and_compare(tmp_path, every=1, accumulate=2)
 
 

@@ -75,7 +75,7 @@ def _assert_rel(actual: np.ndarray, expected: np.ndarray, rel: float) -> None:
 
 def test_sketch_equals_brute_force_projection_from_the_seed(run: xr.Dataset) -> None:
     attrs = run["traj_proj"].attrs
-    assert (attrs["k"], attrs["seed"], attrs["mode"]) == (6, 5, "dense")
+    assert (attrs["k"], attrs["seed"], attrs["mode"]) == (6, 5, "sign")
     layout = param_layout(run)
     assert [s.numel for s in layout] == attrs["param_numel"]
     per_param, total = sketch_directions(attrs["param_numel"], attrs["k"], attrs["seed"], attrs["mode"])
@@ -100,14 +100,19 @@ def test_sketch_never_exceeds_the_distance_from_init(run: xr.Dataset) -> None:
     assert (proj.max(axis=2) > 0).all()  # every tensor moved, and the sketch saw it
 
 
-def test_hashed_sketch_in_a_user_loop_matches_its_directions(tmp_path) -> None:
+@pytest.mark.parametrize("kernels", ["native", "torch"])
+@pytest.mark.parametrize(("mode", "k"), [("hashed", 4), ("dense", 4), ("sign", 11)])
+def test_every_sketch_mode_in_a_user_loop_matches_its_directions(tmp_path, monkeypatch, mode, k, kernels) -> None:
+    """Both implementations (native kernels, torch operations) against the regenerated directions, with k
+    across a byte boundary for the packed sign bits."""
+    monkeypatch.setenv("DYNAMICS_NATIVE", "1" if kernels == "native" else "0")
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(12, 16), torch.nn.Tanh(), torch.nn.Linear(16, 3))
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     initial = torch.cat([p.detach().reshape(-1) for p in model.parameters()]).double()
     thetas = []
     with Recorder(model, optimizer, tmp_path / "r", probes=["loss", "dist_from_init",
-                                                            Sketch(k=4, seed=11, mode="hashed")]) as rec:
+                                                            Sketch(k=k, seed=11, mode=mode)]) as rec:
         for _ in range(5):
             x, y = torch.randn(8, 12), torch.randint(0, 3, (8,))
             loss = F.cross_entropy(model(x), y)
@@ -118,7 +123,7 @@ def test_hashed_sketch_in_a_user_loop_matches_its_directions(tmp_path) -> None:
             thetas.append(torch.cat([p.detach().reshape(-1) for p in model.parameters()]).double())
     ds = open_run(tmp_path / "r")
     numel = ds["traj_proj"].attrs["param_numel"]
-    per_param, total = sketch_directions(numel, 4, 11, "hashed")
+    per_param, total = sketch_directions(numel, k, 11, mode)
     assert np.allclose(np.linalg.norm(total, axis=1), 1.0)
     offsets = np.cumsum([0, *numel])
     for step, theta in enumerate(thetas):

@@ -4,7 +4,8 @@ On a CPU, what recording costs is the number of small operations per step (each 
 training loop, whose caches backward has just cooled), not their arithmetic. ``kernels.c`` does each probe's
 work in one pass: the activation statistics of a layer, the norms or distances of all parameter tensors, the
 sketch projections. The first process that needs them compiles the file with the system C compiler
-(``$CC``, else ``cc``; ``-O3 -march=native``) into ``<cache>/native/`` (``$DYNAMICS_CACHE``, else
+(``$CC``, else ``cc``; ``-O3 -march=native``, and ``-fopenmp`` where it builds: the activation pass then
+splits its rows over torch's OpenMP threads) into ``<cache>/native/`` (``$DYNAMICS_CACHE``, else
 ``~/.cache/dynamics``), keyed by the source, the flags and the processor, and every later process loads it.
 
 Probes use the kernels for float32, contiguous CPU tensors when :func:`kernels` returns a library, and their
@@ -31,18 +32,23 @@ import torch
 from dynamics.cache import default_cache_dir
 
 SOURCE = Path(__file__).with_name("kernels.c")
-FLAGS = ("-O3", "-march=native", "-fopenmp-simd", "-fPIC", "-shared", "-std=c11")
+FLAGS = ("-O3", "-march=native", "-fPIC", "-shared", "-std=c11")
+OPENMP_FLAGS = (("-fopenmp",), ("-fopenmp-simd",))
+"""Tried in turn: OpenMP threads (the runtime torch has loaded, so its thread team), else one thread."""
 RULE_LOW, RULE_HIGH = 1, 2
 
 _P = ctypes.c_void_p
 _I = ctypes.c_int64
 _SIGNATURES = {
     "activation_stats_f32": [_P, _I, _I, ctypes.c_int, ctypes.c_float, ctypes.c_float, ctypes.c_int, ctypes.c_int,
-                             _P, _P],
+                             _P, _P, ctypes.c_int, _P],
     "norms_f32": [_I, _P, _P, _P, _P],
     "copy_tensors_f32": [_I, _P, _P, _P],
-    "dense_sketch_f32": [_I, _P, _P, _P, _I, _P, _P, _P, _P, _P, _P],
-    "hashed_sketch_f32": [_I, _P, _P, _P, _I, _P, _P, _P, _P, _P, _P],
+    "sign_sketch_f32": [_I, _P, _P, _P, _I, _P, _P, _P, _P, _P, _P, _P],
+    "dense_sketch_f32": [_I, _P, _P, _P, _I, _P, _P, _P, _P, _P, _P, _P],
+    "hashed_sketch_f32": [_I, _P, _P, _P, _I, _P, _P, _P, _P, _P, _P, _P],
+    "activation_finish_f32": [_I, _P, _P, _P, _P],
+    "loss_accuracy_f32": [_P, _P, _I, _I, _P, _P],
 }
 
 _failure: str | None = None
@@ -66,16 +72,19 @@ def _build(target: Path) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
         built = Path(tmp) / target.name
-        result = subprocess.run([compiler, *FLAGS, str(SOURCE), "-o", str(built)], capture_output=True, text=True)
-        if result.returncode != 0:
-            raise OSError(f"{compiler} failed: {(result.stderr.strip().splitlines() or ['?'])[-1]}")
-        os.replace(built, target)
+        for extra in OPENMP_FLAGS:
+            result = subprocess.run([compiler, *FLAGS, *extra, str(SOURCE), "-o", str(built)], capture_output=True,
+                                    text=True)
+            if result.returncode == 0:
+                os.replace(built, target)
+                return
+        raise OSError(f"{compiler} failed: {(result.stderr.strip().splitlines() or ['?'])[-1]}")
 
 
 @functools.cache
 def _load() -> ctypes.CDLL | None:
     global _failure
-    key = hashlib.sha256(SOURCE.read_bytes() + repr((FLAGS, platform.machine(), _cpu_model())).encode())
+    key = hashlib.sha256(SOURCE.read_bytes() + repr((FLAGS, OPENMP_FLAGS, platform.machine(), _cpu_model())).encode())
     target = default_cache_dir() / "native" / f"kernels-{key.hexdigest()[:16]}.so"
     try:
         if not target.exists():
@@ -106,15 +115,28 @@ def status() -> str:
 
 
 def supports(tensors: Sequence[torch.Tensor]) -> bool:
-    """Whether the kernels can read these tensors in place: float32, contiguous, on the CPU."""
-    return all(t.device.type == "cpu" and t.dtype == torch.float32 and t.is_contiguous() for t in tensors)
+    """Whether the kernels can read these tensors in place: dense, float32, contiguous, on the CPU."""
+    return all(t.device.type == "cpu" and t.dtype == torch.float32 and t.layout == torch.strided
+               and t.is_contiguous() for t in tensors)
+
+
+class PointerArray:
+    """A C array of ``count`` data pointers, refilled from a list of tensors at each call."""
+
+    def __init__(self, count: int) -> None:
+        self._pointers = np.zeros(count, dtype=np.uint64)
+        self._address = self._pointers.ctypes.data
+
+    def fill(self, tensors: Sequence[torch.Tensor]) -> int:
+        """Address of the array after writing the tensors' current data pointers into it."""
+        self._pointers[:] = [t.data_ptr() for t in tensors]
+        return self._address
 
 
 class TensorList:
     """The data pointers and sizes of a fixed list of tensors, as the C arrays the kernels take.
 
-    ``pointers()`` re-reads the addresses at every call (a training loop may swap a parameter's storage),
-    into one preallocated array.
+    ``pointers()`` re-reads the addresses at every call (a training loop may swap a parameter's storage).
     """
 
     def __init__(self, tensors: Sequence[torch.Tensor]) -> None:
@@ -123,13 +145,12 @@ class TensorList:
         self.count = len(self.tensors)
         self.numel = np.array([t.numel() for t in self.tensors], dtype=np.int64)
         self.numel_address = self.numel.ctypes.data
-        self._pointers = np.zeros(self.count, dtype=np.uint64)
-        self._pointers_address = self._pointers.ctypes.data
+        self._pointers = PointerArray(self.count)
 
-    def pointers(self) -> int:
-        """Address of the array of the tensors' current data pointers."""
-        self._pointers[:] = [t.data_ptr() for t in self.tensors]
-        return self._pointers_address
+    def pointers(self, tensors: Sequence[torch.Tensor] | None = None) -> int:
+        """Address of the array of the tensors' current data pointers (of ``tensors`` instead, when given: a
+        list of the same length and sizes, such as this step's gradients of the listed parameters)."""
+        return self._pointers.fill(self.tensors if tensors is None else tensors)
 
 
 def tensor_list(tensors: Sequence[torch.Tensor], cached: TensorList | None) -> TensorList:

@@ -5,10 +5,12 @@ enabled forward passes of a recorded step. Several passes in one step (gradient 
 used twice) are pooled: fractions and moments over all entries seen, and a unit is dead when it is flat
 for every sample of every pass. A *unit* is one entry of the per-sample activation (every coordinate
 except the batch dimension, e.g. a channel at a position for a 1-D convolution). ``act_std`` is the
-population standard deviation (ddof = 0), from a centred two-pass sum of squares. Reductions are plain
-sums, sign-sums and batch maxima (for ReLU, batch sums), the cheapest kernels that give exact counts;
-each pass leaves one small vector per layer, and one vectorised step turns all layers into the recorded
-fractions and moments. Everything stays on the device.
+population standard deviation (ddof = 0). For float32 CPU activations one native pass per layer
+(``dynamics.native``) counts, marks active units and sums around a shift (the first sample's mean, so the variance
+does not cancel), and one native call turns all layers into the recorded values in the row. Elsewhere the
+torch operations: plain sums, sign-sums and batch maxima (for ReLU, batch sums), the cheapest kernels that
+give exact counts, and a centred two-pass sum of squares; each pass leaves one small vector per layer, and
+one vectorised step turns all layers into the recorded fractions and moments, on the device.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
@@ -83,6 +86,15 @@ class _Scratch(threading.local):
         view = self.views[(like.dtype, slot, like.shape)] = buffer[:like.numel()].view(like.shape)
         return view
 
+    def flat(self, numel: int, slot: int) -> torch.Tensor:
+        """A float32 CPU buffer of at least ``numel`` entries in ``slot``, kept between calls."""
+        key = (torch.float32, slot)
+        buffer = self.buffers.get(key)
+        if buffer is None or buffer.numel() < numel:
+            buffer = self.buffers[key] = torch.empty(numel)
+            self.views = {k: v for k, v in self.views.items() if k[:2] != key}
+        return buffer
+
 
 def _is_relu_rule(rule: FlatRule) -> bool:
     """Flat exactly where a nonnegative output is 0 (ReLU): counts and masks come from sign-sums."""
@@ -141,24 +153,32 @@ def _m2(values: torch.Tensor, total: torch.Tensor, scratch: torch.Tensor) -> tor
 
 
 def _native_pass(library: object, values: torch.Tensor, rule: FlatRule, counts: bool, moments: bool,
-                 stats: torch.Tensor | None = None) -> tuple[torch.Tensor | None, torch.Tensor]:
+                 stats: torch.Tensor | None = None, scratch: _Scratch | None = None) -> tuple[torch.Tensor | None,
+                                                                                               torch.Tensor]:
     """The per-unit active mask (``counts``) and ``stats`` (as in ``_relu_pass``) from one fused native pass.
 
     ``counts`` fills ``stats[:2]`` and the mask, ``moments`` fills ``stats[2:]``; ``stats`` is a new float32
-    vector unless one is given to complete.
+    vector unless one is given to complete. With ``scratch`` the pass may use torch's threads (one unit mask
+    per extra thread comes from it).
     """
     stats = torch.empty(4) if stats is None else stats
+    rows = values.shape[0]
+    cols = values.numel() // rows
     active = torch.empty(values.shape[1:]) if counts else None
+    threads = torch.get_num_threads() if scratch is not None else 1
+    masks = scratch.flat((threads - 1) * cols, slot=2) if threads > 1 and counts else None
     kind = (native.RULE_LOW if rule.low is not None else 0) | (native.RULE_HIGH if rule.high is not None else 0)
-    library.activation_stats_f32(values.data_ptr(), values.shape[0], values[0].numel(), kind,
+    library.activation_stats_f32(values.data_ptr(), rows, cols, kind,
                                  0.0 if rule.low is None else rule.low, 0.0 if rule.high is None else rule.high,
-                                 counts, moments, None if active is None else active.data_ptr(), stats.data_ptr())
+                                 counts, moments, None if active is None else active.data_ptr(), stats.data_ptr(),
+                                 threads, None if masks is None else masks.data_ptr())
     return active, stats
 
 
 def _native_library(values: torch.Tensor) -> object | None:
-    """The native kernels when they can read ``values`` (a non-empty float32 contiguous CPU batch), else None."""
-    if values.dim() == 0 or values.numel() == 0 or not native.supports((values,)):
+    """The native kernels when they can read ``values`` (a non-empty float32 contiguous CPU batch, outside a
+    ``torch.compile`` trace, which cannot call them), else None."""
+    if values.dim() == 0 or values.numel() == 0 or torch.compiler.is_compiling() or not native.supports((values,)):
         return None
     return native.kernels()
 
@@ -219,6 +239,10 @@ class ActivationStats(Probe):
                 self._handles.append(module.register_forward_hook(self._moments_hook(index)))
             else:
                 self._handles.append(module.register_forward_hook(self._output_hook(index)))
+        self._sizes = np.zeros((2, len(self.layer_names)), dtype=np.int64)
+        """Entries and units of each layer's pass, for the native finish."""
+        self._sizes_address = self._sizes.ctypes.data
+        self._stat_pointers = native.PointerArray(len(self.layer_names))
 
     def _output_hook(self, index: int) -> Callable[[nn.Module, tuple, torch.Tensor], None]:
         rule = self.rules[index]
@@ -233,7 +257,7 @@ class ActivationStats(Probe):
             values = _as_float(output)
             library = _native_library(values)
             if library is not None:
-                active, stats = _native_pass(library, values, rule, counts=True, moments=True)
+                active, stats = _native_pass(library, values, rule, counts=True, moments=True, scratch=scratch)
             elif relu:
                 active, stats = _relu_pass(values, scratch.get(values))
             else:
@@ -256,7 +280,7 @@ class ActivationStats(Probe):
             values = _as_float(args[0])
             library = _native_library(values)
             if library is not None:
-                active, counts = _native_pass(library, values, rule, counts=True, moments=False)
+                active, counts = _native_pass(library, values, rule, counts=True, moments=False, scratch=scratch)
             else:
                 nonflat, active, active_count = _nonflat_and_active(values, rule, scratch)
                 counts = torch.stack((nonflat, active_count))
@@ -277,7 +301,7 @@ class ActivationStats(Probe):
             library = _native_library(values)
             if library is not None and last.counts.numel() == 4:
                 last.stats = _native_pass(library, values, self.rules[index], counts=False, moments=True,
-                                          stats=last.counts)[1]
+                                          stats=last.counts, scratch=scratch)[1]
                 return
             total = values.sum()
             moments = torch.stack((total, _m2(values, total, scratch.get(values))))
@@ -325,6 +349,22 @@ class ActivationStats(Probe):
         for passes in self._passes:
             passes.clear()
         return {"act_zero_frac": zero, "act_dead_frac": dead, "act_mean": mean, "act_std": std}
+
+    def measure_into(self, context: Context, data: StepData, address: int) -> bool:
+        if not self.layer_names:
+            return True
+        if not all(len(passes) == 1 and passes[0].stats is not None for passes in self._passes):
+            return False
+        stats = [passes[0].stats for passes in self._passes]
+        library = native.kernels() if native.supports(stats) else None
+        if library is None:
+            return False
+        self._sizes[:] = [[passes[0].entries for passes in self._passes], [passes[0].units for passes in self._passes]]
+        library.activation_finish_f32(len(stats), self._stat_pointers.fill(stats), self._sizes_address,
+                                      self._sizes_address + 8 * len(stats), address)
+        for passes in self._passes:
+            passes.clear()
+        return True
 
     def _denominator(self, counts: list[tuple[int, int]], device: torch.device) -> torch.Tensor:
         """(layers, 4) float tensor [entries, units, entries, entries], cached by batch shape (no copy per step)."""

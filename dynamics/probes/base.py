@@ -85,6 +85,12 @@ class Probe(ABC):
     def measure(self, context: Context, data: StepData) -> dict[str, torch.Tensor]:
         """Values of this step's variables as device tensors shaped like their non-step dimensions."""
 
+    def measure_into(self, context: Context, data: StepData, address: int) -> bool:
+        """Write this step's values as float32, in ``variables()`` order, at host memory ``address``; say whether
+        it did. CPU recording asks this first (native kernels write there directly, no tensor per value) and
+        calls ``measure`` where a probe returns False, as this default does."""
+        return False
+
     def before_recorded_step(self, context: Context) -> None:  # noqa: B027 - optional preparation
         """Called after the step preceding a recorded step, e.g. to keep a copy of the parameters."""
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from dynamics import native
 from dynamics.probes.base import Context, Probe, StepData, Variable
 
 
@@ -17,7 +18,10 @@ def batch_accuracy(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 
 class LossAccuracy(Probe):
-    """``loss(step)`` and ``accuracy(step)``; accuracy is NaN when no output/target is given."""
+    """``loss(step)`` and ``accuracy(step)``; accuracy is NaN when no output/target is given.
+
+    With float32 CPU outputs and integer labels, one native call reads both straight into the row.
+    """
 
     name = "loss"
 
@@ -26,6 +30,20 @@ class LossAccuracy(Probe):
             Variable("loss", (), {"units": "nat", "long_name": "training loss (batch)"}),
             Variable("accuracy", (), {"units": "1", "long_name": "training accuracy (batch)"}),
         ]
+
+    def measure_into(self, context: Context, data: StepData, address: int) -> bool:
+        output, target, loss = data.output, data.target, data.loss
+        if output is None or target is None or output.dim() < 1 or target.dtype != torch.int64 \
+                or output.shape[:-1] != target.shape or not native.supports((loss.detach(), output.detach())) \
+                or target.device.type != "cpu" or not target.is_contiguous() or loss.numel() != 1:
+            return False
+        library = native.kernels()
+        if library is None:
+            return False
+        classes = output.shape[-1]
+        library.loss_accuracy_f32(loss.data_ptr(), output.data_ptr(), output.numel() // max(classes, 1), classes,
+                                  target.data_ptr(), address)
+        return True
 
     def measure(self, context: Context, data: StepData) -> dict[str, torch.Tensor]:
         loss = data.loss.detach().float()

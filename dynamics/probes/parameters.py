@@ -12,8 +12,10 @@ in a recorded step has gradient norm 0.
 
 from __future__ import annotations
 
+import ctypes
 from collections.abc import Callable
 
+import numpy as np
 import torch
 from torch.utils.hooks import RemovableHandle
 
@@ -23,15 +25,15 @@ from dynamics.probes.base import Context, Probe, StepData, Variable
 _PARAM = ("param",)
 
 
-def _native_norms(tensors: native.TensorList, minus: native.TensorList | None) -> torch.Tensor | None:
-    """``|a_i|`` (or ``|a_i - b_i|``) of every tensor in one native call; None where the kernels cannot be used."""
+def _native_norms(tensors: native.TensorList, minus: native.TensorList | None, address: int) -> bool:
+    """Write ``|a_i|`` (or ``|a_i - b_i|``) of every tensor as float32 at ``address`` in one native call; False
+    where the kernels cannot be used."""
     library = native.kernels() if native.supports(tensors.tensors) else None
     if library is None:
-        return None
-    out = torch.empty(tensors.count)
+        return False
     library.norms_f32(tensors.count, tensors.pointers(), None if minus is None else minus.pointers(),
-                      tensors.numel_address, out.data_ptr())
-    return out
+                      tensors.numel_address, address)
+    return True
 
 
 def _param_coords(context: Context) -> dict[str, list[str]]:
@@ -44,13 +46,19 @@ class GradNorm(Probe):
     Each parameter's post-accumulate-grad hook only notes that its gradient changed; at the end of the
     backward pass (an autograd engine callback, before control returns to the training loop and so before
     any clipping) one ``_foreach_norm`` reads all the changed gradients. With gradient accumulation every
-    backward pass refreshes the norms of the gradients it touched, so the last one wins.
+    backward pass refreshes the norms of the gradients it touched, so the last one wins. When every
+    gradient changed and the native kernels can read them, one native call writes the norms into a host
+    vector instead, which ``measure_into`` copies into the row.
     """
 
     name = "grad_norm"
 
     def __init__(self) -> None:
         self._norms: list[torch.Tensor] = []
+        self._host = np.zeros(0, dtype=np.float32)
+        self._host_fresh = False
+        """Whether ``_host`` holds this step's norms (written natively), instead of ``_norms``."""
+        self._grads: native.TensorList | None = None
         self._zero: torch.Tensor | None = None
         self._handles: list[RemovableHandle] = []
         self._context: Context | None = None
@@ -61,6 +69,8 @@ class GradNorm(Probe):
         self._context = context
         self._zero = torch.zeros((), device=context.params[0].device) if context.params else None
         self._norms = [self._zero] * len(context.params)
+        self._host = np.zeros(len(context.params), dtype=np.float32)
+        self._grads = native.TensorList(context.params)
         for index, param in enumerate(context.params):
             self._handles.append(param.register_post_accumulate_grad_hook(self._hook(index)))
 
@@ -90,8 +100,20 @@ class GradNorm(Probe):
         indices = list(dict.fromkeys(self._touched))
         self._touched.clear()
         params = self._context.params
+        if len(indices) == len(params):
+            grads = [p.grad for p in params]
+            library = native.kernels() if native.supports(grads) else None
+            if library is not None:
+                library.norms_f32(len(grads), self._grads.pointers(grads), None, self._grads.numel_address,
+                                  self._host.ctypes.data)
+                self._host_fresh = True
+                return
+        grads = [params[i].grad for i in indices]
+        if self._host_fresh:  # an earlier backward of this step wrote natively: continue in tensors
+            self._norms = list(torch.from_numpy(self._host.copy()).unbind())
+            self._host_fresh = False
         with torch.no_grad():
-            norms = torch._foreach_norm([params[i].grad for i in indices])
+            norms = torch._foreach_norm(grads)
         for i, norm in zip(indices, norms, strict=True):
             self._norms[i] = norm
 
@@ -103,9 +125,22 @@ class GradNorm(Probe):
 
     def measure(self, context: Context, data: StepData) -> dict[str, torch.Tensor]:
         self._read_norms()  # gradients noted outside a backward callback, if any
-        norms = torch.stack(self._norms)
-        self._norms = [self._zero] * len(self._norms)
+        norms = torch.from_numpy(self._host.copy()) if self._host_fresh else torch.stack(self._norms)
+        self._reset()
         return {"grad_norm": norms}
+
+    def measure_into(self, context: Context, data: StepData, address: int) -> bool:
+        self._read_norms()
+        if not self._host_fresh:
+            return False
+        ctypes.memmove(address, self._host.ctypes.data, self._host.nbytes)
+        self._reset()
+        return True
+
+    def _reset(self) -> None:
+        """Norms back to 0 for the next recorded step (a parameter without a gradient there has norm 0)."""
+        self._norms = [self._zero] * len(self._norms)
+        self._host_fresh = False
 
     def detach(self) -> None:
         for handle in self._handles:
@@ -129,8 +164,10 @@ class ParamNorm(Probe):
         return [Variable("param_norm", _PARAM, {"units": "param", "long_name": "parameter L2 norm"})]
 
     def measure(self, context: Context, data: StepData) -> dict[str, torch.Tensor]:
-        norms = _native_norms(self._params, None)
-        return {"param_norm": torch.stack(torch._foreach_norm(context.params)) if norms is None else norms}
+        return {"param_norm": torch.stack(torch._foreach_norm(context.params))}
+
+    def measure_into(self, context: Context, data: StepData, address: int) -> bool:
+        return _native_norms(self._params, None, address)
 
 
 class DistanceFromInit(Probe):
@@ -153,11 +190,11 @@ class DistanceFromInit(Probe):
         return [Variable("dist_from_init", _PARAM, {"units": "param", "long_name": "distance from initialisation"})]
 
     def measure(self, context: Context, data: StepData) -> dict[str, torch.Tensor]:
+        return {"dist_from_init": torch.stack(torch._foreach_norm(torch._foreach_sub(context.params, self.initial)))}
+
+    def measure_into(self, context: Context, data: StepData, address: int) -> bool:
         self._initial = native.tensor_list(self.initial, self._initial)
-        norms = _native_norms(self._params, self._initial)
-        if norms is None:
-            norms = torch.stack(torch._foreach_norm(torch._foreach_sub(context.params, self.initial)))
-        return {"dist_from_init": norms}
+        return _native_norms(self._params, self._initial, address)
 
 
 class UpdateNorm(Probe):
@@ -194,8 +231,8 @@ class UpdateNorm(Probe):
         return [Variable("update_norm", _PARAM, {"units": "param", "long_name": "update L2 norm"})]
 
     def measure(self, context: Context, data: StepData) -> dict[str, torch.Tensor]:
+        return {"update_norm": torch.stack(torch._foreach_norm(torch._foreach_sub(context.params, self.previous)))}
+
+    def measure_into(self, context: Context, data: StepData, address: int) -> bool:
         self._previous = native.tensor_list(self.previous, self._previous)
-        norms = _native_norms(self._params, self._previous)
-        if norms is None:
-            norms = torch.stack(torch._foreach_norm(torch._foreach_sub(context.params, self.previous)))
-        return {"update_norm": norms}
+        return _native_norms(self._params, self._previous, address)
