@@ -243,8 +243,10 @@ class Recorder:
             self.flush()
 
     def _record(self, data: StepData, scalars: Mapping[str, Scalar]) -> None:
+        self.context.next_recorded = (self._step + 1) % self.every == 0
         with torch.no_grad():
             if isinstance(self._rows, HostRows):
+                self.context.prepare_step()
                 row, address = self._rows.next_row()
                 try:
                     for probe, (start, stop) in zip(self.probes, self._spans, strict=True):

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from dynamics import native
-from dynamics.probes.activations import _native_pass, _Scratch
+from dynamics.probes.activations import _NativePass, _Scratch
 from dynamics.probes.flat_regions import FlatRule
 
 RTOL = 1e-6
@@ -48,7 +48,7 @@ def test_activation_pass_matches_numpy(rule_name, shape, threads) -> None:
         values = values.relu()
     values[:, 0] = -5.0  # a unit flat in every sample under the low rules
     values[-1, -1] = 7.0  # a unit active in the last sample only (the last thread's rows)
-    active, stats = _native_pass(native.kernels(), values, rule, counts=True, moments=True, scratch=_Scratch())
+    active, stats = _NativePass(rule, _Scratch()).run(native.kernels(), values, 0, counts=True, moments=True)
     y = values.double().numpy().reshape(shape[0], -1)
     inside = np.ones_like(y, dtype=bool)
     if rule.low is not None:
@@ -65,8 +65,8 @@ def test_activation_pass_matches_numpy(rule_name, shape, threads) -> None:
 def test_moments_do_not_cancel_for_a_large_mean() -> None:
     """A layer whose mean is 10^4 times its spread (sigmoid-like plateaus) keeps its variance to 1e-6."""
     values = (torch.rand(64, 300, dtype=torch.float64) * 1e-3 + 10.0).float()
-    _, stats = _native_pass(native.kernels(), values, RULES["low"], counts=False, moments=True,
-                            stats=torch.zeros(4))
+    _, stats = _NativePass(RULES["low"], _Scratch()).run(native.kernels(), values, 0, counts=False, moments=True,
+                                                         stats=torch.zeros(4))
     y = values.double().numpy()
     np.testing.assert_allclose(stats[3].item(), ((y - y.mean()) ** 2).sum(), rtol=RTOL)
 
@@ -81,10 +81,14 @@ def test_norms_distances_and_copy_match_numpy() -> None:
     for minus, expected in ((None, [np.linalg.norm(t.double().numpy()) for t in a]), (others, distances)):
         out = np.empty(len(a), dtype=np.float32)
         library.norms_f32(3, tensors.pointers(), None if minus is None else minus.pointers(), tensors.numel_address,
-                          out.ctypes.data)
+                          out.ctypes.data, False)
         np.testing.assert_allclose(out, expected, rtol=RTOL)
-    library.copy_tensors_f32(3, others.pointers(), tensors.pointers(), tensors.numel_address)
+    library.norms_f32(3, tensors.pointers(), others.pointers(), tensors.numel_address, out.ctypes.data, True)
+    np.testing.assert_allclose(out, distances, rtol=RTOL)  # measured before the copy
     assert all(torch.equal(t, u) for t, u in zip(a, b, strict=True))
+    c = [torch.randn_like(t) for t in a]
+    library.copy_tensors_f32(3, native.TensorList(c).pointers(), tensors.pointers(), tensors.numel_address)
+    assert all(torch.equal(t, u) for t, u in zip(a, c, strict=True))
 
 
 def test_loss_and_accuracy_match_torch_including_ties() -> None:

@@ -129,8 +129,9 @@ void activation_stats_f32(const float *y, int64_t rows, int64_t cols, int rule, 
     }
 }
 
-/* out[i] = |a_i| (b == NULL) or |a_i - b_i|, the L2 norm accumulated in double, for each tensor i. */
-void norms_f32(int64_t tensors, const float *const *a, const float *const *b, const int64_t *numel, float *out) {
+/* out[i] = |a_i| (b == NULL) or |a_i - b_i|, the L2 norm accumulated in double, for each tensor i; with
+ * copy, b_i = a_i afterwards (while both are in cache). */
+void norms_f32(int64_t tensors, const float *const *a, float *const *b, const int64_t *numel, float *out, int copy) {
     for (int64_t i = 0; i < tensors; i++) {
         const float *x = a[i];
         const int64_t n = numel[i];
@@ -147,6 +148,7 @@ void norms_f32(int64_t tensors, const float *const *a, const float *const *b, co
             for (int64_t e = 0; e < n; e++) acc += (double)x[e] * (double)x[e];
         }
         out[i] = (float)__builtin_sqrt(acc);
+        if (b && copy) memcpy(b[i], x, (size_t)n * sizeof(float));
     }
 }
 

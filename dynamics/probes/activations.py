@@ -18,6 +18,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -152,35 +153,48 @@ def _m2(values: torch.Tensor, total: torch.Tensor, scratch: torch.Tensor) -> tor
     return scratch.square_().sum()
 
 
-def _native_pass(library: object, values: torch.Tensor, rule: FlatRule, counts: bool, moments: bool,
-                 stats: torch.Tensor | None = None, scratch: _Scratch | None = None) -> tuple[torch.Tensor | None,
-                                                                                               torch.Tensor]:
-    """The per-unit active mask (``counts``) and ``stats`` (as in ``_relu_pass``) from one fused native pass.
+class _NativePass:
+    """One layer's fused native pass (``dynamics.native``): its rule's arguments, and result buffers kept from
+    step to step (one pair per pass of a step), since on a CPU every fresh tensor costs."""
 
-    ``counts`` fills ``stats[:2]`` and the mask, ``moments`` fills ``stats[2:]``; ``stats`` is a new float32
-    vector unless one is given to complete. With ``scratch`` the pass may use torch's threads (one unit mask
-    per extra thread comes from it).
-    """
-    stats = torch.empty(4) if stats is None else stats
-    rows = values.shape[0]
-    cols = values.numel() // rows
-    active = torch.empty(values.shape[1:]) if counts else None
-    threads = torch.get_num_threads() if scratch is not None else 1
-    masks = scratch.flat((threads - 1) * cols, slot=2) if threads > 1 and counts else None
-    kind = (native.RULE_LOW if rule.low is not None else 0) | (native.RULE_HIGH if rule.high is not None else 0)
-    library.activation_stats_f32(values.data_ptr(), rows, cols, kind,
-                                 0.0 if rule.low is None else rule.low, 0.0 if rule.high is None else rule.high,
-                                 counts, moments, None if active is None else active.data_ptr(), stats.data_ptr(),
-                                 threads, None if masks is None else masks.data_ptr())
-    return active, stats
+    def __init__(self, rule: FlatRule, scratch: _Scratch) -> None:
+        self.kind = (native.RULE_LOW if rule.low is not None else 0) | (native.RULE_HIGH if rule.high is not None
+                                                                          else 0)
+        self.low = 0.0 if rule.low is None else rule.low
+        self.high = 0.0 if rule.high is None else rule.high
+        self.scratch = scratch
+        self.buffers: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def run(self, library: Any, values: torch.Tensor, number: int, counts: bool, moments: bool,
+            stats: torch.Tensor | None = None) -> tuple[torch.Tensor | None, torch.Tensor]:
+        """The per-unit active mask (``counts``) and ``stats`` (as in ``_relu_pass``) of pass ``number`` of this step.
+
+        ``counts`` fills ``stats[:2]`` and the mask, ``moments`` fills ``stats[2:]`` (of ``stats`` when given,
+        to complete an input-space pass). The rows are split over torch's threads, one unit mask per extra
+        thread from the scratch buffers.
+        """
+        while len(self.buffers) <= number:
+            self.buffers.append((torch.empty(4), torch.empty(0)))
+        own_stats, active = self.buffers[number]
+        if counts and active.shape != values.shape[1:]:
+            active = torch.empty(values.shape[1:])
+            self.buffers[number] = (own_stats, active)
+        stats = own_stats if stats is None else stats
+        rows = values.shape[0]
+        cols = values.numel() // rows
+        threads = torch.get_num_threads()
+        masks = self.scratch.flat((threads - 1) * cols, slot=2).data_ptr() if threads > 1 and counts else None
+        library.activation_stats_f32(values.data_ptr(), rows, cols, self.kind, self.low, self.high, counts, moments,
+                                     active.data_ptr() if counts else None, stats.data_ptr(), threads, masks)
+        return (active if counts else None), stats
 
 
-def _native_library(values: torch.Tensor) -> object | None:
+def _native_for(context: Context, values: torch.Tensor) -> Any:
     """The native kernels when they can read ``values`` (a non-empty float32 contiguous CPU batch, outside a
     ``torch.compile`` trace, which cannot call them), else None."""
-    if values.dim() == 0 or values.numel() == 0 or torch.compiler.is_compiling() or not native.supports((values,)):
+    if context.kernels is None or values.dim() == 0 or values.numel() == 0 or torch.compiler.is_compiling():
         return None
-    return native.kernels()
+    return context.native_for((values,))
 
 
 def _pool_moments(passes: list[_Pass], entries: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -226,6 +240,8 @@ class ActivationStats(Probe):
         self._context: Context | None = None
         self._denominators: dict[tuple[int, ...], torch.Tensor] = {}
         self._scratch = _Scratch()
+        self._fused: dict[int, _NativePass] = {}
+        """Native passes of the input-space layers, shared by their input and output hooks."""
 
     def attach(self, context: Context) -> None:
         self._context = context
@@ -250,14 +266,15 @@ class ActivationStats(Probe):
         passes = self._passes[index]
         context = self._context
         scratch = self._scratch
+        fused = _NativePass(rule, scratch)
 
         def hook(module: nn.Module, args: tuple, output: torch.Tensor) -> None:
             if not context.capturing:
                 return
             values = _as_float(output)
-            library = _native_library(values)
+            library = _native_for(context, values)
             if library is not None:
-                active, stats = _native_pass(library, values, rule, counts=True, moments=True, scratch=scratch)
+                active, stats = fused.run(library, values, len(passes), counts=True, moments=True)
             elif relu:
                 active, stats = _relu_pass(values, scratch.get(values))
             else:
@@ -273,14 +290,15 @@ class ActivationStats(Probe):
         passes = self._passes[index]
         context = self._context
         scratch = self._scratch
+        self._fused[index] = fused = _NativePass(rule, scratch)
 
         def hook(module: nn.Module, args: tuple) -> None:
             if not context.capturing:
                 return
             values = _as_float(args[0])
-            library = _native_library(values)
+            library = _native_for(context, values)
             if library is not None:
-                active, counts = _native_pass(library, values, rule, counts=True, moments=False, scratch=scratch)
+                active, counts = fused.run(library, values, len(passes), counts=True, moments=False)
             else:
                 nonflat, active, active_count = _nonflat_and_active(values, rule, scratch)
                 counts = torch.stack((nonflat, active_count))
@@ -298,10 +316,10 @@ class ActivationStats(Probe):
                 return
             values = _as_float(output)
             last = passes[-1]
-            library = _native_library(values)
+            library = _native_for(context, values)
             if library is not None and last.counts.numel() == 4:
-                last.stats = _native_pass(library, values, self.rules[index], counts=False, moments=True,
-                                          stats=last.counts, scratch=scratch)[1]
+                last.stats = self._fused[index].run(library, values, len(passes) - 1, counts=False, moments=True,
+                                                    stats=last.counts)[1]
                 return
             total = values.sum()
             moments = torch.stack((total, _m2(values, total, scratch.get(values))))
@@ -356,7 +374,7 @@ class ActivationStats(Probe):
         if not all(len(passes) == 1 and passes[0].stats is not None for passes in self._passes):
             return False
         stats = [passes[0].stats for passes in self._passes]
-        library = native.kernels() if native.supports(stats) else None
+        library = context.native_for(stats)
         if library is None:
             return False
         self._sizes[:] = [[passes[0].entries for passes in self._passes], [passes[0].units for passes in self._passes]]
@@ -399,3 +417,4 @@ class ActivationStats(Probe):
             handle.remove()
         self._handles.clear()
         self._scratch = _Scratch()  # release the buffers
+        self._fused.clear()

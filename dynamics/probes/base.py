@@ -8,12 +8,15 @@ the recorder flushes, so a probe never synchronises with the device.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
+
+from dynamics import native
 
 
 @dataclass(frozen=True)
@@ -52,6 +55,24 @@ class Context:
         """True while the current optimizer step is one the recorder will record (hooks check it)."""
         self.paused = False
         """True while another computation (an evaluation, a probe's extra pass) must not be recorded."""
+        self.next_recorded = False
+        """While probes measure a recorded step: whether the step after it is recorded too."""
+        self.kernels = native.kernels()
+        """The native CPU kernels (``dynamics.native``), or None where they are off or cannot be built."""
+        self.param_list = native.TensorList(self.params)
+        self.param_kernels: Any = None
+        """For the step being measured (``prepare_step``): the kernels where they can read the parameters."""
+        self.param_pointers = 0
+        """For the step being measured: the address of the parameters' data pointers (``param_list``)."""
+
+    def prepare_step(self) -> None:
+        """Check the parameters and read their addresses once for all probes measuring this step."""
+        self.param_kernels = self.native_for(self.params)
+        self.param_pointers = self.param_list.pointers() if self.param_kernels is not None else 0
+
+    def native_for(self, tensors: Sequence[torch.Tensor]) -> Any:
+        """The native kernels when they can read ``tensors`` in place (float32, contiguous, CPU), else None."""
+        return self.kernels if self.kernels is not None and native.supports(tensors) else None
 
     @property
     def capturing(self) -> bool:

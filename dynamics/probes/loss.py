@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import torch
 
-from dynamics import native
 from dynamics.probes.base import Context, Probe, StepData, Variable
 
 
@@ -34,10 +33,10 @@ class LossAccuracy(Probe):
     def measure_into(self, context: Context, data: StepData, address: int) -> bool:
         output, target, loss = data.output, data.target, data.loss
         if output is None or target is None or output.dim() < 1 or target.dtype != torch.int64 \
-                or output.shape[:-1] != target.shape or not native.supports((loss.detach(), output.detach())) \
-                or target.device.type != "cpu" or not target.is_contiguous() or loss.numel() != 1:
+                or output.shape[:-1] != target.shape or target.device.type != "cpu" or not target.is_contiguous() \
+                or loss.numel() != 1:
             return False
-        library = native.kernels()
+        library = context.native_for((loss.detach(), output.detach()))
         if library is None:
             return False
         classes = output.shape[-1]

@@ -25,14 +25,15 @@ from dynamics.probes.base import Context, Probe, StepData, Variable
 _PARAM = ("param",)
 
 
-def _native_norms(tensors: native.TensorList, minus: native.TensorList | None, address: int) -> bool:
-    """Write ``|a_i|`` (or ``|a_i - b_i|``) of every tensor as float32 at ``address`` in one native call; False
-    where the kernels cannot be used."""
-    library = native.kernels() if native.supports(tensors.tensors) else None
+def _native_norms(context: Context, minus: native.TensorList | None, address: int, copy: bool = False) -> bool:
+    """Write ``|theta_i|`` (or ``|theta_i - b_i|``, then with ``copy`` ``b_i = theta_i``) of every parameter as
+    float32 at ``address`` in one native call; False where the kernels cannot be used."""
+    library = context.param_kernels
     if library is None:
         return False
-    library.norms_f32(tensors.count, tensors.pointers(), None if minus is None else minus.pointers(),
-                      tensors.numel_address, address)
+    params = context.param_list
+    library.norms_f32(params.count, context.param_pointers, None if minus is None else minus.pointers(),
+                      params.numel_address, address, copy)
     return True
 
 
@@ -102,10 +103,10 @@ class GradNorm(Probe):
         params = self._context.params
         if len(indices) == len(params):
             grads = [p.grad for p in params]
-            library = native.kernels() if native.supports(grads) else None
+            library = self._context.native_for(grads)
             if library is not None:
                 library.norms_f32(len(grads), self._grads.pointers(grads), None, self._grads.numel_address,
-                                  self._host.ctypes.data)
+                                  self._host.ctypes.data, False)
                 self._host_fresh = True
                 return
         grads = [params[i].grad for i in indices]
@@ -154,12 +155,6 @@ class ParamNorm(Probe):
     name = "param_norm"
     coords = staticmethod(_param_coords)
 
-    def __init__(self) -> None:
-        self._params: native.TensorList | None = None
-
-    def attach(self, context: Context) -> None:
-        self._params = native.TensorList(context.params)
-
     def variables(self, context: Context) -> list[Variable]:
         return [Variable("param_norm", _PARAM, {"units": "param", "long_name": "parameter L2 norm"})]
 
@@ -167,7 +162,7 @@ class ParamNorm(Probe):
         return {"param_norm": torch.stack(torch._foreach_norm(context.params))}
 
     def measure_into(self, context: Context, data: StepData, address: int) -> bool:
-        return _native_norms(self._params, None, address)
+        return _native_norms(context, None, address)
 
 
 class DistanceFromInit(Probe):
@@ -179,12 +174,10 @@ class DistanceFromInit(Probe):
 
     def __init__(self) -> None:
         self.initial: list[torch.Tensor] = []
-        self._params: native.TensorList | None = None
         self._initial: native.TensorList | None = None
 
     def attach(self, context: Context) -> None:
         self.initial = [p.detach().clone() for p in context.params]
-        self._params = native.TensorList(context.params)
 
     def variables(self, context: Context) -> list[Variable]:
         return [Variable("dist_from_init", _PARAM, {"units": "param", "long_name": "distance from initialisation"})]
@@ -194,14 +187,15 @@ class DistanceFromInit(Probe):
 
     def measure_into(self, context: Context, data: StepData, address: int) -> bool:
         self._initial = native.tensor_list(self.initial, self._initial)
-        return _native_norms(self._params, self._initial, address)
+        return _native_norms(context, self._initial, address)
 
 
 class UpdateNorm(Probe):
     """``update_norm(step, param)``: |theta_t - theta_{t-1}|, theta_{t-1} being the parameters one step earlier.
 
     A copy of the parameters is taken after the step before each recorded step (and at start, so step 0
-    measures the first update from the initial parameters).
+    measures the first update from the initial parameters). Natively, when the next step is recorded too,
+    the copy is made in the same pass that measures the update.
     """
 
     name = "update_norm"
@@ -210,19 +204,22 @@ class UpdateNorm(Probe):
 
     def __init__(self) -> None:
         self.previous: list[torch.Tensor] = []
-        self._params: native.TensorList | None = None
         self._previous: native.TensorList | None = None
+        self._copied = False
+        """Whether the last measurement already copied the parameters for the next (recorded) step."""
 
     def attach(self, context: Context) -> None:
         self.previous = [p.detach().clone() for p in context.params]
-        self._params = native.TensorList(context.params)
 
     def before_recorded_step(self, context: Context) -> None:
-        library = native.kernels() if native.supports(context.params) else None
+        if self._copied:
+            self._copied = False
+            return
+        library = context.native_for(context.params)
         if library is not None:
             self._previous = native.tensor_list(self.previous, self._previous)
-            library.copy_tensors_f32(self._params.count, self._previous.pointers(),
-                                     self._params.pointers(), self._params.numel_address)
+            params = context.param_list
+            library.copy_tensors_f32(params.count, self._previous.pointers(), params.pointers(), params.numel_address)
             return
         with torch.no_grad():
             torch._foreach_copy_(self.previous, context.params)
@@ -235,4 +232,6 @@ class UpdateNorm(Probe):
 
     def measure_into(self, context: Context, data: StepData, address: int) -> bool:
         self._previous = native.tensor_list(self.previous, self._previous)
-        return _native_norms(self._params, self._previous, address)
+        done = _native_norms(context, self._previous, address, copy=context.next_recorded)
+        self._copied = done and context.next_recorded
+        return done

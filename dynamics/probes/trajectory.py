@@ -168,12 +168,14 @@ class Sketch(Probe):
         norm = w.square().sum(0).sqrt()
         self._weights = (w / torch.where(norm > 0, norm, 1.0)).to(device)
         self._scale = torch.where(w > 0, 1.0 / w, 0.0).to(device)
-        self._params = native.TensorList(context.params)
+        self._context_params = context.param_list
         self._table_list = native.TensorList(self._tables)
+        self._table_pointers = self._table_list.pointers()
+        """The tables are the probe's own tensors: their addresses never change."""
         self._raw = torch.empty((len(context.params), 2 * self.k), dtype=torch.float64, device=device)
         self._origin = None
         with torch.no_grad():
-            self._origin = self._project(context.params)[0].clone()
+            self._origin = self._project(context)[0].clone()
 
     def _unit_rows(self) -> list[torch.Tensor]:
         """Dense and sign directions as float64 unit rows ``(k, n_i)`` (for the torch operations), made once."""
@@ -203,9 +205,10 @@ class Sketch(Probe):
                                                     "description": "D_j . (theta - theta_0), D_j unit"}),
         ]
 
-    def _project(self, params: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    def _project(self, context: Context) -> tuple[torch.Tensor, torch.Tensor]:
         """``d_ij . theta_i`` minus the origin once set, ``(P, k)`` float64, and the whole-model ``(k,)`` float64."""
-        library = native.kernels() if native.supports(params) else None
+        params = context.params
+        library = context.native_for(params)
         if library is not None:
             return self._project_native(library)
         if self.mode == "hashed":
@@ -221,26 +224,29 @@ class Sketch(Probe):
 
     def _project_native(self, library: object) -> tuple[torch.Tensor, torch.Tensor]:
         """``_project`` in one native call: the dot products, scaling, origin and whole-model sum."""
-        projection = torch.empty((self._params.count, self.k), dtype=torch.float64)
+        params = self._context_params
+        projection = torch.empty((params.count, self.k), dtype=torch.float64)
         total = torch.empty(self.k, dtype=torch.float64)
-        self._run_native(library, projection.data_ptr(), total.data_ptr(), None)
+        self._run_native(library, params.pointers(), projection.data_ptr(), total.data_ptr(), None)
         return projection, total
 
-    def _run_native(self, library: object, projection: int | None, total: int | None, out: int | None) -> None:
-        """The native sketch, writing float64 ``projection`` (P, k) and ``total`` (k,) and/or float32 ``out``
-        = [traj_proj, traj_proj_total] at the given addresses (None: not written)."""
+    def _run_native(self, library: object, pointers: int, projection: int | None, total: int | None,
+                    out: int | None) -> None:
+        """The native sketch of the parameters at ``pointers``, writing float64 ``projection`` (P, k) and ``total``
+        (k,) and/or float32 ``out`` = [traj_proj, traj_proj_total] at the given addresses (None: not written)."""
         sketch = getattr(library, f"{self.mode}_sketch_f32")
-        sketch(self._params.count, self._params.pointers(), self._table_list.pointers(), self._params.numel_address,
-               self.k, self._scale.data_ptr(), None if self._origin is None else self._origin.data_ptr(),
-               self._weights.data_ptr(), self._raw.data_ptr(), projection, total, out)
+        params = self._context_params
+        sketch(params.count, pointers, self._table_pointers, params.numel_address, self.k, self._scale.data_ptr(),
+               None if self._origin is None else self._origin.data_ptr(), self._weights.data_ptr(),
+               self._raw.data_ptr(), projection, total, out)
 
     def measure(self, context: Context, data: StepData) -> dict[str, torch.Tensor]:
-        proj, total = self._project(context.params)
+        proj, total = self._project(context)
         return {"traj_proj": proj, "traj_proj_total": total}
 
     def measure_into(self, context: Context, data: StepData, address: int) -> bool:
-        library = native.kernels() if native.supports(context.params) else None
+        library = context.param_kernels
         if library is None:
             return False
-        self._run_native(library, None, None, address)
+        self._run_native(library, context.param_pointers, None, None, address)
         return True
