@@ -164,7 +164,8 @@ def twins(bench: Bench, probes: str | list[str], steps: int, rounds: int) -> dic
     twin = copy.deepcopy(bench.model)
     optimizer = torch.optim.SGD(twin.parameters(), lr=bench.optimizer.param_groups[0]["lr"], momentum=0.9)
     optimizer.load_state_dict(bench.optimizer.state_dict())
-    recorder = Recorder(twin, optimizer, bench.workdir / "twins", every=1, probes=probes)
+    bench.blocks += 1
+    recorder = Recorder(twin, optimizer, bench.workdir / f"twins{bench.blocks}", every=1, probes=probes)
     sides = {False: (bench.model, bench.optimizer, None), True: (twin, optimizer, recorder)}
     times: dict[bool, list[float]] = {False: [], True: []}
     clock = bench.timer.clock

@@ -121,6 +121,8 @@ class Recorder:
                 self._dims[variable.name] = ("step", *variable.dims)
                 variable_attrs[variable.name] = {**variable.attrs, "probe": probe.name}
         self._coords = coords
+        self._preparing = [p for p in self.probes if type(p).before_recorded_step is not Probe.before_recorded_step]
+        """The probes that prepare recorded steps (the others' hook does nothing): called per step."""
         self._layout: list[tuple[str, int, tuple[int, ...]]] = []
         """(variable, values, shape) of every recorded variable, in row order."""
         self._spans: list[tuple[int, int]] = []
@@ -235,7 +237,7 @@ class Recorder:
         self._step += 1
         self.context.recording = self._step % self.every == 0
         if self.context.recording:
-            for probe in self.probes:
+            for probe in self._preparing:
                 probe.before_recorded_step(self.context)
         if self._step % self.check_finite_every == 0:
             self._check_finite()
@@ -244,18 +246,20 @@ class Recorder:
 
     def _record(self, data: StepData, scalars: Mapping[str, Scalar]) -> None:
         self.context.next_recorded = (self._step + 1) % self.every == 0
-        with torch.no_grad():
-            if isinstance(self._rows, HostRows):
-                self.context.prepare_step()
-                row, address = self._rows.next_row()
-                try:
-                    for probe, (start, stop) in zip(self.probes, self._spans, strict=True):
-                        if not probe.measure_into(self.context, data, address + 4 * start):
-                            row[start:stop] = _host_values(probe, probe.measure(self.context, data), stop - start)
-                except BaseException:
-                    self._rows.drop_last()  # a probe failed: the step is not recorded
-                    raise
-            else:
+        if isinstance(self._rows, HostRows):  # native writers need no autograd mode; measure() runs without grad
+            self.context.prepare_step()
+            row, address = self._rows.next_row()
+            try:
+                for probe, (start, stop) in zip(self.probes, self._spans, strict=True):
+                    if not probe.measure_into(self.context, data, address + 4 * start):
+                        with torch.no_grad():
+                            values = probe.measure(self.context, data)
+                        row[start:stop] = _host_values(probe, values, stop - start)
+            except BaseException:
+                self._rows.drop_last()  # a probe failed: the step is not recorded
+                raise
+        else:
+            with torch.no_grad():
                 values = [v for probe in self.probes for v in probe.measure(self.context, data).values()]
                 if not self._rows_verified:
                     sizes = [v.numel() for v in values]
