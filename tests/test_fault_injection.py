@@ -318,7 +318,12 @@ def test_a_run_directory_turned_read_only_stops_with_one_line_and_keeps_the_stor
             except Exception:  # noqa: BLE001 - the store is not created yet
                 pass
             time.sleep(0.02)
-        remount = subprocess.run(["mount", "-o", "remount,ro", str(small_filesystem)], capture_output=True, text=True)
+        for _ in range(200):  # "busy" while a file there is open for writing: retry until between two writes
+            remount = subprocess.run(["mount", "-o", "remount,ro", str(small_filesystem)], capture_output=True,
+                                     text=True)
+            if remount.returncode == 0 or "busy" not in remount.stderr:
+                break
+            time.sleep(0.005)
         assert remount.returncode == 0, remount.stderr
         committed = open_run(run).sizes["step"]
         _, stderr = process.communicate(timeout=120)
