@@ -3,10 +3,12 @@
 On a CPU, what recording costs is the number of small operations per step (each costs 15-20 us inside a
 training loop, whose caches backward has just cooled), not their arithmetic. ``kernels.c`` does each probe's
 work in one pass: the activation statistics of a layer, the norms or distances of all parameter tensors, the
-sketch projections. The first process that needs them compiles the file with the system C compiler
-(``$CC``, else ``cc``; ``-O3 -march=native``, and ``-fopenmp`` where it builds: the activation pass then
-splits its rows over torch's OpenMP threads) into ``<cache>/native/`` (``$DYNAMICS_CACHE``, else
-``~/.cache/dynamics``), keyed by the source, the flags and the processor, and every later process loads it.
+sketch projections, loss and accuracy, and they write straight into the recorder's host row. The first
+process that needs them compiles the file with the system C compiler (``$CC``, else ``cc``; ``-O3
+-march=native``, and ``-fopenmp`` where it builds: the activation pass then splits its rows over torch's
+OpenMP threads; a portable ``-O3`` build where neither is known) into ``<cache>/native/``
+(``$DYNAMICS_CACHE``, else ``~/.cache/dynamics``), keyed by the source, the flags and the processor, and
+every later process loads it.
 
 Probes use the kernels for float32, contiguous CPU tensors when :func:`kernels` returns a library, and their
 torch operations otherwise (other devices and dtypes; no compiler; ``DYNAMICS_NATIVE=0``). Both give the
@@ -32,9 +34,10 @@ import torch
 from dynamics.cache import default_cache_dir
 
 SOURCE = Path(__file__).with_name("kernels.c")
-FLAGS = ("-O3", "-march=native", "-fPIC", "-shared", "-std=c11")
-OPENMP_FLAGS = (("-fopenmp",), ("-fopenmp-simd",))
-"""Tried in turn: OpenMP threads (the runtime torch has loaded, so its thread team), else one thread."""
+FLAGS = ("-O3", "-fPIC", "-shared", "-std=c11")
+EXTRA_FLAGS = (("-march=native", "-fopenmp"), ("-march=native", "-fopenmp-simd"), ())
+"""Tried in turn: this processor's instructions with OpenMP threads (the runtime torch has loaded, so its
+thread team), without threads, and a portable build for compilers that know neither option."""
 RULE_LOW, RULE_HIGH = 1, 2
 
 _P = ctypes.c_void_p
@@ -72,7 +75,7 @@ def _build(target: Path) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
         built = Path(tmp) / target.name
-        for extra in OPENMP_FLAGS:
+        for extra in EXTRA_FLAGS:
             result = subprocess.run([compiler, *FLAGS, *extra, str(SOURCE), "-o", str(built)], capture_output=True,
                                     text=True)
             if result.returncode == 0:
@@ -84,7 +87,7 @@ def _build(target: Path) -> None:
 @functools.cache
 def _load() -> ctypes.CDLL | None:
     global _failure
-    key = hashlib.sha256(SOURCE.read_bytes() + repr((FLAGS, OPENMP_FLAGS, platform.machine(), _cpu_model())).encode())
+    key = hashlib.sha256(SOURCE.read_bytes() + repr((FLAGS, EXTRA_FLAGS, platform.machine(), _cpu_model())).encode())
     target = default_cache_dir() / "native" / f"kernels-{key.hexdigest()[:16]}.so"
     try:
         if not target.exists():
