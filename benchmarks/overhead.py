@@ -86,6 +86,19 @@ class Timer:
         return times
 
 
+def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
+               recorder: Recorder | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """One optimizer step of the benchmark loop (recorded when a recorder is given); returns (loss, output)."""
+    out = model(x)
+    loss = F.cross_entropy(out, y)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    if recorder is not None:
+        recorder.step(loss=loss, output=out, target=y)
+    return loss, out
+
+
 class Bench:
     """One model, optimizer and data stream shared by the plain and the recorded blocks."""
 
@@ -132,14 +145,7 @@ class Bench:
         model, optimizer = self.model, self.optimizer
 
         def step(i: int) -> None:
-            x, y = batches[i]
-            out = model(x)
-            loss = F.cross_entropy(out, y)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            if recorder is not None:
-                recorder.step(loss=loss, output=out, target=y)
+            train_step(model, optimizer, *batches[i], recorder)
 
         faults = minor_faults()
         times = self.timer.run(steps, step)
@@ -172,15 +178,8 @@ def twins(bench: Bench, probes: str | list[str], steps: int, rounds: int) -> dic
     for index in tqdm(range(rounds), desc="step-interleaved twins", leave=False):
         for i, (x, y) in enumerate(bench.batches(steps)):
             for recorded in ((False, True) if (index + i) % 2 == 0 else (True, False)):
-                model, opt, rec = sides[recorded]
                 start = clock()
-                out = model(x)
-                loss = F.cross_entropy(out, y)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                if rec is not None:
-                    rec.step(loss=loss, output=out, target=y)
+                train_step(*sides[recorded][:2], x, y, sides[recorded][2])
                 times[recorded].append(clock() - start)
     recorder.close()
     summary = _summary(times[True], times[False])
@@ -220,12 +219,7 @@ def paired(bench: Bench, base: list[str], sketch: Sketch, steps: int, rounds: in
 
         def step(i: int, batches: list = batches, flags: list[bool] = flags) -> None:
             x, y = batches[i]
-            out = model(x)
-            loss = F.cross_entropy(out, y)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            recorder.step(loss=loss, output=out, target=y)
+            loss, out = train_step(model, optimizer, x, y, recorder)
             if flags[i]:
                 with torch.no_grad():  # as the recorder calls it: into a host row where it can, else measure()
                     data = StepData(loss, out, y)
