@@ -13,6 +13,7 @@ from torch import nn
 
 from dynamics import NonFiniteLossError, Recorder, native, open_run
 from dynamics.probes.flat_regions import flat_rule
+from dynamics.rows import DeviceRows
 
 RTOL = 1e-6
 SLOPE = 0.05
@@ -252,3 +253,30 @@ def test_run_opens_with_empty_steps_before_the_first_flush(tmp_path):
             recorder.step(loss)
         recorder.flush()
         assert open_run(tmp_path / "run").step.values.tolist() == [0, 1, 2]
+
+
+def test_device_rows_record_what_host_rows_record(tmp_path):
+    """The row storage of non-CPU devices (one flattened device tensor per step, ``measure()`` only), run here
+    on the CPU by swapping it in, stores exactly what the host rows with native writers store."""
+    runs = {}
+    for label in ("host", "device"):
+        torch.manual_seed(0)
+        model = Net()
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.5, momentum=0.9)
+        recorder = Recorder(model, optimizer, tmp_path / label, flush_steps=3)
+        if label == "device":
+            recorder._rows = DeviceRows()
+        for step in range(7):
+            x, y = torch.randn(24, 1, 12) * 3, torch.randint(0, 5, (24,))
+            out = model(x)
+            loss = F.cross_entropy(out, y)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            recorder.step(loss=loss, output=out, target=y, hyper=float(step))
+        recorder.close()
+        runs[label] = open_run(tmp_path / label)
+    host, device = runs["host"], runs["device"]
+    assert host.step.values.tolist() == device.step.values.tolist() == list(range(7))
+    for name in host.data_vars:
+        np.testing.assert_allclose(device[name].values, host[name].values, rtol=1e-5, atol=1e-7, err_msg=name)
