@@ -87,9 +87,10 @@ def _build(target: Path) -> None:
 @functools.cache
 def _load() -> ctypes.CDLL | None:
     global _failure
-    key = hashlib.sha256(SOURCE.read_bytes() + repr((FLAGS, EXTRA_FLAGS, platform.machine(), _cpu_model())).encode())
-    target = default_cache_dir() / "native" / f"kernels-{key.hexdigest()[:16]}.so"
     try:
+        key = hashlib.sha256(SOURCE.read_bytes() + repr((FLAGS, EXTRA_FLAGS, platform.machine(),
+                                                         _cpu_model())).encode())
+        target = default_cache_dir() / "native" / f"kernels-{key.hexdigest()[:16]}.so"
         if not target.exists():
             _build(target)
         library = ctypes.CDLL(str(target))
