@@ -62,6 +62,22 @@ def test_activation_pass_matches_numpy(rule_name, shape, threads) -> None:
     np.testing.assert_allclose(stats[3].item(), ((y - y.mean()) ** 2).sum(), rtol=RTOL)
 
 
+def test_a_build_without_openmp_runs_one_thread_when_asked_for_two(tmp_path, threads) -> None:
+    """The portable build (no OpenMP) ignores the thread count: every unit mask it merges is one it wrote."""
+    target = tmp_path / "kernels-portable.so"
+    native._build(target, variants=((),))
+    library = native.open_library(target)
+    torch.manual_seed(3)
+    values = torch.randn(64, 40, 32).relu()
+    values[:, :5] = 0.0  # dead units
+    scratch = _Scratch()
+    scratch.flat(64 * 40 * 32, slot=2).fill_(1.0)  # stale masks of other threads must not leak in
+    active, stats = _NativePass(RULES["relu"], scratch).run(library, values, 0, counts=True, moments=True)
+    alive = (values > 0).any(0)
+    np.testing.assert_array_equal(active.numpy(), alive.float().numpy())
+    assert stats[1].item() == alive.sum().item() and stats[0].item() == (values > 0).sum().item()
+
+
 def test_moments_do_not_cancel_for_a_large_mean() -> None:
     """A layer whose mean is 10^4 times its spread (sigmoid-like plateaus) keeps its variance to 1e-6."""
     values = (torch.rand(64, 300, dtype=torch.float64) * 1e-3 + 10.0).float()

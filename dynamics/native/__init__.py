@@ -67,15 +67,16 @@ def _cpu_model() -> str:
     return platform.processor()
 
 
-def _build(target: Path) -> None:
-    """Compile ``kernels.c`` into ``target`` (through a temporary file and a rename, so racing processes agree)."""
+def _build(target: Path, variants: tuple[tuple[str, ...], ...] = EXTRA_FLAGS) -> None:
+    """Compile ``kernels.c`` into ``target`` with the first flag variant that builds (through a temporary file
+    and a rename, so racing processes agree)."""
     compiler = os.environ.get("CC") or "cc"
     if shutil.which(compiler) is None:
         raise OSError(f"no C compiler ({compiler!r} not found)")
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
         built = Path(tmp) / target.name
-        for extra in EXTRA_FLAGS:
+        for extra in variants:
             result = subprocess.run([compiler, *FLAGS, *extra, str(SOURCE), "-o", str(built)], capture_output=True,
                                     text=True)
             if result.returncode == 0:
@@ -93,10 +94,15 @@ def _load() -> ctypes.CDLL | None:
         target = default_cache_dir() / "native" / f"kernels-{key.hexdigest()[:16]}.so"
         if not target.exists():
             _build(target)
-        library = ctypes.CDLL(str(target))
+        return open_library(target)
     except OSError as err:
         _failure = str(err)
         return None
+
+
+def open_library(path: Path) -> ctypes.CDLL:
+    """A compiled ``kernels.c`` with its functions' argument types declared."""
+    library = ctypes.CDLL(str(path))
     for name, argtypes in _SIGNATURES.items():
         function = getattr(library, name)
         function.argtypes = argtypes

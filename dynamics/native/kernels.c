@@ -96,6 +96,7 @@ void activation_stats_f32(const float *y, int64_t rows, int64_t cols, int rule, 
     if (team < 1 || rows * cols < PARALLEL_MIN || !scratch) team = 1;
     double acc[MAX_THREADS][3];
     memset(acc, 0, sizeof acc);
+    int used = 1; /* the team the runtime gave (fewer than asked when nested, one without OpenMP) */
 #pragma omp parallel num_threads(team) if (team > 1)
     {
         int t = 0, size = 1;
@@ -103,19 +104,20 @@ void activation_stats_f32(const float *y, int64_t rows, int64_t cols, int rule, 
         t = omp_get_thread_num();
         size = omp_get_num_threads();
 #endif
+        if (t == 0) used = size;
         float *mask = t == 0 ? active : scratch + (int64_t)(t - 1) * cols;
         if (counts) memset(mask, 0, (size_t)cols * sizeof(float));
         const int64_t r0 = rows * t / size, r1 = rows * (t + 1) / size;
         pass(y, r0, r1, cols, low, high, shift, mask, acc[t]);
     }
     double inside = 0.0, sum = 0.0, sum_sq = 0.0;
-    for (int t = 0; t < team; t++) {
+    for (int t = 0; t < used; t++) {
         inside += acc[t][0];
         sum += acc[t][1];
         sum_sq += acc[t][2];
     }
     if (counts) {
-        for (int t = 1; t < team; t++)
+        for (int t = 1; t < used; t++)
             for (int64_t c = 0; c < cols; c++) active[c] = active[c] > 0.0f ? active[c] : scratch[(t - 1) * cols + c];
         int64_t units = 0;
         for (int64_t c = 0; c < cols; c++) units += active[c] > 0.0f;
