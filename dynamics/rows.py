@@ -77,9 +77,11 @@ class HostRows:
 
     def tensor(self, start: int = 0) -> torch.Tensor:
         """Rows ``start:`` as one (steps, width) CPU tensor."""
-        if not self._blocks:
+        if start >= self._count:
             return torch.empty((0, self.width))
-        return torch.from_numpy(np.concatenate(self._blocks)[start:self._count])
+        first = start // BLOCK_ROWS  # only the blocks that hold the rows asked for are copied
+        offset = first * BLOCK_ROWS
+        return torch.from_numpy(np.concatenate(self._blocks[first:])[start - offset:self._count - offset])
 
     def clear(self) -> None:
         self._blocks, self._count = [], 0

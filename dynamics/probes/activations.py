@@ -76,23 +76,19 @@ class _Scratch(threading.local):
         view = self.views.get((like.dtype, slot, like.shape))
         if view is not None:
             return view
-        key = (like.dtype, slot)
-        buffer = self.buffers.get(key)
-        if buffer is None or buffer.numel() < like.numel():
-            buffer = torch.empty(like.numel(), dtype=like.dtype)
-            self.buffers[key] = buffer
-            self.views = {k: v for k, v in self.views.items() if k[:2] != key}
+        buffer = self.flat(like.numel(), slot, like.dtype)
         if len(self.views) > 64:
             self.views.clear()
         view = self.views[(like.dtype, slot, like.shape)] = buffer[:like.numel()].view(like.shape)
         return view
 
-    def flat(self, numel: int, slot: int) -> torch.Tensor:
-        """A float32 CPU buffer of at least ``numel`` entries in ``slot``, kept between calls."""
-        key = (torch.float32, slot)
+    def flat(self, numel: int, slot: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """A CPU buffer of at least ``numel`` entries in ``slot``, kept between calls (grown when too small,
+        which drops the views of the old one)."""
+        key = (dtype, slot)
         buffer = self.buffers.get(key)
         if buffer is None or buffer.numel() < numel:
-            buffer = self.buffers[key] = torch.empty(numel)
+            buffer = self.buffers[key] = torch.empty(numel, dtype=dtype)
             self.views = {k: v for k, v in self.views.items() if k[:2] != key}
         return buffer
 
