@@ -87,24 +87,38 @@ def test_moments_do_not_cancel_for_a_large_mean() -> None:
     np.testing.assert_allclose(stats[3].item(), ((y - y.mean()) ** 2).sum(), rtol=RTOL)
 
 
-def test_norms_distances_and_copy_match_numpy() -> None:
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("kinds", [("norm",), ("dist",), ("update",), ("norm", "dist"), ("norm", "update"),
+                                   ("dist", "update"), ("norm", "dist", "update")])
+def test_norms_distances_updates_and_copy_match_numpy(kinds: tuple[str, ...], threads: int) -> None:
+    """Every combination of the one-pass norms, on tensors large enough to be shared out over threads."""
     torch.manual_seed(1)
-    a = [torch.randn(5, 7), torch.randn(3000), torch.randn(1)]
-    b = [torch.randn_like(t) for t in a]
-    tensors, others = native.TensorList(a), native.TensorList(b)
+    x = [torch.randn(5, 7), torch.randn(40000), torch.randn(1), torch.randn(3000)]
+    a = [torch.randn_like(t) for t in x]
+    b = [torch.randn_like(t) for t in x]
+    b_before = [t.clone() for t in b]
+    tensors, initial, previous = native.TensorList(x), native.TensorList(a), native.TensorList(b)
     library = native.kernels()
-    distances = [np.linalg.norm((t.double() - u.double()).numpy()) for t, u in zip(a, b, strict=True)]
-    for minus, expected in ((None, [np.linalg.norm(t.double().numpy()) for t in a]), (others, distances)):
-        out = np.empty(len(a), dtype=np.float32)
-        library.norms_f32(3, tensors.pointers(), None if minus is None else minus.pointers(), tensors.numel_address,
-                          out.ctypes.data, False)
-        np.testing.assert_allclose(out, expected, rtol=RTOL)
-    library.norms_f32(3, tensors.pointers(), others.pointers(), tensors.numel_address, out.ctypes.data, True)
-    np.testing.assert_allclose(out, distances, rtol=RTOL)  # measured before the copy
-    assert all(torch.equal(t, u) for t, u in zip(a, b, strict=True))
-    c = [torch.randn_like(t) for t in a]
-    library.copy_tensors_f32(3, native.TensorList(c).pointers(), tensors.pointers(), tensors.numel_address)
-    assert all(torch.equal(t, u) for t, u in zip(a, c, strict=True))
+    out = {kind: np.full(len(x), np.nan, dtype=np.float32) for kind in ("norm", "dist", "update")}
+    for copy in (False, True):
+        library.norms_f32(len(x), tensors.pointers(), tensors.numel_address,
+                          out["norm"].ctypes.data if "norm" in kinds else None,
+                          initial.pointers() if "dist" in kinds else None, out["dist"].ctypes.data,
+                          previous.pointers() if "update" in kinds else None, out["update"].ctypes.data, copy, threads)
+        expected = {"norm": [np.linalg.norm(t.double().numpy()) for t in x],
+                    "dist": [np.linalg.norm((t.double() - u.double()).numpy()) for t, u in zip(x, a, strict=True)],
+                    "update": [np.linalg.norm((t.double() - u.double()).numpy())
+                               for t, u in zip(x, b_before, strict=True)]}
+        for kind in ("norm", "dist", "update"):
+            if kind in kinds:
+                np.testing.assert_allclose(out[kind], expected[kind], rtol=RTOL)  # the update measured before the copy
+            else:
+                assert np.isnan(out[kind]).all()
+        copied = copy and "update" in kinds
+        assert all(torch.equal(u, t if copied else v) for t, u, v in zip(x, b, b_before, strict=True))
+    c = [torch.randn_like(t) for t in x]
+    library.copy_tensors_f32(len(x), native.TensorList(c).pointers(), tensors.pointers(), tensors.numel_address)
+    assert all(torch.equal(t, u) for t, u in zip(x, c, strict=True))
 
 
 def test_loss_and_accuracy_match_torch_including_ties() -> None:

@@ -45,7 +45,7 @@ _I = ctypes.c_int64
 _SIGNATURES = {
     "activation_stats_f32": [_P, _I, _I, ctypes.c_int, ctypes.c_float, ctypes.c_float, ctypes.c_int, ctypes.c_int,
                              _P, _P, ctypes.c_int, _P],
-    "norms_f32": [_I, _P, _P, _P, _P, ctypes.c_int],
+    "norms_f32": [_I, _P, _P, _P, _P, _P, _P, _P, ctypes.c_int, ctypes.c_int],
     "copy_tensors_f32": [_I, _P, _P, _P],
     "sign_sketch_f32": [_I, _P, _P, _P, _I, _P, _P, _P, _P, _P, _P, _P],
     "dense_sketch_f32": [_I, _P, _P, _P, _I, _P, _P, _P, _P, _P, _P, _P],
@@ -126,8 +126,9 @@ def status() -> str:
 
 def supports(tensors: Sequence[torch.Tensor]) -> bool:
     """Whether the kernels can read these tensors in place: dense, float32, contiguous, on the CPU."""
-    return all(t.device.type == "cpu" and t.dtype == torch.float32 and t.layout == torch.strided
-               and t.is_contiguous() for t in tensors)
+    # is_cpu and identity tests: this runs several times a recorded step, and ``t.device.type`` alone costs more
+    return all([t.is_cpu and t.dtype is torch.float32 and t.layout is torch.strided and t.is_contiguous()
+                for t in tensors])
 
 
 class PointerArray:
@@ -142,11 +143,23 @@ class PointerArray:
         self._pointers[:] = [t.data_ptr() for t in tensors]
         return self._address
 
+    def fill_supported(self, tensors: Sequence[torch.Tensor]) -> int:
+        """``fill`` where the kernels can read every tensor (:func:`supports`), else 0: one loop for both, since
+        the recorder does this for the parameters and gradients at every recorded step."""
+        pointers = [t.data_ptr() for t in tensors
+                    if t.is_cpu and t.dtype is torch.float32 and t.layout is torch.strided and t.is_contiguous()]
+        if len(pointers) != len(tensors):
+            return 0
+        self._pointers[:] = pointers
+        return self._address
+
 
 class TensorList:
     """The data pointers and sizes of a fixed list of tensors, as the C arrays the kernels take.
 
-    ``pointers()`` re-reads the addresses at every call (a training loop may swap a parameter's storage).
+    ``pointers()`` re-reads the addresses at every call (a training loop may swap a parameter's storage);
+    ``address`` holds them as they were at construction, for tensors whose storage never moves (a probe's
+    own copies).
     """
 
     def __init__(self, tensors: Sequence[torch.Tensor]) -> None:
@@ -156,11 +169,16 @@ class TensorList:
         self.numel = np.array([t.numel() for t in self.tensors], dtype=np.int64)
         self.numel_address = self.numel.ctypes.data
         self._pointers = PointerArray(self.count)
+        self.address = self._pointers.fill(self.tensors)
 
     def pointers(self, tensors: Sequence[torch.Tensor] | None = None) -> int:
         """Address of the array of the tensors' current data pointers (of ``tensors`` instead, when given: a
         list of the same length and sizes, such as this step's gradients of the listed parameters)."""
         return self._pointers.fill(self.tensors if tensors is None else tensors)
+
+    def supported_pointers(self, tensors: Sequence[torch.Tensor] | None = None) -> int:
+        """``pointers`` where the kernels can read every tensor, else 0."""
+        return self._pointers.fill_supported(self.tensors if tensors is None else tensors)
 
 
 def tensor_list(tensors: Sequence[torch.Tensor], cached: TensorList | None) -> TensorList:

@@ -131,26 +131,67 @@ void activation_stats_f32(const float *y, int64_t rows, int64_t cols, int rule, 
     }
 }
 
-/* out[i] = |a_i| (b == NULL) or |a_i - b_i|, the L2 norm accumulated in double, for each tensor i; with
- * copy, b_i = a_i afterwards (while both are in cache). */
-void norms_f32(int64_t tensors, const float *const *a, float *const *b, const int64_t *numel, float *out, int copy) {
-    for (int64_t i = 0; i < tensors; i++) {
-        const float *x = a[i];
-        const int64_t n = numel[i];
-        double acc = 0.0;
-        if (b) {
-            const float *z = b[i];
-#pragma omp simd reduction(+ : acc)
-            for (int64_t e = 0; e < n; e++) {
-                const double d = (double)x[e] - (double)z[e];
-                acc += d * d;
-            }
-        } else {
-#pragma omp simd reduction(+ : acc)
-            for (int64_t e = 0; e < n; e++) acc += (double)x[e] * (double)x[e];
+/* Norms of one tensor x of n entries, accumulated in double: acc[0] += |x|^2 (NORM), acc[1] += |x - a|^2
+ * (DIST), acc[2] += |x - b|^2 (UPDATE), reading x once. */
+static inline __attribute__((always_inline)) void tensor_norms(const float *x, const float *a, const float *b,
+                                                               int64_t n, int norm, int dist, int update,
+                                                               double *acc) {
+    double s0 = 0.0, s1 = 0.0, s2 = 0.0;
+#pragma omp simd reduction(+ : s0, s1, s2)
+    for (int64_t e = 0; e < n; e++) {
+        const double v = (double)x[e];
+        if (norm) s0 += v * v;
+        if (dist) {
+            const double d = v - (double)a[e];
+            s1 += d * d;
         }
-        out[i] = (float)__builtin_sqrt(acc);
-        if (b && copy) memcpy(b[i], x, (size_t)n * sizeof(float));
+        if (update) {
+            const double d = v - (double)b[e];
+            s2 += d * d;
+        }
+    }
+    acc[0] = s0;
+    acc[1] = s1;
+    acc[2] = s2;
+}
+
+typedef void (*norms_function)(const float *, const float *, const float *, int64_t, double *);
+
+#define NORMS(NAME, NORM, DIST, UPDATE)                                                                          \
+    static void NAME(const float *x, const float *a, const float *b, int64_t n, double *acc) {                 \
+        tensor_norms(x, a, b, n, NORM, DIST, UPDATE, acc);                                                       \
+    }
+NORMS(norms_n, 1, 0, 0)
+NORMS(norms_d, 0, 1, 0)
+NORMS(norms_nd, 1, 1, 0)
+NORMS(norms_u, 0, 0, 1)
+NORMS(norms_nu, 1, 0, 1)
+NORMS(norms_du, 0, 1, 1)
+NORMS(norms_ndu, 1, 1, 1)
+static const norms_function NORMS_BY_KIND[8] = {0, norms_n, norms_d, norms_nd, norms_u, norms_nu, norms_du, norms_ndu};
+
+/* For each tensor x_i, whichever outputs are not NULL: norm[i] = |x_i|, dist[i] = |x_i - a_i| (a not NULL),
+ * update[i] = |x_i - b_i| (b not NULL; with copy, b_i = x_i afterwards, while both are in cache), in one read of
+ * x_i, accumulated in double. Tensors are shared out over `threads` (OpenMP, torch's team) by size. */
+void norms_f32(int64_t tensors, const float *const *x, const int64_t *numel, float *norm, const float *const *a,
+               float *dist, float *const *b, float *update, int copy, int threads) {
+    const int kind = (norm ? 1 : 0) | (dist && a ? 2 : 0) | (update && b ? 4 : 0);
+    if (!kind) return;
+    const norms_function pass = NORMS_BY_KIND[kind];
+    int64_t entries = 0;
+    for (int64_t i = 0; i < tensors; i++) entries += numel[i];
+    int team = threads < 1 ? 1 : threads;
+    if (entries < PARALLEL_MIN) team = 1;
+#pragma omp parallel for schedule(dynamic, 1) num_threads(team) if (team > 1)
+    for (int64_t i = 0; i < tensors; i++) {
+        double acc[3];
+        pass(x[i], a ? a[i] : 0, b ? b[i] : 0, numel[i], acc);
+        if (norm) norm[i] = (float)__builtin_sqrt(acc[0]);
+        if (kind & 2) dist[i] = (float)__builtin_sqrt(acc[1]);
+        if (kind & 4) {
+            update[i] = (float)__builtin_sqrt(acc[2]);
+            if (copy) memcpy(b[i], x[i], (size_t)numel[i] * sizeof(float));
+        }
     }
 }
 

@@ -169,12 +169,12 @@ class _NativePass:
         to complete an input-space pass). The rows are split over torch's threads, one unit mask per extra
         thread from the scratch buffers.
         """
-        while len(self.buffers) <= number:
-            self.buffers.append((torch.empty(4), torch.empty(0)))
-        own_stats, active = self.buffers[number]
-        if counts and active.shape != values.shape[1:]:
-            active = torch.empty(values.shape[1:])
-            self.buffers[number] = (own_stats, active)
+        buffers = self.buffers
+        if number >= len(buffers) or buffers[number][2] != values.shape:
+            while len(buffers) <= number:
+                buffers.append((torch.empty(4), torch.empty(0), torch.Size()))
+            buffers[number] = (buffers[number][0], torch.empty(values.shape[1:]), values.shape)
+        own_stats, active, _ = buffers[number]
         stats = own_stats if stats is None else stats
         rows = values.shape[0]
         cols = values.numel() // rows
@@ -186,11 +186,14 @@ class _NativePass:
 
 
 def _native_for(context: Context, values: torch.Tensor) -> Any:
-    """The native kernels when they can read ``values`` (a non-empty float32 contiguous CPU batch, outside a
-    ``torch.compile`` trace, which cannot call them), else None."""
-    if context.kernels is None or values.dim() == 0 or values.numel() == 0 or torch.compiler.is_compiling():
+    """The native kernels when they can read ``values`` in place (a non-empty float32 contiguous CPU batch,
+    outside a ``torch.compile`` trace, which cannot call them), else None. Inline checks: hooks call it per layer."""
+    library = context.kernels
+    if (library is None or not values.is_cpu or values.dtype is not torch.float32 or values.layout is not torch.strided
+            or not values.is_contiguous() or values.dim() == 0 or values.numel() == 0
+            or torch.compiler.is_compiling()):
         return None
-    return context.native_for((values,))
+    return library
 
 
 def _pool_moments(passes: list[_Pass], entries: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -265,13 +268,15 @@ class ActivationStats(Probe):
         fused = _NativePass(rule, scratch)
 
         def hook(module: nn.Module, args: tuple, output: torch.Tensor) -> None:
-            if not context.capturing:
+            if not (context.recording and not context.paused and torch.is_grad_enabled()):  # context.capturing
+                return
+            library = _native_for(context, output)
+            if library is not None:  # read in place (no detached view): the native pass is outside autograd
+                active, stats = fused.run(library, output, len(passes), counts=True, moments=True)
+                passes.append(_Pass(output.numel(), active.numel(), active, stats))
                 return
             values = _as_float(output)
-            library = _native_for(context, values)
-            if library is not None:
-                active, stats = fused.run(library, values, len(passes), counts=True, moments=True)
-            elif relu:
+            if relu:
                 active, stats = _relu_pass(values, scratch.get(values))
             else:
                 nonflat, active, active_count = _nonflat_and_active(values, rule, scratch)

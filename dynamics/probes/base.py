@@ -64,11 +64,16 @@ class Context:
         """For the step being measured (``prepare_step``): the kernels where they can read the parameters."""
         self.param_pointers = 0
         """For the step being measured: the address of the parameters' data pointers (``param_list``)."""
+        self.measured_steps = 0
+        """Steps prepared for measuring so far (``prepare_step``): tells probes sharing one pass whether it ran."""
+        self.shared: dict[str, Any] = {}
+        """State several probes of one recorder share, by name (e.g. one native pass serving several probes)."""
 
     def prepare_step(self) -> None:
         """Check the parameters and read their addresses once for all probes measuring this step."""
-        self.param_kernels = self.native_for(self.params)
-        self.param_pointers = self.param_list.pointers() if self.param_kernels is not None else 0
+        self.measured_steps += 1
+        self.param_pointers = self.param_list.supported_pointers() if self.kernels is not None else 0
+        self.param_kernels = self.kernels if self.param_pointers else None
 
     def native_for(self, tensors: Sequence[torch.Tensor]) -> Any:
         """The native kernels when they can read ``tensors`` in place (float32, contiguous, CPU), else None."""

@@ -32,9 +32,9 @@ class LossAccuracy(Probe):
 
     def measure_into(self, context: Context, data: StepData, address: int) -> bool:
         output, target, loss = data.output, data.target, data.loss
-        if output is None or target is None or output.dim() < 1 or target.dtype != torch.int64 \
-                or output.shape[:-1] != target.shape or target.device.type != "cpu" or not target.is_contiguous() \
-                or loss.numel() != 1:
+        if output is None or target is None or output.dim() < 1 or target.dtype is not torch.int64 \
+                or not target.is_cpu or not target.is_contiguous() or loss.numel() != 1 \
+                or output.shape[:-1] != target.shape:
             return False
         library = context.native_for((loss, output))
         if library is None:

@@ -1,11 +1,11 @@
 """Per-parameter-tensor norms: gradient (before clipping), parameter, distance from init, update size.
 
-Parameter, distance and update norms are one call of the native kernels (``dynamics.native``: one pass
-over all tensors, accumulated in double) for float32 CPU parameters, else ``torch._foreach_norm``; the
-gradient norm is always ``torch._foreach_norm``.
-The gradient norm is read at the end of the backward pass (post-accumulate-grad hooks note which
-gradients changed, an engine callback reads them), i.e. the gradient exactly as backward produced it,
-before any clipping or other in-place change by the training loop. Values are float32 when the
+For float32 CPU parameters the native kernels (``dynamics.native``) measure: the parameter, distance and update
+norms of a step in one pass over the parameters (``_NormPass``: each parameter read once, accumulated in double,
+tensors shared out over torch's threads), the gradient norms in one call at the end of backward. Elsewhere
+``torch._foreach_norm``. The gradient norm is read at the end of the backward pass (post-accumulate-grad hooks
+note which gradients changed, an engine callback reads them), i.e. the gradient exactly as backward produced
+it, before any clipping or other in-place change by the training loop. Values are float32 when the
 parameters are; the recorder stores every row as float32. A parameter that got no gradient
 in a recorded step has gradient norm 0.
 """
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import ctypes
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -25,16 +26,60 @@ from dynamics.probes.base import Context, Probe, StepData, Variable
 _PARAM = ("param",)
 
 
-def _native_norms(context: Context, minus: native.TensorList | None, address: int, copy: bool = False) -> bool:
-    """Write ``|theta_i|`` (or ``|theta_i - b_i|``, then with ``copy`` ``b_i = theta_i``) of every parameter as
-    float32 at ``address`` in one native call; False where the kernels cannot be used."""
-    library = context.param_kernels
-    if library is None:
-        return False
-    params = context.param_list
-    library.norms_f32(params.count, context.param_pointers, None if minus is None else minus.pointers(),
-                      params.numel_address, address, copy)
-    return True
+class _NormPass:
+    """``param_norm``, ``dist_from_init`` and ``update_norm`` of one recorder's step in one native call.
+
+    Each of the three probes that is attached registers here (the distance and update probes with their own
+    copies of the parameters, ``initial`` and ``previous``, None where the kernels cannot read them); the
+    first one to measure a step runs the pass for all of them, into ``values`` (one float32 row per kind), and
+    each copies its row into the recorded row. With ``copy`` (the next step is recorded too) the pass also
+    refreshes ``previous`` while the parameters are in cache.
+    """
+
+    NORM, DIST, UPDATE = 0, 1, 2
+
+    def __init__(self, count: int) -> None:
+        self.values = np.zeros((3, count), dtype=np.float32)
+        self.rows = [self.values[kind].ctypes.data for kind in range(3)]
+        self.nbytes = 4 * count
+        self.norm = False
+        self.initial: native.TensorList | None = None
+        self.previous: native.TensorList | None = None
+        self.copied = False
+        """Whether the last pass copied the parameters into ``previous``."""
+        self._step = -1
+
+    @classmethod
+    def of(cls, context: Context) -> _NormPass:
+        """The pass of this recorder (made by the first probe that asks)."""
+        shared = context.shared.get("parameter_norms")
+        if shared is None:
+            shared = context.shared["parameter_norms"] = cls(len(context.params))
+        return shared
+
+    def measure_into(self, context: Context, kind: int, address: int) -> bool:
+        """Write this step's values of ``kind`` as float32 at ``address``; False where the kernels cannot."""
+        library = context.param_kernels
+        if library is None or (kind == self.DIST and self.initial is None) or (
+                kind == self.UPDATE and self.previous is None):
+            return False
+        if self._step != context.measured_steps:
+            self._step = context.measured_steps
+            params = context.param_list
+            initial, previous = self.initial, self.previous
+            self.copied = context.next_recorded and previous is not None
+            library.norms_f32(params.count, context.param_pointers, params.numel_address,
+                              self.rows[self.NORM] if self.norm else None,
+                              None if initial is None else initial.address, self.rows[self.DIST],
+                              None if previous is None else previous.address, self.rows[self.UPDATE],
+                              self.copied, torch.get_num_threads())
+        ctypes.memmove(address, self.rows[kind], self.nbytes)
+        return True
+
+
+def _own_copies(tensors: list[torch.Tensor]) -> native.TensorList | None:
+    """A probe's copies of the parameters as the pass reads them, or None where the kernels cannot."""
+    return native.TensorList(tensors) if native.supports(tensors) else None
 
 
 def _param_coords(context: Context) -> dict[str, list[str]]:
@@ -71,6 +116,7 @@ class GradNorm(Probe):
         self._zero = torch.zeros((), device=context.params[0].device) if context.params else None
         self._norms = [self._zero] * len(context.params)
         self._host = np.zeros(len(context.params), dtype=np.float32)
+        self._host_address = self._host.ctypes.data
         self._grads = native.TensorList(context.params)
         for index, param in enumerate(context.params):
             self._handles.append(param.register_post_accumulate_grad_hook(self._hook(index)))
@@ -80,35 +126,44 @@ class GradNorm(Probe):
         touched = self._touched
 
         def hook(param: torch.Tensor) -> None:
-            if not context.recording or context.paused:
-                return
-            touched.append(index)
-            if not self._queued:
-                try:
-                    torch.autograd.Variable._execution_engine.queue_callback(self._read_norms)
-                except RuntimeError:  # not inside an engine-run backward: read right away
-                    self._read_norms()
-                else:
-                    self._queued = True
+            if context.recording and not context.paused:
+                touched.append(index)
+                if not self._queued:
+                    self._queue()
 
         return hook
 
+    def _queue(self) -> None:
+        """Have the engine call ``_read_norms`` at the end of this backward pass (right away outside one)."""
+        try:
+            torch.autograd.Variable._execution_engine.queue_callback(self._read_norms)
+        except RuntimeError:  # not inside an engine-run backward: read right away
+            self._read_norms()
+        else:
+            self._queued = True
+
     def _read_norms(self) -> None:
-        """Norms of every gradient touched since the last call, in one fused call."""
+        """Norms of every gradient touched since the last call, in one fused call (one native call when every
+        gradient was touched and the kernels can read them all)."""
         self._queued = False
-        if not self._touched:
+        touched = self._touched
+        if not touched:
             return
-        indices = list(dict.fromkeys(self._touched))
-        self._touched.clear()
         params = self._context.params
-        if len(indices) == len(params):
+        if len(set(touched)) == len(params):
+            touched.clear()
             grads = [p.grad for p in params]
-            library = self._context.native_for(grads)
-            if library is not None:
-                library.norms_f32(len(grads), self._grads.pointers(grads), None, self._grads.numel_address,
-                                  self._host.ctypes.data, False)
+            library = self._context.kernels
+            pointers = self._grads.supported_pointers(grads) if library is not None else 0
+            if pointers:
+                library.norms_f32(len(grads), pointers, self._grads.numel_address, self._host_address, None, None,
+                                  None, None, False, torch.get_num_threads())
                 self._host_fresh = True
                 return
+            indices = range(len(params))
+        else:
+            indices = list(dict.fromkeys(touched))
+            touched.clear()
         grads = [params[i].grad for i in indices]
         if self._host_fresh:  # an earlier backward of this step wrote natively: continue in tensors
             self._norms = list(torch.from_numpy(self._host.copy()).unbind())
@@ -131,10 +186,11 @@ class GradNorm(Probe):
         return {"grad_norm": norms}
 
     def measure_into(self, context: Context, data: StepData, address: int) -> bool:
-        self._read_norms()
+        if self._touched:
+            self._read_norms()
         if not self._host_fresh:
             return False
-        ctypes.memmove(address, self._host.ctypes.data, self._host.nbytes)
+        ctypes.memmove(address, self._host_address, self._host.nbytes)
         self._reset()
         return True
 
@@ -155,6 +211,10 @@ class ParamNorm(Probe):
     name = "param_norm"
     coords = staticmethod(_param_coords)
 
+    def attach(self, context: Context) -> None:
+        self._pass = _NormPass.of(context)
+        self._pass.norm = True
+
     def variables(self, context: Context) -> list[Variable]:
         return [Variable("param_norm", _PARAM, {"units": "param", "long_name": "parameter L2 norm"})]
 
@@ -162,7 +222,7 @@ class ParamNorm(Probe):
         return {"param_norm": torch.stack(torch._foreach_norm(context.params))}
 
     def measure_into(self, context: Context, data: StepData, address: int) -> bool:
-        return _native_norms(context, None, address)
+        return self._pass.measure_into(context, _NormPass.NORM, address)
 
 
 class DistanceFromInit(Probe):
@@ -174,10 +234,17 @@ class DistanceFromInit(Probe):
 
     def __init__(self) -> None:
         self.initial: list[torch.Tensor] = []
-        self._initial: native.TensorList | None = None
+        self._pass: _NormPass | None = None
 
     def attach(self, context: Context) -> None:
         self.initial = [p.detach().clone() for p in context.params]
+        self._pass = _NormPass.of(context)
+        self._pass.initial = _own_copies(self.initial)
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        if self._pass is not None:
+            self._pass.initial = _own_copies(self.initial)
 
     def variables(self, context: Context) -> list[Variable]:
         return [Variable("dist_from_init", _PARAM, {"units": "param", "long_name": "distance from initialisation"})]
@@ -186,8 +253,7 @@ class DistanceFromInit(Probe):
         return {"dist_from_init": torch.stack(torch._foreach_norm(torch._foreach_sub(context.params, self.initial)))}
 
     def measure_into(self, context: Context, data: StepData, address: int) -> bool:
-        self._initial = native.tensor_list(self.initial, self._initial)
-        return _native_norms(context, self._initial, address)
+        return self._pass.measure_into(context, _NormPass.DIST, address)
 
 
 class UpdateNorm(Probe):
@@ -204,22 +270,29 @@ class UpdateNorm(Probe):
 
     def __init__(self) -> None:
         self.previous: list[torch.Tensor] = []
-        self._previous: native.TensorList | None = None
+        self._pass: _NormPass | None = None
         self._copied = False
         """Whether the last measurement already copied the parameters for the next (recorded) step."""
 
     def attach(self, context: Context) -> None:
         self.previous = [p.detach().clone() for p in context.params]
+        self._pass = _NormPass.of(context)
+        self._pass.previous = _own_copies(self.previous)
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        if self._pass is not None:
+            self._pass.previous = _own_copies(self.previous)
 
     def before_recorded_step(self, context: Context) -> None:
         if self._copied:
             self._copied = False
             return
-        library = context.native_for(context.params)
+        previous = self._pass.previous
+        library = context.native_for(context.params) if previous is not None else None
         if library is not None:
-            self._previous = native.tensor_list(self.previous, self._previous)
             params = context.param_list
-            library.copy_tensors_f32(params.count, self._previous.pointers(), params.pointers(), params.numel_address)
+            library.copy_tensors_f32(params.count, previous.address, params.pointers(), params.numel_address)
             return
         with torch.no_grad():
             torch._foreach_copy_(self.previous, context.params)
@@ -231,7 +304,6 @@ class UpdateNorm(Probe):
         return {"update_norm": torch.stack(torch._foreach_norm(torch._foreach_sub(context.params, self.previous)))}
 
     def measure_into(self, context: Context, data: StepData, address: int) -> bool:
-        self._previous = native.tensor_list(self.previous, self._previous)
-        done = _native_norms(context, self._previous, address, copy=context.next_recorded)
-        self._copied = done and context.next_recorded
+        done = self._pass.measure_into(context, _NormPass.UPDATE, address)
+        self._copied = done and self._pass.copied
         return done

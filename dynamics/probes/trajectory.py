@@ -170,7 +170,7 @@ class Sketch(Probe):
         self._scale = torch.where(w > 0, 1.0 / w, 0.0).to(device)
         self._context_params = context.param_list
         self._table_list = native.TensorList(self._tables)
-        self._table_pointers = self._table_list.pointers()
+        self._table_pointers = self._table_list.address
         """The tables are the probe's own tensors: their addresses never change."""
         self._raw = torch.empty((len(context.params), 2 * self.k), dtype=torch.float64, device=device)
         self._origin = None
