@@ -187,6 +187,66 @@ def test_gradient_accumulation_pools_passes(tmp_path, kernels):
     train_and_compare(tmp_path, every=1, accumulate=2)
 
 
+class MixedPrecision(nn.Module):
+    """Float32 parameters (native gradient norms on the CPU), a float64 one (torch operations), one unused."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = nn.Linear(6, 4)
+        self.scale = nn.Parameter(torch.linspace(0.5, 2.0, 4, dtype=torch.float64))
+        self.unused = nn.Linear(2, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (self.linear(x).double() * self.scale).float()
+
+
+def test_gradient_norms_mix_native_and_torch_paths(tmp_path, kernels):
+    """Gradients of one step measured partly natively and partly by torch, over two accumulated backward
+    passes and clipping, equal the pre-clipping norms; a parameter without a gradient has norm 0."""
+    torch.manual_seed(3)
+    model = MixedPrecision()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    expected = []
+    with Recorder(model, optimizer, tmp_path / "run", probes=["grad_norm"]) as recorder:
+        for _ in range(3):
+            optimizer.zero_grad()
+            for _ in range(2):
+                x, y = torch.randn(8, 6), torch.randint(0, 4, (8,))
+                loss = F.cross_entropy(model(x), y)
+                loss.backward()
+            expected.append([0.0 if p.grad is None else float(p.grad.double().norm()) for p in model.parameters()])
+            nn.utils.clip_grad_norm_(model.parameters(), max_norm=1e-3)
+            optimizer.step()
+            recorder.step(loss=loss)
+    got = open_run(tmp_path / "run")["grad_norm"].values
+    np.testing.assert_allclose(got, expected, rtol=RTOL, atol=0.0)
+    assert (got[:, -2:] == 0).all() and (got[:, :-2] > 0).all()
+
+
+def test_activation_changed_in_place_after_the_hook_is_nan_not_wrong(tmp_path):
+    """A ReLU output measured when the step is recorded (its pass waits) but changed in place after backward,
+    out of autograd's sight: that layer's values are NaN with a warning, the other layer's are exact."""
+    torch.manual_seed(4)
+    model = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 3))
+    seen: list[torch.Tensor] = []
+    model[3].register_forward_hook(lambda module, args, output: seen.append(output))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    x, y = torch.randn(16, 6), torch.randint(0, 3, (16,))
+    first = model[:2](x).detach().double().numpy()
+    with Recorder(model, optimizer, tmp_path / "run", probes=["activations"]) as recorder:
+        loss = F.cross_entropy(model(x), y)
+        loss.backward()
+        with torch.no_grad():
+            seen[-1].add_(1.0)
+        optimizer.step()
+        with pytest.warns(RuntimeWarning, match="changed in place"):
+            recorder.step(loss=loss)
+    ds = open_run(tmp_path / "run").isel(step=0)
+    assert np.isnan(ds["act_mean"].sel(layer="3")) and np.isnan(ds["act_zero_frac"].sel(layer="3"))
+    np.testing.assert_allclose(float(ds["act_mean"].sel(layer="1")), first.mean(), rtol=RTOL)
+    np.testing.assert_allclose(float(ds["act_zero_frac"].sel(layer="1")), (first <= 0).mean(), rtol=RTOL)
+
+
 def test_activation_variables_are_not_trivial(tmp_path):
     """The reference comparison above must exercise non-zero flat and dead fractions, or it proves little."""
     torch.manual_seed(0)
