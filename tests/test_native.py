@@ -121,16 +121,6 @@ def test_norms_distances_updates_and_copy_match_numpy(kinds: tuple[str, ...], th
     assert all(torch.equal(t, u) for t, u in zip(x, c, strict=True))
 
 
-@pytest.mark.parametrize("threads", [1, 2])
-@pytest.mark.parametrize("numel", [1, 37, 40000])
-def test_single_tensor_norm_matches_numpy(numel: int, threads: int) -> None:
-    """The gradient hook's norm, single-threaded and (large tensors) split over threads."""
-    x = torch.randn(numel, generator=torch.Generator().manual_seed(numel)) * 3
-    out = np.full(1, np.nan, dtype=np.float32)
-    native.kernels().norm_f32(x.data_ptr(), numel, out.ctypes.data, threads)
-    np.testing.assert_allclose(out[0], np.linalg.norm(x.double().numpy()), rtol=RTOL)
-
-
 def test_loss_and_accuracy_match_torch_including_ties() -> None:
     torch.manual_seed(2)
     output = torch.randint(0, 3, (50, 4)).float()  # many ties: the first maximum counts, as torch.argmax

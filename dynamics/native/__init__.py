@@ -46,13 +46,11 @@ _SIGNATURES = {
     "activation_stats_f32": [_P, _I, _I, ctypes.c_int, ctypes.c_float, ctypes.c_float, ctypes.c_int, ctypes.c_int,
                              _P, _P, ctypes.c_int, _P],
     "norms_f32": [_I, _P, _P, _P, _P, _P, _P, _P, ctypes.c_int, ctypes.c_int],
-    "norm_f32": [_P, _I, _P, ctypes.c_int],
     "copy_tensors_f32": [_I, _P, _P, _P],
     "sign_sketch_f32": [_I, _P, _P, _P, _I, _P, _P, _P, _P, _P, _P, _P],
     "dense_sketch_f32": [_I, _P, _P, _P, _I, _P, _P, _P, _P, _P, _P, _P],
     "hashed_sketch_f32": [_I, _P, _P, _P, _I, _P, _P, _P, _P, _P, _P, _P],
     "activation_finish_f32": [_I, _P, _P, _P, _P],
-    "activation_layers_f32": [_I, _P, _P, _P, _P, ctypes.c_int, _P, _P],
     "loss_accuracy_f32": [_P, _P, _I, _I, _P, _P],
 }
 

@@ -195,15 +195,6 @@ void norms_f32(int64_t tensors, const float *const *x, const int64_t *numel, flo
     }
 }
 
-/* *out = |x| over n entries, accumulated in double (split over `threads` when large). */
-void norm_f32(const float *x, int64_t n, float *out, int threads) {
-    double acc = 0.0;
-    const int team = threads > 1 && n >= PARALLEL_MIN ? threads : 1;
-#pragma omp parallel for simd reduction(+ : acc) num_threads(team) if (team > 1)
-    for (int64_t e = 0; e < n; e++) acc += (double)x[e] * (double)x[e];
-    *out = (float)__builtin_sqrt(acc);
-}
-
 /* dst_i[e] = src_i[e] for each tensor i. */
 void copy_tensors_f32(int64_t tensors, float *const *dst, const float *const *src, const int64_t *numel) {
     for (int64_t i = 0; i < tensors; i++) memcpy(dst[i], src[i], (size_t)numel[i] * sizeof(float));
@@ -317,23 +308,6 @@ void activation_finish_f32(int64_t layers, const float *const *stats, const int6
         out[2 * layers + l] = (float)((double)s[2] / n);
         out[3 * layers + l] = (float)__builtin_sqrt((double)s[3] / n);
     }
-}
-
-/* A step's activation statistics in one call. table holds 7 rows of `layers` int64 each: data, rows, cols, active,
- * stats, entries, units (addresses as integers). Where the data address of layer l is not 0, activation_stats_f32
- * runs over it (rows x cols, rules[l], lows[l], highs[l]) into active[l] and stats[l] (both counts and moments);
- * then activation_finish_f32 turns every layer's stats, entries and units into out. */
-_Static_assert(sizeof(void *) == sizeof(int64_t), "addresses are passed as int64");
-
-void activation_layers_f32(int64_t layers, const int64_t *table, const int32_t *rules, const float *lows,
-                           const float *highs, int threads, float *scratch, float *out) {
-    const int64_t *data = table, *rows = table + layers, *cols = table + 2 * layers, *active = table + 3 * layers;
-    const int64_t *stats = table + 4 * layers;
-    for (int64_t l = 0; l < layers; l++)
-        if (data[l])
-            activation_stats_f32((const float *)(intptr_t)data[l], rows[l], cols[l], rules[l], lows[l], highs[l], 1, 1,
-                                 (float *)(intptr_t)active[l], (float *)(intptr_t)stats[l], threads, scratch);
-    activation_finish_f32(layers, (const float *const *)stats, table + 5 * layers, table + 6 * layers, out);
 }
 
 /* out = [loss, top-1 accuracy]: loss copied, accuracy the fraction of the rows of output (rows, classes) whose

@@ -7,13 +7,7 @@ for every sample of every pass. A *unit* is one entry of the per-sample activati
 except the batch dimension, e.g. a channel at a position for a 1-D convolution). ``act_std`` is the
 population standard deviation (ddof = 0). For float32 CPU activations one native pass per layer
 (``dynamics.native``) counts, marks active units and sums around a shift (the first sample's mean, so the variance
-does not cancel), and one native call turns all layers into the recorded values in the row. For ReLU, Tanh
-and Sigmoid outputs that require gradients (``SAVES_OUTPUT``) the hook only keeps a detached view and the
-pass runs when the step is measured, all layers together (cheaper on a CPU than a pass right after each
-activation, whose caches the next layers' work then cools): their backward reads the output, so autograd
-refuses any in-place change of it before backward, and its version counter is checked anyway (a changed
-output is recorded as NaN, with a warning). The view keeps the output alive until the measurement, or,
-with gradient accumulation, until the layer's next pass, which measures it first. Elsewhere the
+does not cancel), and one native call turns all layers into the recorded values in the row. Elsewhere the
 torch operations: plain sums, sign-sums and batch maxima (for ReLU, batch sums), the cheapest kernels that
 give exact counts, and a centred two-pass sum of squares; each pass leaves one small vector per layer, and
 one vectorised step turns all layers into the recorded fractions and moments, on the device.
@@ -21,9 +15,7 @@ one vectorised step turns all layers into the recorded fractions and moments, on
 
 from __future__ import annotations
 
-import math
 import threading
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -36,10 +28,6 @@ from torch.utils.hooks import RemovableHandle
 from dynamics import native
 from dynamics.probes.base import Context, Probe, StepData, Variable
 from dynamics.probes.flat_regions import FlatRule, activation_layers
-
-SAVES_OUTPUT = (nn.ReLU, nn.Tanh, nn.Sigmoid)
-"""Activation modules whose backward reads their output, so that autograd refuses an in-place change of it:
-their native pass can wait for the measurement (module docstring)."""
 
 
 def count_flat(values: torch.Tensor, rule: FlatRule) -> torch.Tensor:
@@ -171,16 +159,7 @@ class _NativePass:
         self.low = 0.0 if rule.low is None else rule.low
         self.high = 0.0 if rule.high is None else rule.high
         self.scratch = scratch
-        self.buffers: list[tuple[torch.Tensor, torch.Tensor, torch.Size]] = []
-
-    def buffers_for(self, values: torch.Tensor, number: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """The ``stats`` (4) and per-unit ``active`` buffers of pass ``number`` of a step over ``values``."""
-        buffers = self.buffers
-        if number >= len(buffers) or buffers[number][2] != values.shape:
-            while len(buffers) <= number:
-                buffers.append((torch.empty(4), torch.empty(0), torch.Size()))
-            buffers[number] = (buffers[number][0], torch.empty(values.shape[1:]), values.shape)
-        return buffers[number][:2]
+        self.buffers: list[tuple[torch.Tensor, torch.Tensor]] = []
 
     def run(self, library: Any, values: torch.Tensor, number: int, counts: bool, moments: bool,
             stats: torch.Tensor | None = None) -> tuple[torch.Tensor | None, torch.Tensor]:
@@ -190,7 +169,12 @@ class _NativePass:
         to complete an input-space pass). The rows are split over torch's threads, one unit mask per extra
         thread from the scratch buffers.
         """
-        own_stats, active = self.buffers_for(values, number)
+        buffers = self.buffers
+        if number >= len(buffers) or buffers[number][2] != values.shape:
+            while len(buffers) <= number:
+                buffers.append((torch.empty(4), torch.empty(0), torch.Size()))
+            buffers[number] = (buffers[number][0], torch.empty(values.shape[1:]), values.shape)
+        own_stats, active, _ = buffers[number]
         stats = own_stats if stats is None else stats
         rows = values.shape[0]
         cols = values.numel() // rows
@@ -256,11 +240,7 @@ class ActivationStats(Probe):
         self._denominators: dict[tuple[int, ...], torch.Tensor] = {}
         self._scratch = _Scratch()
         self._fused: dict[int, _NativePass] = {}
-        """Each layer's native pass (an input-space layer's is shared by its input and output hooks)."""
-        self._pending: list[tuple[torch.Tensor, int] | None] = []
-        """Per layer, an output whose native pass waits for the measurement (with its version counter)."""
-        self._run_pending: dict[int, Callable[[], None]] = {}
-        """Per deferring layer, the function that runs its pending pass."""
+        """Native passes of the input-space layers, shared by their input and output hooks."""
 
     def attach(self, context: Context) -> None:
         self._context = context
@@ -269,35 +249,27 @@ class ActivationStats(Probe):
             self.layer_names.append(name)
             self.rules.append(rule)
             self._passes.append([])
-            self._pending.append(None)
             if rule.space == "input":
                 self._handles.append(module.register_forward_pre_hook(self._input_hook(index)))
                 self._handles.append(module.register_forward_hook(self._moments_hook(index)))
             else:
-                self._handles.append(module.register_forward_hook(self._output_hook(
-                    index, deferrable=type(module) in SAVES_OUTPUT)))
+                self._handles.append(module.register_forward_hook(self._output_hook(index)))
         self._sizes = np.zeros((2, len(self.layer_names)), dtype=np.int64)
         """Entries and units of each layer's pass, for the native finish."""
         self._sizes_address = self._sizes.ctypes.data
         self._stat_pointers = native.PointerArray(len(self.layer_names))
-        fused = [self._fused[index] for index in range(len(self.layer_names))]
-        self._rules = np.array([f.kind for f in fused], dtype=np.int32)
-        self._lows = np.array([f.low for f in fused], dtype=np.float32)
-        self._highs = np.array([f.high for f in fused], dtype=np.float32)
-        self._table = np.zeros((7, len(self.layer_names)), dtype=np.int64)
-        """For ``activation_layers_f32``: each layer's data, rows, cols, active, stats, entries, units."""
 
-    def _output_hook(self, index: int, deferrable: bool) -> Callable[[nn.Module, tuple, torch.Tensor], None]:
+    def _output_hook(self, index: int) -> Callable[[nn.Module, tuple, torch.Tensor], None]:
         rule = self.rules[index]
         relu = _is_relu_rule(rule)
         passes = self._passes[index]
-        pending = self._pending
         context = self._context
         scratch = self._scratch
-        self._fused[index] = fused = _NativePass(rule, scratch)
+        fused = _NativePass(rule, scratch)
 
-        def measure_output(output: torch.Tensor) -> None:
-            """One pass over ``output``: native where the kernels can read it in place, else torch operations."""
+        def hook(module: nn.Module, args: tuple, output: torch.Tensor) -> None:
+            if not (context.recording and not context.paused and torch.is_grad_enabled()):  # context.capturing
+                return
             library = _native_for(context, output)
             if library is not None:  # read in place (no detached view): the native pass is outside autograd
                 active, stats = fused.run(library, output, len(passes), counts=True, moments=True)
@@ -312,30 +284,6 @@ class ActivationStats(Probe):
                 stats = torch.stack((nonflat, active_count, total, _m2(values, total, scratch.get(values))))
             passes.append(_Pass(entries=values.numel(), units=active.numel(), active=active, stats=stats))
 
-        def run_pending() -> None:
-            output, version = pending[index]
-            pending[index] = None
-            if output._version == version:
-                measure_output(output)
-                return
-            # changed in place after the hook (autograd did not stop it): its statistics are lost
-            nan = torch.full((), math.nan)
-            passes.append(_Pass(output.numel(), 1, torch.ones(1), torch.stack((nan, nan, nan, nan))))
-            warnings.warn(f"activation statistics of layer {self.layer_names[index]!r}: the output was changed in "
-                          "place after the forward pass; recorded as NaN", RuntimeWarning, stacklevel=2)
-
-        def hook(module: nn.Module, args: tuple, output: torch.Tensor) -> None:
-            if not (context.recording and not context.paused and torch.is_grad_enabled()):  # context.capturing
-                return
-            if deferrable and output.is_cpu and output.requires_grad and context.kernels is not None:
-                if pending[index] is not None:  # a second pass of this step: measure the first now
-                    run_pending()
-                output = output.detach()  # shares the data and the version counter, not the graph
-                pending[index] = (output, output._version)
-                return
-            measure_output(output)
-
-        self._run_pending[index] = run_pending
         return hook
 
     def _input_hook(self, index: int) -> Callable[[nn.Module, tuple], None]:
@@ -400,16 +348,9 @@ class ActivationStats(Probe):
                                              "long_name": "activation standard deviation (ddof=0)"}),
         ]
 
-    def _measure_pending(self) -> None:
-        """Run the native passes that wait for the measurement."""
-        for index, item in enumerate(self._pending):
-            if item is not None:
-                self._run_pending[index]()
-
     def measure(self, context: Context, data: StepData) -> dict[str, torch.Tensor]:
         if not self.layer_names:
             return {}
-        self._measure_pending()
         device = data.loss.device
         if all(len(passes) == 1 and passes[0].stats is not None for passes in self._passes):
             # the usual step, one pass per layer: every layer at once in a few vector operations
@@ -431,9 +372,6 @@ class ActivationStats(Probe):
     def measure_into(self, context: Context, data: StepData, address: int) -> bool:
         if not self.layer_names:
             return True
-        if self._measure_step_natively(context.kernels, address):
-            return True
-        self._measure_pending()
         if not all(len(passes) == 1 and passes[0].stats is not None for passes in self._passes):
             return False
         stats = [passes[0].stats for passes in self._passes]
@@ -443,43 +381,6 @@ class ActivationStats(Probe):
         self._sizes[:] = [[passes[0].entries for passes in self._passes], [passes[0].units for passes in self._passes]]
         library.activation_finish_f32(len(stats), self._stat_pointers.fill(stats), self._sizes_address,
                                       self._sizes_address + 8 * len(stats), address)
-        for passes in self._passes:
-            passes.clear()
-        return True
-
-    def _measure_step_natively(self, library: Any, address: int) -> bool:
-        """The usual step (one pass per layer, each waiting or measured natively) in one native call that runs the
-        waiting passes and writes every layer's values at ``address``; False, changing nothing, otherwise."""
-        if library is None or torch.compiler.is_compiling():
-            return False
-        columns = []
-        widest = 0
-        for index, passes in enumerate(self._passes):
-            item = self._pending[index]
-            if item is not None:
-                output, version = item
-                if passes or output._version != version or output.layout is not torch.strided \
-                        or not output.is_contiguous() \
-                        or output.dtype is not torch.float32 or output.dim() == 0 or output.numel() == 0:
-                    return False
-                stats, active = self._fused[index].buffers_for(output, 0)
-                entries = output.numel()
-                cols = entries // output.shape[0]
-                widest = max(widest, cols)
-                columns.append((output.data_ptr(), output.shape[0], cols, active.data_ptr(), stats.data_ptr(),
-                                entries, cols))
-            elif len(passes) == 1 and passes[0].stats is not None and passes[0].stats.is_cpu \
-                    and passes[0].stats.dtype is torch.float32:
-                done = passes[0]
-                columns.append((0, 0, 0, 0, done.stats.data_ptr(), done.entries, done.units))
-            else:
-                return False
-        self._table[:] = list(zip(*columns, strict=True))
-        threads = torch.get_num_threads()
-        masks = self._scratch.flat((threads - 1) * widest, slot=2).data_ptr() if threads > 1 and widest else None
-        library.activation_layers_f32(len(columns), self._table.ctypes.data, self._rules.ctypes.data,
-                                      self._lows.ctypes.data, self._highs.ctypes.data, threads, masks, address)
-        self._pending[:] = [None] * len(self._pending)
         for passes in self._passes:
             passes.clear()
         return True
@@ -517,5 +418,4 @@ class ActivationStats(Probe):
             handle.remove()
         self._handles.clear()
         self._scratch = _Scratch()  # release the buffers
-        self._pending = [None] * len(self._pending)
         self._fused.clear()

@@ -89,12 +89,12 @@ def _param_coords(context: Context) -> dict[str, list[str]]:
 class GradNorm(Probe):
     """``grad_norm(step, param)``: L2 norm of each parameter tensor's gradient before clipping.
 
-    Read in each parameter's post-accumulate-grad hook, i.e. during backward, before control returns to the
-    training loop and so before any clipping; with gradient accumulation every backward pass refreshes the
-    norms of the gradients it touched, so the last one wins. Natively (float32 CPU gradients) the hook
-    writes the norm into a host vector at once, while the gradient just computed is in cache, and
-    ``measure_into`` copies it into the row. Otherwise the hook notes the gradient and, at the end of the
-    backward pass (an autograd engine callback), one ``_foreach_norm`` reads all noted gradients.
+    Each parameter's post-accumulate-grad hook only notes that its gradient changed; at the end of the
+    backward pass (an autograd engine callback, before control returns to the training loop and so before
+    any clipping) one ``_foreach_norm`` reads all the changed gradients. With gradient accumulation every
+    backward pass refreshes the norms of the gradients it touched, so the last one wins. When every
+    gradient changed and the native kernels can read them, one native call writes the norms into a host
+    vector instead, which ``measure_into`` copies into the row.
     """
 
     name = "grad_norm"
@@ -102,8 +102,9 @@ class GradNorm(Probe):
     def __init__(self) -> None:
         self._norms: list[torch.Tensor] = []
         self._host = np.zeros(0, dtype=np.float32)
-        self._on_host = False
-        """Whether this step's norms are in ``_host`` (written natively) rather than ``_norms``."""
+        self._host_fresh = False
+        """Whether ``_host`` holds this step's norms (written natively), instead of ``_norms``."""
+        self._grads: native.TensorList | None = None
         self._zero: torch.Tensor | None = None
         self._handles: list[RemovableHandle] = []
         self._context: Context | None = None
@@ -115,31 +116,20 @@ class GradNorm(Probe):
         self._zero = torch.zeros((), device=context.params[0].device) if context.params else None
         self._norms = [self._zero] * len(context.params)
         self._host = np.zeros(len(context.params), dtype=np.float32)
-        self._native = context.kernels is not None and self._zero is not None and self._zero.is_cpu
-        """Whether hooks try the native kernels (CPU parameters); per step ``_on_host`` says whether they did."""
-        self._on_host = self._native
+        self._host_address = self._host.ctypes.data
+        self._grads = native.TensorList(context.params)
         for index, param in enumerate(context.params):
-            self._handles.append(param.register_post_accumulate_grad_hook(self._hook(index, param.numel())))
+            self._handles.append(param.register_post_accumulate_grad_hook(self._hook(index)))
 
-    def _hook(self, index: int, numel: int) -> Callable[[torch.Tensor], None]:
+    def _hook(self, index: int) -> Callable[[torch.Tensor], None]:
         context = self._context
         touched = self._touched
-        address = self._host.ctypes.data + 4 * index
 
         def hook(param: torch.Tensor) -> None:
-            if not context.recording or context.paused:
-                return
-            grad = param.grad
-            if self._on_host and grad.is_cpu and grad.dtype is torch.float32 and grad.layout is torch.strided \
-                    and grad.is_contiguous():
-                context.kernels.norm_f32(grad.data_ptr(), numel, address, torch.get_num_threads())
-                return
-            if self._on_host:  # from here on this step is measured in tensors
-                self._norms = list(torch.from_numpy(self._host.copy()).unbind())
-                self._on_host = False
-            touched.append(index)
-            if not self._queued:
-                self._queue()
+            if context.recording and not context.paused:
+                touched.append(index)
+                if not self._queued:
+                    self._queue()
 
         return hook
 
@@ -153,15 +143,33 @@ class GradNorm(Probe):
             self._queued = True
 
     def _read_norms(self) -> None:
-        """Norms of every gradient noted since the last call, in one fused call."""
+        """Norms of every gradient touched since the last call, in one fused call (one native call when every
+        gradient was touched and the kernels can read them all)."""
         self._queued = False
-        if not self._touched:
+        touched = self._touched
+        if not touched:
             return
-        indices = list(dict.fromkeys(self._touched))
-        self._touched.clear()
         params = self._context.params
+        if len(set(touched)) == len(params):
+            touched.clear()
+            grads = [p.grad for p in params]
+            library = self._context.kernels
+            pointers = self._grads.supported_pointers(grads) if library is not None else 0
+            if pointers:
+                library.norms_f32(len(grads), pointers, self._grads.numel_address, self._host_address, None, None,
+                                  None, None, False, torch.get_num_threads())
+                self._host_fresh = True
+                return
+            indices = range(len(params))
+        else:
+            indices = list(dict.fromkeys(touched))
+            touched.clear()
+        grads = [params[i].grad for i in indices]
+        if self._host_fresh:  # an earlier backward of this step wrote natively: continue in tensors
+            self._norms = list(torch.from_numpy(self._host.copy()).unbind())
+            self._host_fresh = False
         with torch.no_grad():
-            norms = torch._foreach_norm([params[i].grad for i in indices])
+            norms = torch._foreach_norm(grads)
         for i, norm in zip(indices, norms, strict=True):
             self._norms[i] = norm
 
@@ -173,22 +181,23 @@ class GradNorm(Probe):
 
     def measure(self, context: Context, data: StepData) -> dict[str, torch.Tensor]:
         self._read_norms()  # gradients noted outside a backward callback, if any
-        norms = torch.from_numpy(self._host.copy()) if self._on_host else torch.stack(self._norms)
+        norms = torch.from_numpy(self._host.copy()) if self._host_fresh else torch.stack(self._norms)
         self._reset()
         return {"grad_norm": norms}
 
     def measure_into(self, context: Context, data: StepData, address: int) -> bool:
-        if not self._on_host:
+        if self._touched:
+            self._read_norms()
+        if not self._host_fresh:
             return False
-        ctypes.memmove(address, self._host.ctypes.data, self._host.nbytes)
+        ctypes.memmove(address, self._host_address, self._host.nbytes)
         self._reset()
         return True
 
     def _reset(self) -> None:
         """Norms back to 0 for the next recorded step (a parameter without a gradient there has norm 0)."""
         self._norms = [self._zero] * len(self._norms)
-        self._host[:] = 0.0
-        self._on_host = self._native
+        self._host_fresh = False
 
     def detach(self) -> None:
         for handle in self._handles:
