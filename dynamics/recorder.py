@@ -35,6 +35,7 @@ from dynamics.errors import ConfigError, NonFiniteLossError, StoreError
 from dynamics.probes import Context, Probe, StepData, resolve_probes
 from dynamics.rows import DeviceRows, HostRows
 from dynamics.runinfo import environment, now_iso
+from dynamics.runlock import RunLock
 from dynamics.store import DATA_NAME, RunWriter, prepare_run_dir, read_json, write_json_atomic
 
 Scalar = float | int | bool | torch.Tensor
@@ -107,80 +108,86 @@ class Recorder:
         self.context = Context(model, optimizer)
         self.probes = resolve_probes(probes)
         self.device = next((p.device for p in model.parameters()), torch.device("cpu"))
-        if resume is None:
-            prepare_run_dir(self.run_dir, overwrite)
+        self._lock = prepare_run_dir(self.run_dir, overwrite) if resume is None else RunLock(self.run_dir)
+        """This process's write lock on the run directory, held until ``close`` (``dynamics.runlock``)."""
 
-        for probe in self.probes:
-            probe.attach(self.context)
-        coords: dict[str, list[str]] = {}
-        self._dims: dict[str, tuple[str, ...]] = {}
-        variable_attrs: dict[str, dict[str, Any]] = {}
-        for probe in self.probes:
-            coords.update(probe.coords(self.context))
-            for variable in probe.variables(self.context):
-                self._dims[variable.name] = ("step", *variable.dims)
-                variable_attrs[variable.name] = {**variable.attrs, "probe": probe.name}
-        self._coords = coords
-        self._preparing = [p for p in self.probes if type(p).before_recorded_step is not Probe.before_recorded_step]
-        """The probes that prepare recorded steps (the others' hook does nothing): called per step."""
-        self._layout: list[tuple[str, int, tuple[int, ...]]] = []
-        """(variable, values, shape) of every recorded variable, in row order."""
-        self._spans: list[tuple[int, int]] = []
-        """Each probe's columns (start, stop) in a row."""
-        for probe in self.probes:
-            start = sum(size for _, size, _ in self._layout)
-            for variable in probe.variables(self.context):
-                shape = tuple(len(coords[dim]) for dim in variable.dims)
-                self._layout.append((variable.name, math.prod(shape), shape))
-            self._spans.append((start, sum(size for _, size, _ in self._layout)))
         try:
+            for probe in self.probes:
+                probe.attach(self.context)
+            coords: dict[str, list[str]] = {}
+            self._dims: dict[str, tuple[str, ...]] = {}
+            variable_attrs: dict[str, dict[str, Any]] = {}
+            for probe in self.probes:
+                coords.update(probe.coords(self.context))
+                for variable in probe.variables(self.context):
+                    self._dims[variable.name] = ("step", *variable.dims)
+                    variable_attrs[variable.name] = {**variable.attrs, "probe": probe.name}
+            self._coords = coords
+            self._preparing = [p for p in self.probes if type(p).before_recorded_step is not Probe.before_recorded_step]
+            """The probes that prepare recorded steps (the others' hook does nothing): called per step."""
+            self._layout: list[tuple[str, int, tuple[int, ...]]] = []
+            """(variable, values, shape) of every recorded variable, in row order."""
+            self._spans: list[tuple[int, int]] = []
+            """Each probe's columns (start, stop) in a row."""
+            for probe in self.probes:
+                start = sum(size for _, size, _ in self._layout)
+                for variable in probe.variables(self.context):
+                    shape = tuple(len(coords[dim]) for dim in variable.dims)
+                    self._layout.append((variable.name, math.prod(shape), shape))
+                self._spans.append((start, sum(size for _, size, _ in self._layout)))
+            try:
+                if resume is None:
+                    self._writer = RunWriter(self.run_dir, coords, {
+                        "every": every, "probes": [p.name for p in self.probes], "config": dict(config or {}),
+                    })
+                    write_json_atomic(self.run_dir / "config.json", dict(config or {}))
+                else:
+                    self._writer = RunWriter.reopen(self.run_dir, int(resume["step"]))
+            except OSError as err:
+                raise write_failed(self.run_dir / DATA_NAME, err) from None
+            for name, attrs in {**STEP_ATTRS, **variable_attrs}.items():
+                self._writer.describe(name, attrs)
+
             if resume is None:
-                self._writer = RunWriter(self.run_dir, coords, {
-                    "every": every, "probes": [p.name for p in self.probes], "config": dict(config or {}),
-                })
-                write_json_atomic(self.run_dir / "config.json", dict(config or {}))
+                self._meta: dict[str, Any] = {
+                    "status": "running", "error": None, "started": now_iso(), "finished": None, "seed": seed,
+                    "every": every, "probes": [p.name for p in self.probes], "steps": 0, "last_flush": None,
+                    "on_nonfinite": on_nonfinite, **environment(self.device),
+                    "cpu_kernels": native.status() if self.device.type == "cpu" else f"not used on {self.device.type}",
+                }
             else:
-                self._writer = RunWriter.reopen(self.run_dir, int(resume["step"]))
-        except OSError as err:
-            raise write_failed(self.run_dir / DATA_NAME, err) from None
-        for name, attrs in {**STEP_ATTRS, **variable_attrs}.items():
-            self._writer.describe(name, attrs)
+                self._meta = read_json(self.run_dir / "meta.json")
+                for key in ("nonfinite", "failed_step", "first_nonfinite_step"):  # events after the checkpoint
+                    self._meta.pop(key, None)
+                self._meta.update(status="running", error=None, finished=None, steps=self._writer.lengths["step"],
+                                  resumed=[*self._meta.get("resumed", []), {"step": int(resume["step"]),
+                                                                            "at": now_iso()}])
+            self._write_meta()
 
-        if resume is None:
-            self._meta: dict[str, Any] = {
-                "status": "running", "error": None, "started": now_iso(), "finished": None, "seed": seed,
-                "every": every, "probes": [p.name for p in self.probes], "steps": 0, "last_flush": None,
-                "on_nonfinite": on_nonfinite, **environment(self.device),
-                "cpu_kernels": native.status() if self.device.type == "cpu" else f"not used on {self.device.type}",
-            }
-        else:
-            self._meta = read_json(self.run_dir / "meta.json")
-            for key in ("nonfinite", "failed_step", "first_nonfinite_step"):  # events after the checkpoint
-                self._meta.pop(key, None)
-            self._meta.update(status="running", error=None, finished=None, steps=self._writer.lengths["step"],
-                              resumed=[*self._meta.get("resumed", []), {"step": int(resume["step"]),
-                                                                        "at": now_iso()}])
-        self._write_meta()
-
-        self._step = 0
-        width = self._spans[-1][1] if self._spans else 0
-        self._rows = HostRows(width) if self.device.type == "cpu" else DeviceRows()
-        self._rows_verified = False
-        self._host_rows: list[tuple[int, int, float]] = []
-        self._extras: list[dict[str, Scalar]] = []
-        self._eval_rows: list[tuple[int, dict[str, Scalar]]] = []
-        self._unchecked_losses: list[torch.Tensor] = []
-        """Detached losses of the steps since the last host check, oldest first (scanned in one stack)."""
-        self._rows_checked = 0
-        """Rows of ``_rows`` already scanned for non-finite gradient norms."""
-        self._first_bad_step = -1
-        self._first_bad_value = math.nan
-        self._skipped_steps = 0
-        self._skip_this_step = False
-        self._last_flush = time.monotonic()
-        self._closed = False
-        if resume is not None:
-            self._restore(resume)
+            self._step = 0
+            width = self._spans[-1][1] if self._spans else 0
+            self._rows = HostRows(width) if self.device.type == "cpu" else DeviceRows()
+            self._rows_verified = False
+            self._host_rows: list[tuple[int, int, float]] = []
+            self._extras: list[dict[str, Scalar]] = []
+            self._eval_rows: list[tuple[int, dict[str, Scalar]]] = []
+            self._unchecked_losses: list[torch.Tensor] = []
+            """Detached losses of the steps since the last host check, oldest first (scanned in one stack)."""
+            self._rows_checked = 0
+            """Rows of ``_rows`` already scanned for non-finite gradient norms."""
+            self._first_bad_step = -1
+            self._first_bad_value = math.nan
+            self._skipped_steps = 0
+            self._skip_this_step = False
+            self._last_flush = time.monotonic()
+            self._closed = False
+            if resume is not None:
+                self._restore(resume)
+        except BaseException:  # a failed start leaves no hooks on the model and the directory to the next writer
+            for probe in self.probes:
+                probe.detach()
+            self._lock.release()
+            raise
 
     def state_dict(self) -> dict[str, Any]:
         """What a checkpoint needs to resume recording at the next step (see ``resume``).
@@ -444,7 +451,10 @@ class Recorder:
             for probe in self.probes:
                 probe.detach()
             self._meta.update(status=status, error=error, finished=now_iso())
-            self._write_meta()
+            try:
+                self._write_meta()
+            finally:
+                self._lock.release()
 
     def __enter__(self) -> Recorder:
         return self

@@ -26,6 +26,7 @@ from xarray.backends import BackendArray
 from xarray.core import indexing
 
 from dynamics.errors import ConfigError, StoreError
+from dynamics.runlock import LOCK_NAME, RunLock
 
 FORMAT = "dynamics-run"
 FORMAT_VERSION = 1
@@ -60,11 +61,13 @@ def read_json(path: Path) -> dict[str, Any]:
     return payload
 
 
-def prepare_run_dir(run_dir: Path, overwrite: bool) -> None:
-    """Create an empty run directory, refusing to clobber anything that is not an explicitly replaced run."""
+def prepare_run_dir(run_dir: Path, overwrite: bool) -> RunLock:
+    """Create an empty run directory and take its write lock, refusing to clobber anything that is not an
+    explicitly replaced run, or a run another process is writing (the lock is taken before anything is removed)."""
     if run_dir.exists() and not run_dir.is_dir():
         raise ConfigError(f"--out {run_dir} is a file, not a directory; choose another --out")
-    if run_dir.is_dir() and any(run_dir.iterdir()):
+    replace = run_dir.is_dir() and any(entry.name != LOCK_NAME for entry in run_dir.iterdir())
+    if replace:
         meta_path = run_dir / "meta.json"
         if not meta_path.exists():
             raise ConfigError(f"--out {run_dir} exists and is not a run directory; choose an empty or new --out")
@@ -73,6 +76,12 @@ def prepare_run_dir(run_dir: Path, overwrite: bool) -> None:
             raise ConfigError(
                 f"--out {run_dir} already holds a {status} run; pass --overwrite to replace it or choose another --out"
             )
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ConfigError(f"cannot create run directory {run_dir} ({err.strerror}); choose a writable --out") from None
+    lock = RunLock(run_dir)
+    if replace:
         for name in ("config.json", "meta.json", DATA_NAME, "overview.png", "overview.pdf", "features",
                      "checkpoints"):
             target = run_dir / name
@@ -80,10 +89,7 @@ def prepare_run_dir(run_dir: Path, overwrite: bool) -> None:
                 shutil.rmtree(target)
             else:
                 target.unlink(missing_ok=True)
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise ConfigError(f"cannot create run directory {run_dir} ({err.strerror}); choose a writable --out") from None
+    return lock
 
 
 def _status_of(meta_path: Path) -> str:

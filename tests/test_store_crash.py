@@ -21,10 +21,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import xarray as xr
 import zarr
 
-from dynamics import Recorder, StoreError, open_run
+from dynamics import ConfigError, Recorder, StoreError, open_run
 
 WRITER = Path(__file__).with_name("writer_process.py")
 
@@ -371,3 +372,34 @@ def test_damaged_meta_json_is_reported_as_status(tmp_path):
     make_run(run)
     (run / "meta.json").write_text("{ truncated")
     assert open_run(run).attrs["status"] == "damaged"
+
+
+def test_a_live_run_has_one_writer_and_a_killed_one_none(tmp_path):
+    """While a run is being written, a second Recorder (here an overwrite) and the CLI's --overwrite are refused
+    with the writer's pid and nothing of the run is touched; once the writer is SIGKILLed, it can be replaced."""
+    run_dir = tmp_path / "run"
+    writer = Writer(run_dir, "--flush-steps", "5", "--step-sleep", "0.005")
+    model = torch.nn.Sequential(torch.nn.Linear(4, 2), torch.nn.ReLU())
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    try:
+        writer.wait("ready")
+        writer.wait("committed", "step")
+        with pytest.raises(ConfigError, match=f"being written by another process \\(pid {writer.process.pid}\\)"):
+            Recorder(model, optimizer, run_dir, overwrite=True)
+        assert not model[1]._forward_hooks, "a refused Recorder leaves no hooks behind"
+        cli = subprocess.run([sys.executable, "-m", "dynamics.collect", "--dataset", "gaussian", "--epochs", "1",
+                              "--no-progress", "--out", str(run_dir), "--overwrite"],
+                             capture_output=True, text=True, timeout=180)
+        assert cli.returncode == 2, cli.stderr
+        assert "being written by another process" in cli.stderr and "Traceback" not in cli.stderr
+        assert len(cli.stderr.strip().splitlines()) == 1, cli.stderr
+        writer.wait("committed", "step")  # the live run kept writing
+        assert open_run(run_dir).attrs["status"] == "running"
+    finally:
+        writer.kill()
+    steps = open_run(run_dir).sizes["step"]
+    assert steps >= writer.committed["step"] > 0
+    with Recorder(model, optimizer, run_dir, overwrite=True) as recorder:  # the lock died with the writer
+        model(torch.randn(3, 4)).sum().backward()
+        recorder.step(loss=torch.tensor(1.0))
+    assert open_run(run_dir).sizes["step"] == 1
