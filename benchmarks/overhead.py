@@ -1,12 +1,14 @@
 """Recording overhead: the same training loop with and without a Recorder, interleaved in one process.
 
-The plain loop (A) and the recorded loop (B) train one and the same model (the MNIST-1D CNN with the
-defaults of ``dynamics.models.CNN1d``, batch 128, SGD) on the same data, in ABBA blocks after a warmup, so
-slow drifts of the machine (frequency scaling, other load, the model's own training) hit both sides alike.
-Each block reports its median step time; a round's ratio is mean(B medians) / mean(A medians), and the
-result is the median ratio over rounds. A fresh Recorder (``every=1``, default flush settings, a temporary
-run directory) is attached at the start of each B block and closed at its end; its close (the flush) is
-timed apart and reported as the amortised ratio, which counts it against the block's steps.
+The plain loop (A) trains the MNIST-1D CNN (the defaults of ``dynamics.models.CNN1d``, batch 128, SGD), the
+recorded loop (B) a copy of it that starts from the same weights and optimizer state, with one Recorder
+(``every=1``, default flush settings, a temporary run directory) for the whole measurement, as a run has
+one; they take turns in ABBA blocks after a warmup on the same data stream, so slow drifts of the machine
+(frequency scaling, other load, the models' training) hit both sides alike. Each block reports its median
+step time; a round's ratio is mean(B medians) / mean(A medians), and the result is the median ratio over
+rounds. (Starting and closing a Recorder for every B block, as this benchmark once did, measured the
+recorder's churn too: in one run its blocks took 245 minor page faults a step against 71.) The recorder's
+closing flush is timed apart and reported as the amortised ratio, one flush per 1000 steps.
 
     python benchmarks/overhead.py [--steps N] [--repeats R] [--device cpu|cuda|auto] [--out PATH]
 
@@ -118,7 +120,9 @@ class Bench:
         self.device = device
         self.timer = Timer(device, clock)
         self.workdir = workdir
-        self.blocks = 0
+        self.sides: dict[str, tuple[torch.nn.Module, torch.optim.Optimizer, Recorder]] = {}
+        """Recorded sides by label (``recorded_side``)."""
+        self.runs = 0
         self.faults: dict[bool, list[float]] = {False: [], True: []}
         """Minor page faults per step of plain (False) and recorded (True) blocks."""
 
@@ -134,15 +138,31 @@ class Bench:
             out.append((self.x[index], self.y[index]))
         return out
 
-    def block(self, steps: int, probes: str | list[str] | None) -> tuple[list[float], float]:
-        """Per-step times of one block (plain when ``probes`` is None) and the time of the closing flush."""
+    def recorded_side(self, probes: str | list[str], label: str) -> tuple[
+            torch.nn.Module, torch.optim.Optimizer, Recorder]:
+        """A copy of the model (same weights and optimizer state) with a Recorder of ``probes``, made once per
+        ``label`` and kept for every later block of it."""
+        side = self.sides.get(label)
+        if side is None:
+            twin = copy.deepcopy(self.model)
+            optimizer = torch.optim.SGD(twin.parameters(), lr=self.optimizer.param_groups[0]["lr"], momentum=0.9)
+            optimizer.load_state_dict(self.optimizer.state_dict())
+            self.runs += 1
+            recorder = Recorder(twin, optimizer, self.workdir / f"run-{self.runs}", every=1, probes=probes)
+            side = self.sides[label] = (twin, optimizer, recorder)
+        return side
+
+    def close(self, label: str) -> float:
+        """Close the recorder of ``label`` (its last flush); returns the seconds it took."""
+        start = time.perf_counter()
+        self.sides.pop(label)[2].close()
+        return time.perf_counter() - start
+
+    def block(self, steps: int, probes: str | list[str] | None, label: str = "") -> list[float]:
+        """Per-step times of one block: plain when ``probes`` is None, else the recorded side ``label``."""
         batches = self.batches(steps)
-        recorder = None
-        if probes is not None:
-            self.blocks += 1
-            recorder = Recorder(self.model, self.optimizer, self.workdir / f"run{self.blocks}", every=1,
-                                probes=probes)
-        model, optimizer = self.model, self.optimizer
+        model, optimizer, recorder = (self.model, self.optimizer, None) if probes is None else \
+            self.recorded_side(probes, label)
 
         def step(i: int) -> None:
             train_step(model, optimizer, *batches[i], recorder)
@@ -150,12 +170,7 @@ class Bench:
         faults = minor_faults()
         times = self.timer.run(steps, step)
         self.faults[probes is not None].append((minor_faults() - faults) / steps)
-        close = 0.0
-        if recorder is not None:
-            start = time.perf_counter()
-            recorder.close()
-            close = time.perf_counter() - start
-        return times, close
+        return times
 
 
 def twins(bench: Bench, probes: str | list[str], steps: int, rounds: int) -> dict[str, object]:
@@ -167,11 +182,7 @@ def twins(bench: Bench, probes: str | list[str], steps: int, rounds: int) -> dic
     goes first. The recorder flushes when it would in a run (every 10 s or 1000 steps), inside B's steps: the
     median ignores those steps, the mean counts them.
     """
-    twin = copy.deepcopy(bench.model)
-    optimizer = torch.optim.SGD(twin.parameters(), lr=bench.optimizer.param_groups[0]["lr"], momentum=0.9)
-    optimizer.load_state_dict(bench.optimizer.state_dict())
-    bench.blocks += 1
-    recorder = Recorder(twin, optimizer, bench.workdir / f"twins{bench.blocks}", every=1, probes=probes)
+    twin, optimizer, recorder = bench.recorded_side(probes, "twins")
     sides = {False: (bench.model, bench.optimizer, None), True: (twin, optimizer, recorder)}
     times: dict[bool, list[float]] = {False: [], True: []}
     clock = bench.timer.clock
@@ -181,7 +192,7 @@ def twins(bench: Bench, probes: str | list[str], steps: int, rounds: int) -> dic
                 start = clock()
                 train_step(*sides[recorded][:2], x, y, sides[recorded][2])
                 times[recorded].append(clock() - start)
-    recorder.close()
+    bench.close("twins")
     summary = _summary(times[True], times[False])
     summary["mean_ratio"] = statistics.fmean(times[True]) / statistics.fmean(times[False])
     return summary
@@ -245,23 +256,22 @@ def paired(bench: Bench, base: list[str], sketch: Sketch, steps: int, rounds: in
 def compare(bench: Bench, probes: str | list[str], steps: int, rounds: int, label: str) -> dict[str, object]:
     """ABBA rounds (after one warmup AB) of plain vs recorded blocks; ratios of per-block median step times."""
     bench.block(steps, None)
-    bench.block(steps, probes)
-    plain, recorded, ratios, mean_ratios, flushes = [], [], [], [], []
+    bench.block(steps, probes, label)
+    plain, recorded, ratios, mean_ratios = [], [], [], []
     for _ in tqdm(range(rounds), desc=label, leave=False):
-        a1, _ = bench.block(steps, None)
-        b1, c1 = bench.block(steps, probes)
-        b2, c2 = bench.block(steps, probes)
-        a2, _ = bench.block(steps, None)
+        a1 = bench.block(steps, None)
+        b1 = bench.block(steps, probes, label)
+        b2 = bench.block(steps, probes, label)
+        a2 = bench.block(steps, None)
         a = [statistics.median(a1), statistics.median(a2)]
         b = [statistics.median(b1), statistics.median(b2)]
         plain += a
         recorded += b
-        flushes += [c1, c2]
         ratios.append(statistics.fmean(b) / statistics.fmean(a))
         mean_ratios.append(statistics.fmean(b1 + b2) / statistics.fmean(a1 + a2))
     faults = {kind: statistics.median(bench.faults[kind][-2 * rounds:]) for kind in (False, True)}
     plain_ms = 1e3 * statistics.median(plain)
-    flush_ms = 1e3 * statistics.median(flushes)
+    flush_ms = 1e3 * bench.close(label)
     mean_ratio = statistics.median(mean_ratios)
     return {
         "plain_ms_median": plain_ms,
@@ -335,13 +345,14 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
             "recorder": {"every": 1, "probes": args.probes, "flush_steps": 1000, "flush_seconds": 10.0},
             "steps_per_block": args.steps,
             "rounds": args.repeats,
-            "order": "warmup AB, then ABBA per round",
+            "order": "warmup AB, then ABBA per round; B is a copy of the model with one Recorder for all its blocks",
             "timing": "CUDA events per step" if device_type == "cuda" else
                       {"wall": "perf_counter per step", "cpu": "thread_time (CPU time) per step"}[args.clock],
             "torch_threads": torch.get_num_threads(),
             "ratio": "per round mean(B block medians) / mean(A block medians); ratio_median over rounds",
             "mean_ratio": "per round mean of all B step times / mean of all A step times (spikes included)",
-            "flush_ms": "Recorder.close() at the end of a B block, i.e. one flush of steps_per_block rows",
+            "flush_ms": "the recorded side's Recorder.close() after the last round: one flush of the rows since its "
+                        "last flush (at most 1000)",
             "amortised_ratio": f"mean_ratio_median + flush_ms_median / ({FLUSH_STEPS} * plain_ms_median): "
                                f"one flush per {FLUSH_STEPS} steps, the default flush_steps",
         },

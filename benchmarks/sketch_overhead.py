@@ -56,23 +56,23 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     with tempfile.TemporaryDirectory(prefix="dynamics-sketch-overhead-") as workdir:
         bench = Bench(device, args.batch_size, lr=0.01, seed=args.seed, workdir=Path(workdir))
 
-        def probes_b() -> list[object]:
-            return [*base, Sketch(k=args.k, mode=args.mode)]
-
-        bench.block(args.steps, base)
-        bench.block(args.steps, probes_b())
+        with_sketch = [*base, Sketch(k=args.k, mode=args.mode)]
+        bench.block(args.steps, base, "a")
+        bench.block(args.steps, with_sketch, "b")
         a_medians, b_medians, ratios = [], [], []
         for _ in tqdm(range(args.repeats), desc="default vs default + sketch", leave=False):
-            a1, _ = bench.block(args.steps, base)
-            b1, _ = bench.block(args.steps, probes_b())
-            b2, _ = bench.block(args.steps, probes_b())
-            a2, _ = bench.block(args.steps, base)
+            a1 = bench.block(args.steps, base, "a")
+            b1 = bench.block(args.steps, with_sketch, "b")
+            b2 = bench.block(args.steps, with_sketch, "b")
+            a2 = bench.block(args.steps, base, "a")
             a = [statistics.median(a1), statistics.median(a2)]
             b = [statistics.median(b1), statistics.median(b2)]
             a_medians += a
             b_medians += b
             ratios.append(statistics.fmean(b) / statistics.fmean(a))
-        plain = [statistics.median(bench.block(args.steps, None)[0]) for _ in range(3)]
+        bench.close("a")
+        bench.close("b")
+        plain = [statistics.median(bench.block(args.steps, None)) for _ in range(3)]
         fine = paired(bench, base, Sketch(k=args.k, mode=args.mode), args.steps, 2 * args.repeats)
 
     a_ms, b_ms, plain_ms = (1e3 * statistics.median(v) for v in (a_medians, b_medians, plain))
@@ -85,7 +85,8 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
                    "batch_size": args.batch_size, "optimizer": "SGD lr 0.01 momentum 0.9",
                    "a": {"probes": base}, "b": {"probes": [*base, f"sketch(k={args.k}, mode={args.mode})"]},
                    "every": 1, "steps_per_block": args.steps, "rounds": args.repeats,
-                   "order": "warmup AB, then ABBA per round",
+                   "order": "warmup AB, then ABBA per round; A and B are copies of the model, each with one "
+                            "Recorder for all its blocks",
                    "ratio": "per round mean(B block medians) / mean(A block medians); median over rounds"},
         "a_ms_median": a_ms,
         "b_ms_median": b_ms,

@@ -163,7 +163,6 @@ class TensorList:
     """
 
     def __init__(self, tensors: Sequence[torch.Tensor]) -> None:
-        self.source = tensors
         self.tensors = list(tensors)
         self.count = len(self.tensors)
         self.numel = np.array([t.numel() for t in self.tensors], dtype=np.int64)
@@ -179,8 +178,3 @@ class TensorList:
     def supported_pointers(self, tensors: Sequence[torch.Tensor] | None = None) -> int:
         """``pointers`` where the kernels can read every tensor, else 0."""
         return self._pointers.fill_supported(self.tensors if tensors is None else tensors)
-
-
-def tensor_list(tensors: Sequence[torch.Tensor], cached: TensorList | None) -> TensorList:
-    """``cached`` when it was made from this very sequence object, else a new :class:`TensorList` of it."""
-    return cached if cached is not None and cached.source is tensors else TensorList(tensors)
