@@ -124,11 +124,18 @@ def status() -> str:
     return "native" if _load() is not None else f"torch ({_failure})"
 
 
+def readable_pointers(tensors: Sequence[torch.Tensor]) -> list[int] | None:
+    """The data pointers of ``tensors`` where the kernels can read every one in place (dense, float32,
+    contiguous, on the CPU), else None."""
+    # is_cpu and identity tests: this runs several times a recorded step, and ``t.device.type`` alone costs more
+    pointers = [t.data_ptr() for t in tensors
+                if t.is_cpu and t.dtype is torch.float32 and t.layout is torch.strided and t.is_contiguous()]
+    return pointers if len(pointers) == len(tensors) else None
+
+
 def supports(tensors: Sequence[torch.Tensor]) -> bool:
     """Whether the kernels can read these tensors in place: dense, float32, contiguous, on the CPU."""
-    # is_cpu and identity tests: this runs several times a recorded step, and ``t.device.type`` alone costs more
-    return all([t.is_cpu and t.dtype is torch.float32 and t.layout is torch.strided and t.is_contiguous()
-                for t in tensors])
+    return readable_pointers(tensors) is not None
 
 
 class PointerArray:
@@ -144,11 +151,10 @@ class PointerArray:
         return self._address
 
     def fill_supported(self, tensors: Sequence[torch.Tensor]) -> int:
-        """``fill`` where the kernels can read every tensor (:func:`supports`), else 0: one loop for both, since
-        the recorder does this for the parameters and gradients at every recorded step."""
-        pointers = [t.data_ptr() for t in tensors
-                    if t.is_cpu and t.dtype is torch.float32 and t.layout is torch.strided and t.is_contiguous()]
-        if len(pointers) != len(tensors):
+        """``fill`` where the kernels can read every tensor (:func:`readable_pointers`), else 0: one loop for both,
+        since the recorder does this for the parameters and gradients at every recorded step."""
+        pointers = readable_pointers(tensors)
+        if pointers is None:
             return 0
         self._pointers[:] = pointers
         return self._address
@@ -170,11 +176,11 @@ class TensorList:
         self._pointers = PointerArray(self.count)
         self.address = self._pointers.fill(self.tensors)
 
-    def pointers(self, tensors: Sequence[torch.Tensor] | None = None) -> int:
-        """Address of the array of the tensors' current data pointers (of ``tensors`` instead, when given: a
-        list of the same length and sizes, such as this step's gradients of the listed parameters)."""
-        return self._pointers.fill(self.tensors if tensors is None else tensors)
+    def pointers(self) -> int:
+        """Address of the array of the tensors' current data pointers."""
+        return self._pointers.fill(self.tensors)
 
     def supported_pointers(self, tensors: Sequence[torch.Tensor] | None = None) -> int:
-        """``pointers`` where the kernels can read every tensor, else 0."""
+        """``pointers`` where the kernels can read every tensor, else 0 (of ``tensors`` instead, when given: a
+        list of the same length and sizes, such as this step's gradients of the listed parameters)."""
         return self._pointers.fill_supported(self.tensors if tensors is None else tensors)

@@ -187,13 +187,10 @@ class _NativePass:
 
 def _native_for(context: Context, values: torch.Tensor) -> Any:
     """The native kernels when they can read ``values`` in place (a non-empty float32 contiguous CPU batch,
-    outside a ``torch.compile`` trace, which cannot call them), else None. Inline checks: hooks call it per layer."""
-    library = context.kernels
-    if (library is None or not values.is_cpu or values.dtype is not torch.float32 or values.layout is not torch.strided
-            or not values.is_contiguous() or values.dim() == 0 or values.numel() == 0
-            or torch.compiler.is_compiling()):
+    outside a ``torch.compile`` trace, which cannot call them), else None."""
+    if context.kernels is None or values.dim() == 0 or values.numel() == 0 or torch.compiler.is_compiling():
         return None
-    return library
+    return context.native_for((values,))
 
 
 def _pool_moments(passes: list[_Pass], entries: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -268,7 +265,7 @@ class ActivationStats(Probe):
         fused = _NativePass(rule, scratch)
 
         def hook(module: nn.Module, args: tuple, output: torch.Tensor) -> None:
-            if not (context.recording and not context.paused and torch.is_grad_enabled()):  # context.capturing
+            if not context.capturing:
                 return
             library = _native_for(context, output)
             if library is not None:  # read in place (no detached view): the native pass is outside autograd

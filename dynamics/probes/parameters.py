@@ -30,7 +30,8 @@ class _NormPass:
     """``param_norm``, ``dist_from_init`` and ``update_norm`` of one recorder's step in one native call.
 
     Each of the three probes that is attached registers here (the distance and update probes with their own
-    copies of the parameters, ``initial`` and ``previous``, None where the kernels cannot read them); the
+    copies of the parameters, ``initial`` and ``previous``, in ``copies``: None where the kernels cannot read
+    them); the
     first one to measure a step runs the pass for all of them, into ``values`` (one float32 row per kind), and
     each copies its row into the recorded row. With ``copy`` (the next step is recorded too) the pass also
     refreshes ``previous`` while the parameters are in cache.
@@ -43,8 +44,7 @@ class _NormPass:
         self.rows = [self.values[kind].ctypes.data for kind in range(3)]
         self.nbytes = 4 * count
         self.norm = False
-        self.initial: native.TensorList | None = None
-        self.previous: native.TensorList | None = None
+        self.copies: dict[int, native.TensorList | None] = {self.DIST: None, self.UPDATE: None}
         self.copied = False
         """Whether the last pass copied the parameters into ``previous``."""
         self._step = -1
@@ -60,13 +60,12 @@ class _NormPass:
     def measure_into(self, context: Context, kind: int, address: int) -> bool:
         """Write this step's values of ``kind`` as float32 at ``address``; False where the kernels cannot."""
         library = context.param_kernels
-        if library is None or (kind == self.DIST and self.initial is None) or (
-                kind == self.UPDATE and self.previous is None):
+        if library is None or (kind != self.NORM and self.copies[kind] is None):
             return False
         if self._step != context.measured_steps:
             self._step = context.measured_steps
             params = context.param_list
-            initial, previous = self.initial, self.previous
+            initial, previous = self.copies[self.DIST], self.copies[self.UPDATE]
             self.copied = context.next_recorded and previous is not None
             library.norms_f32(params.count, context.param_pointers, params.numel_address,
                               self.rows[self.NORM] if self.norm else None,
@@ -225,38 +224,54 @@ class ParamNorm(Probe):
         return self._pass.measure_into(context, _NormPass.NORM, address)
 
 
-class DistanceFromInit(Probe):
-    """``dist_from_init(step, param)``: |theta_t - theta_init| with theta_init taken when recording starts."""
+class _NormFromCopy(Probe):
+    """|theta - c| per parameter tensor, ``c`` the probe's own copy of the parameters (the attribute named by
+    ``state_attrs[0]``, taken at ``attach``), measured natively in the shared pass as ``kind``."""
 
-    name = "dist_from_init"
-    state_attrs = ("initial",)
+    kind: int
     coords = staticmethod(_param_coords)
 
     def __init__(self) -> None:
-        self.initial: list[torch.Tensor] = []
+        setattr(self, self.state_attrs[0], [])
         self._pass: _NormPass | None = None
 
+    def _copy(self) -> list[torch.Tensor]:
+        return getattr(self, self.state_attrs[0])
+
     def attach(self, context: Context) -> None:
-        self.initial = [p.detach().clone() for p in context.params]
+        setattr(self, self.state_attrs[0], [p.detach().clone() for p in context.params])
         self._pass = _NormPass.of(context)
-        self._pass.initial = _own_copies(self.initial)
+        self._register()
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         super().load_state_dict(state)
         if self._pass is not None:
-            self._pass.initial = _own_copies(self.initial)
+            self._register()
+
+    def _register(self) -> None:
+        """Give the shared pass the current copy (a restored checkpoint replaces it)."""
+        self._pass.copies[self.kind] = _own_copies(self._copy())
+
+    def measure(self, context: Context, data: StepData) -> dict[str, torch.Tensor]:
+        return {self.name: torch.stack(torch._foreach_norm(torch._foreach_sub(context.params, self._copy())))}
+
+    def measure_into(self, context: Context, data: StepData, address: int) -> bool:
+        return self._pass.measure_into(context, self.kind, address)
+
+
+class DistanceFromInit(_NormFromCopy):
+    """``dist_from_init(step, param)``: |theta_t - theta_init| with theta_init taken when recording starts."""
+
+    name = "dist_from_init"
+    state_attrs = ("initial",)
+    kind = _NormPass.DIST
+    initial: list[torch.Tensor]
 
     def variables(self, context: Context) -> list[Variable]:
         return [Variable("dist_from_init", _PARAM, {"units": "param", "long_name": "distance from initialisation"})]
 
-    def measure(self, context: Context, data: StepData) -> dict[str, torch.Tensor]:
-        return {"dist_from_init": torch.stack(torch._foreach_norm(torch._foreach_sub(context.params, self.initial)))}
 
-    def measure_into(self, context: Context, data: StepData, address: int) -> bool:
-        return self._pass.measure_into(context, _NormPass.DIST, address)
-
-
-class UpdateNorm(Probe):
+class UpdateNorm(_NormFromCopy):
     """``update_norm(step, param)``: |theta_t - theta_{t-1}|, theta_{t-1} being the parameters one step earlier.
 
     A copy of the parameters is taken after the step before each recorded step (and at start, so step 0
@@ -266,33 +281,23 @@ class UpdateNorm(Probe):
 
     name = "update_norm"
     state_attrs = ("previous",)
-    coords = staticmethod(_param_coords)
+    kind = _NormPass.UPDATE
+    previous: list[torch.Tensor]
 
     def __init__(self) -> None:
-        self.previous: list[torch.Tensor] = []
-        self._pass: _NormPass | None = None
+        super().__init__()
         self._copied = False
         """Whether the last measurement already copied the parameters for the next (recorded) step."""
-
-    def attach(self, context: Context) -> None:
-        self.previous = [p.detach().clone() for p in context.params]
-        self._pass = _NormPass.of(context)
-        self._pass.previous = _own_copies(self.previous)
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        super().load_state_dict(state)
-        if self._pass is not None:
-            self._pass.previous = _own_copies(self.previous)
 
     def before_recorded_step(self, context: Context) -> None:
         if self._copied:
             self._copied = False
             return
-        previous = self._pass.previous
-        library = context.native_for(context.params) if previous is not None else None
-        if library is not None:
-            params = context.param_list
-            library.copy_tensors_f32(params.count, previous.address, params.pointers(), params.numel_address)
+        previous = self._pass.copies[self.kind]
+        params = context.param_list
+        pointers = params.supported_pointers() if previous is not None and context.kernels is not None else 0
+        if pointers:
+            context.kernels.copy_tensors_f32(params.count, previous.address, pointers, params.numel_address)
             return
         with torch.no_grad():
             torch._foreach_copy_(self.previous, context.params)
@@ -300,10 +305,7 @@ class UpdateNorm(Probe):
     def variables(self, context: Context) -> list[Variable]:
         return [Variable("update_norm", _PARAM, {"units": "param", "long_name": "update L2 norm"})]
 
-    def measure(self, context: Context, data: StepData) -> dict[str, torch.Tensor]:
-        return {"update_norm": torch.stack(torch._foreach_norm(torch._foreach_sub(context.params, self.previous)))}
-
     def measure_into(self, context: Context, data: StepData, address: int) -> bool:
-        done = self._pass.measure_into(context, _NormPass.UPDATE, address)
+        done = super().measure_into(context, data, address)
         self._copied = done and self._pass.copied
         return done
