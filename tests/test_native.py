@@ -117,7 +117,8 @@ def test_norms_distances_updates_and_copy_match_numpy(kinds: tuple[str, ...], th
         copied = copy and "update" in kinds
         assert all(torch.equal(u, t if copied else v) for t, u, v in zip(x, b, b_before, strict=True))
     c = [torch.randn_like(t) for t in x]
-    library.copy_tensors_f32(len(x), native.TensorList(c).pointers(), tensors.pointers(), tensors.numel_address)
+    copies = native.TensorList(c)  # kept alive: its pointer array is what the call reads
+    library.copy_tensors_f32(len(x), copies.pointers(), tensors.pointers(), tensors.numel_address)
     assert all(torch.equal(t, u) for t, u in zip(x, c, strict=True))
 
 

@@ -115,7 +115,10 @@ class Reference:
         return stats
 
 
-def train_and_compare(tmp_path, every: int, accumulate: int = 1) -> None:
+def train_and_compare(tmp_path, every: int, accumulate: int = 1, batches: tuple[int, ...] = (24,) * 7,
+                      threads: tuple[int, ...] | None = None) -> None:
+    """Seven steps of ``Net`` recorded and recomputed by ``Reference``; ``batches`` are the steps' batch sizes
+    and ``threads`` torch's thread count at each step (unchanged when None)."""
     torch.manual_seed(0)
     model = Net()
     reference = Reference(model)
@@ -123,26 +126,29 @@ def train_and_compare(tmp_path, every: int, accumulate: int = 1) -> None:
     names = [n for n, _ in model.named_parameters()]
     initial = [p.detach().double().clone() for p in model.parameters()]
     previous = [p.clone() for p in initial]
-    x_all = torch.randn(7, accumulate, 24, 1, 12) * 3
-    y_all = torch.randint(0, 5, (7, accumulate, 24))
+    x_all = torch.randn(7, accumulate, max(batches), 1, 12) * 3
+    y_all = torch.randint(0, 5, (7, accumulate, max(batches)))
     expected: dict[int, dict[str, object]] = {}
     recorder = Recorder(model, optimizer, tmp_path / "run", every=every, flush_steps=2)
     for step in range(7):
+        if threads is not None:
+            torch.set_num_threads(threads[step])
         optimizer.zero_grad()
+        batch = batches[step]
         for micro in range(accumulate):
-            out = model(x_all[step, micro])
-            loss = F.cross_entropy(out, y_all[step, micro])
+            out = model(x_all[step, micro, :batch])
+            loss = F.cross_entropy(out, y_all[step, micro, :batch])
             loss.backward()
         grads = [p.grad.detach().double().clone() for p in model.parameters()]
         nn.utils.clip_grad_norm_(model.parameters(), max_norm=0.01)  # recorded norms must be pre-clipping
         optimizer.step()
-        recorder.step(loss=loss, output=out, target=y_all[step, micro])
+        recorder.step(loss=loss, output=out, target=y_all[step, micro, :batch])
         params = [p.detach().double().clone() for p in model.parameters()]
         acts = reference.activations()
         if step % every == 0:
             expected[step] = {
                 "loss": float(loss.detach()),
-                "accuracy": float((out.argmax(1) == y_all[step, micro]).double().mean()),
+                "accuracy": float((out.argmax(1) == y_all[step, micro, :batch]).double().mean()),
                 "grad_norm": [float(g.norm()) for g in grads],
                 "param_norm": [float(p.norm()) for p in params],
                 "dist_from_init": [float((p - p0).norm()) for p, p0 in zip(params, initial, strict=True)],
@@ -187,6 +193,16 @@ def test_gradient_accumulation_pools_passes(tmp_path, kernels):
     train_and_compare(tmp_path, every=1, accumulate=2)
 
 
+def test_batch_sizes_and_thread_counts_that_change_between_steps(tmp_path, kernels):
+    """The native activation pass prepares its call for the last shape and thread count: steps that change
+    either (700 samples split the first layer's rows over two threads) are measured as exactly as the others."""
+    previous = torch.get_num_threads()
+    try:
+        train_and_compare(tmp_path, every=1, batches=(24, 24, 700, 700, 24, 700, 700), threads=(1, 1, 1, 2, 2, 2, 1))
+    finally:
+        torch.set_num_threads(previous)
+
+
 class MixedPrecision(nn.Module):
     """Float32 parameters (native gradient norms on the CPU), a float64 one (torch operations), one unused."""
 
@@ -221,6 +237,25 @@ def test_gradient_norms_mix_native_and_torch_paths(tmp_path, kernels):
     got = open_run(tmp_path / "run")["grad_norm"].values
     np.testing.assert_allclose(got, expected, rtol=RTOL, atol=0.0)
     assert (got[:, -2:] == 0).all() and (got[:, :-2] > 0).all()
+
+
+def test_sparse_gradients_are_measured_as_their_dense_norm(tmp_path, kernels):
+    """A sparse embedding gradient (repeated indices, so duplicates must be summed) next to dense ones."""
+    torch.manual_seed(4)
+    model = nn.Sequential(nn.Embedding(10, 4, sparse=True), nn.Flatten(), nn.Linear(12, 3))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    expected = []
+    with Recorder(model, optimizer, tmp_path / "run", probes=["grad_norm"]) as recorder:
+        for _ in range(3):
+            x, y = torch.tensor([[1, 1, 2], [2, 5, 1]]), torch.randint(0, 3, (2,))
+            optimizer.zero_grad()
+            loss = F.cross_entropy(model(x), y)
+            loss.backward()
+            assert model[0].weight.grad.is_sparse
+            expected.append([float(p.grad.to_dense().double().norm()) for p in model.parameters()])
+            optimizer.step()
+            recorder.step(loss=loss)
+    np.testing.assert_allclose(open_run(tmp_path / "run")["grad_norm"].values, expected, rtol=RTOL, atol=0.0)
 
 
 def test_activation_variables_are_not_trivial(tmp_path):

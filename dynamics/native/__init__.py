@@ -142,21 +142,34 @@ class PointerArray:
     """A C array of ``count`` data pointers, refilled from a list of tensors at each call."""
 
     def __init__(self, count: int) -> None:
-        self._pointers = np.zeros(count, dtype=np.uint64)
-        self._address = self._pointers.ctypes.data
+        self._pointers = (ctypes.c_uint64 * count)()  # a ctypes array takes a list of ints fastest
+        self._address = ctypes.addressof(self._pointers)
+        self._checked: list[int] | None = None
+        """The pointers in the array when ``fill_supported`` last checked their tensors, else None."""
 
     def fill(self, tensors: Sequence[torch.Tensor]) -> int:
         """Address of the array after writing the tensors' current data pointers into it."""
         self._pointers[:] = [t.data_ptr() for t in tensors]
+        self._checked = None
         return self._address
 
     def fill_supported(self, tensors: Sequence[torch.Tensor]) -> int:
-        """``fill`` where the kernels can read every tensor (:func:`readable_pointers`), else 0: one loop for both,
-        since the recorder does this for the parameters and gradients at every recorded step."""
-        pointers = readable_pointers(tensors)
-        if pointers is None:
+        """``fill`` where the kernels can read every tensor (:func:`readable_pointers`), else 0.
+
+        The recorder does this for the parameters and gradients at every recorded step, so tensors at the
+        addresses checked last time are not checked again: storage that stays in place keeps its dtype, device
+        and layout (a tensor made a differently strided view of the same storage, such as ``p.data =
+        p.data.t()``, is the one change this does not see; gradients always have their parameter's layout).
+        """
+        try:
+            pointers = [t.data_ptr() for t in tensors]
+        except RuntimeError:  # no strided storage (sparse)
             return 0
-        self._pointers[:] = pointers
+        if pointers != self._checked:
+            if readable_pointers(tensors) is None:
+                return 0
+            self._pointers[:] = pointers
+            self._checked = pointers
         return self._address
 
 

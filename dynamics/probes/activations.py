@@ -151,15 +151,28 @@ def _m2(values: torch.Tensor, total: torch.Tensor, scratch: torch.Tensor) -> tor
 
 class _NativePass:
     """One layer's fused native pass (``dynamics.native``): its rule's arguments, and result buffers kept from
-    step to step (one pair per pass of a step), since on a CPU every fresh tensor costs."""
+    step to step (one pair per pass of a step), since on a CPU every fresh tensor costs.
 
-    def __init__(self, rule: FlatRule, scratch: _Scratch) -> None:
+    The usual pass (the first of a step, counts and moments, the shape and thread count of the last such pass)
+    has its call prepared in ``ready``: the hook checks the output and makes one call with the cached arguments
+    (on a CPU, each Python operation inside the forward pass costs several times what it costs in isolation).
+    """
+
+    def __init__(self, rule: FlatRule, scratch: _Scratch, index: int = 0, table: np.ndarray | None = None) -> None:
         self.kind = (native.RULE_LOW if rule.low is not None else 0) | (native.RULE_HIGH if rule.high is not None
                                                                           else 0)
         self.low = 0.0 if rule.low is None else rule.low
         self.high = 0.0 if rule.high is None else rule.high
         self.scratch = scratch
-        self.buffers: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self.buffers: list[tuple[torch.Tensor, torch.Tensor, torch.Size]] = []
+        self.index = index
+        self.table = table
+        """The probe's (3, layers) int64 [entries, units, stats address] of the prepared passes, or None."""
+        self.ready: tuple[torch.Size, int, tuple] | None = None
+        """(shape, threads, the call's arguments after the data pointer) of the prepared pass."""
+        self.first: _Pass | None = None
+        """The prepared pass's record, appended as is at each step (its buffers are refilled in place)."""
+        self.masks: torch.Tensor | None = None
 
     def run(self, library: Any, values: torch.Tensor, number: int, counts: bool, moments: bool,
             stats: torch.Tensor | None = None) -> tuple[torch.Tensor | None, torch.Tensor]:
@@ -167,7 +180,7 @@ class _NativePass:
 
         ``counts`` fills ``stats[:2]`` and the mask, ``moments`` fills ``stats[2:]`` (of ``stats`` when given,
         to complete an input-space pass). The rows are split over torch's threads, one unit mask per extra
-        thread from the scratch buffers.
+        thread. A first pass with counts and moments prepares the next steps' call (``ready``).
         """
         buffers = self.buffers
         if number >= len(buffers) or buffers[number][2] != values.shape:
@@ -179,9 +192,19 @@ class _NativePass:
         rows = values.shape[0]
         cols = values.numel() // rows
         threads = torch.get_num_threads()
-        masks = self.scratch.flat((threads - 1) * cols, slot=2).data_ptr() if threads > 1 and counts else None
-        library.activation_stats_f32(values.data_ptr(), rows, cols, self.kind, self.low, self.high, counts, moments,
-                                     active.data_ptr() if counts else None, stats.data_ptr(), threads, masks)
+        prepare = number == 0 and counts and moments and stats is own_stats and self.table is not None
+        if threads > 1 and counts:  # a prepared call keeps its own masks: the shared scratch may be reallocated
+            masks = (torch.empty((threads - 1) * cols) if prepare else self.scratch.flat((threads - 1) * cols, slot=2))
+        else:
+            masks = None
+        arguments = (rows, cols, self.kind, self.low, self.high, counts, moments, active.data_ptr() if counts else None,
+                     stats.data_ptr(), threads, None if masks is None else masks.data_ptr())
+        library.activation_stats_f32(values.data_ptr(), *arguments)
+        if prepare:
+            self.ready = (values.shape, threads, arguments)
+            self.masks = masks  # kept alive for the cached address
+            self.first = _Pass(values.numel(), active.numel(), active, stats)
+            self.table[:, self.index] = (values.numel(), active.numel(), stats.data_ptr())
         return (active if counts else None), stats
 
 
@@ -234,6 +257,10 @@ class ActivationStats(Probe):
         self._passes: list[list[_Pass]] = []
         self._handles: list[RemovableHandle] = []
         self._context: Context | None = None
+        self._prepared_passes = 0
+        """Prepared native passes this step (``_NativePass.ready``): at most one per layer."""
+        self._other_passes = 0
+        """Passes this step that went another way (another shape, a second pass, input-space rules, torch)."""
         self._denominators: dict[tuple[int, ...], torch.Tensor] = {}
         self._scratch = _Scratch()
         self._fused: dict[int, _NativePass] = {}
@@ -241,7 +268,11 @@ class ActivationStats(Probe):
 
     def attach(self, context: Context) -> None:
         self._context = context
-        for name, module, rule in activation_layers(context.model):
+        layers = activation_layers(context.model)
+        self._prepared = np.zeros((3, len(layers)), dtype=np.int64)
+        """[entries, units, stats address] of each layer's prepared native pass (``_NativePass.ready``)."""
+        self._prepared_address = self._prepared.ctypes.data
+        for name, module, rule in layers:
             index = len(self.layer_names)
             self.layer_names.append(name)
             self.rules.append(rule)
@@ -262,13 +293,22 @@ class ActivationStats(Probe):
         passes = self._passes[index]
         context = self._context
         scratch = self._scratch
-        fused = _NativePass(rule, scratch)
+        fused = _NativePass(rule, scratch, index, self._prepared)
+        library = context.kernels
 
         def hook(module: nn.Module, args: tuple, output: torch.Tensor) -> None:
             if not context.capturing:
                 return
-            library = _native_for(context, output)
-            if library is not None:  # read in place (no detached view): the native pass is outside autograd
+            ready = fused.ready
+            if ready is not None and not passes and not torch.compiler.is_compiling() and output.shape == ready[0] \
+                    and output.is_cpu and output.dtype is torch.float32 and output.layout is torch.strided \
+                    and output.is_contiguous() and torch.get_num_threads() == ready[1]:
+                library.activation_stats_f32(output.data_ptr(), *ready[2])  # the prepared call
+                passes.append(fused.first)
+                self._prepared_passes += 1
+                return
+            self._other_passes += 1
+            if _native_for(context, output) is not None:  # read in place: the native pass is outside autograd
                 active, stats = fused.run(library, output, len(passes), counts=True, moments=True)
                 passes.append(_Pass(output.numel(), active.numel(), active, stats))
                 return
@@ -301,6 +341,7 @@ class ActivationStats(Probe):
                 nonflat, active, active_count = _nonflat_and_active(values, rule, scratch)
                 counts = torch.stack((nonflat, active_count))
             passes.append(_Pass(entries=values.numel(), units=active.numel(), active=active, counts=counts))
+            self._other_passes += 1
 
         return hook
 
@@ -362,12 +403,18 @@ class ActivationStats(Probe):
         else:
             per_layer = [self._summarise(passes, device) for passes in self._passes]
             zero, dead, mean, std = (torch.stack(column) for column in zip(*per_layer, strict=True))
-        for passes in self._passes:
-            passes.clear()
+        self._clear()
         return {"act_zero_frac": zero, "act_dead_frac": dead, "act_mean": mean, "act_std": std}
 
     def measure_into(self, context: Context, data: StepData, address: int) -> bool:
-        if not self.layer_names:
+        layers = len(self.layer_names)
+        if not layers:
+            return True
+        if self._prepared_passes == layers and not self._other_passes:  # one prepared pass per layer
+            prepared = self._prepared_address
+            context.kernels.activation_finish_f32(layers, prepared + 16 * layers, prepared, prepared + 8 * layers,
+                                                  address)
+            self._clear()
             return True
         if not all(len(passes) == 1 and passes[0].stats is not None for passes in self._passes):
             return False
@@ -378,9 +425,14 @@ class ActivationStats(Probe):
         self._sizes[:] = [[passes[0].entries for passes in self._passes], [passes[0].units for passes in self._passes]]
         library.activation_finish_f32(len(stats), self._stat_pointers.fill(stats), self._sizes_address,
                                       self._sizes_address + 8 * len(stats), address)
+        self._clear()
+        return True
+
+    def _clear(self) -> None:
+        """Forget this step's passes (after measuring it)."""
         for passes in self._passes:
             passes.clear()
-        return True
+        self._prepared_passes = self._other_passes = 0
 
     def _denominator(self, counts: list[tuple[int, int]], device: torch.device) -> torch.Tensor:
         """(layers, 4) float tensor [entries, units, entries, entries], cached by batch shape (no copy per step)."""

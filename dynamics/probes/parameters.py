@@ -81,6 +81,12 @@ def _own_copies(tensors: list[torch.Tensor]) -> native.TensorList | None:
     return native.TensorList(tensors) if native.supports(tensors) else None
 
 
+def _dense(grad: torch.Tensor) -> torch.Tensor:
+    """A gradient as a tensor with its norm that ``_foreach_norm`` reads: a sparse one (``nn.Embedding(sparse=True)``)
+    as its coalesced values (duplicate indices summed)."""
+    return grad.coalesce().values() if grad.is_sparse else grad
+
+
 def _param_coords(context: Context) -> dict[str, list[str]]:
     return {"param": list(context.param_names)}
 
@@ -103,7 +109,9 @@ class GradNorm(Probe):
         self._host = np.zeros(0, dtype=np.float32)
         self._host_fresh = False
         """Whether ``_host`` holds this step's norms (written natively), instead of ``_norms``."""
-        self._grads: native.TensorList | None = None
+        self._norms_set = False
+        """Whether ``_norms`` holds a measured norm (else every entry is the zero of an untouched gradient)."""
+        self._grad_pointers: native.PointerArray | None = None
         self._zero: torch.Tensor | None = None
         self._handles: list[RemovableHandle] = []
         self._context: Context | None = None
@@ -116,7 +124,7 @@ class GradNorm(Probe):
         self._norms = [self._zero] * len(context.params)
         self._host = np.zeros(len(context.params), dtype=np.float32)
         self._host_address = self._host.ctypes.data
-        self._grads = native.TensorList(context.params)
+        self._grad_pointers = native.PointerArray(len(context.params))
         for index, param in enumerate(context.params):
             self._handles.append(param.register_post_accumulate_grad_hook(self._hook(index)))
 
@@ -149,21 +157,15 @@ class GradNorm(Probe):
         if not touched:
             return
         params = self._context.params
-        if len(set(touched)) == len(params):
+        if len(touched) >= len(params) and len(set(touched)) == len(params):
             touched.clear()
-            grads = [p.grad for p in params]
-            library = self._context.kernels
-            pointers = self._grads.supported_pointers(grads) if library is not None else 0
-            if pointers:
-                library.norms_f32(len(grads), pointers, self._grads.numel_address, self._host_address, None, None,
-                                  None, None, False, torch.get_num_threads())
-                self._host_fresh = True
+            if self._read_native(params):
                 return
             indices = range(len(params))
         else:
             indices = list(dict.fromkeys(touched))
             touched.clear()
-        grads = [params[i].grad for i in indices]
+        grads = [_dense(params[i].grad) for i in indices]
         if self._host_fresh:  # an earlier backward of this step wrote natively: continue in tensors
             self._norms = list(torch.from_numpy(self._host.copy()).unbind())
             self._host_fresh = False
@@ -171,6 +173,27 @@ class GradNorm(Probe):
             norms = torch._foreach_norm(grads)
         for i, norm in zip(indices, norms, strict=True):
             self._norms[i] = norm
+        self._norms_set = True
+
+    def _read_native(self, params: list[torch.Tensor]) -> bool:
+        """All gradient norms in one native call into ``_host``; False where the kernels cannot read them.
+
+        Only the parameters are checked (a cached check, ``TensorList.supported_pointers``): autograd gives a
+        gradient its parameter's dtype, device and strides, so the gradients of float32 contiguous CPU
+        parameters are too, unless sparse (which have no data pointer).
+        """
+        context = self._context
+        library = context.kernels
+        if library is None or not context.param_list.supported_pointers():
+            return False
+        try:
+            pointers = self._grad_pointers.fill([p.grad for p in params])
+        except RuntimeError:  # sparse gradients
+            return False
+        library.norms_f32(len(params), pointers, context.param_list.numel_address, self._host_address, None, None,
+                          None, None, False, torch.get_num_threads())
+        self._host_fresh = True
+        return True
 
     coords = staticmethod(_param_coords)
 
@@ -195,7 +218,9 @@ class GradNorm(Probe):
 
     def _reset(self) -> None:
         """Norms back to 0 for the next recorded step (a parameter without a gradient there has norm 0)."""
-        self._norms = [self._zero] * len(self._norms)
+        if self._norms_set:
+            self._norms = [self._zero] * len(self._norms)
+            self._norms_set = False
         self._host_fresh = False
 
     def detach(self) -> None:
