@@ -23,7 +23,7 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from types import TracebackType
+from types import MappingProxyType, TracebackType
 from typing import Any, Literal
 
 import numpy as np
@@ -39,6 +39,8 @@ from dynamics.runlock import RunLock
 from dynamics.store import DATA_NAME, RunWriter, prepare_run_dir, read_json, write_json_atomic
 
 Scalar = float | int | bool | torch.Tensor
+_NO_SCALARS: Mapping[str, Scalar] = MappingProxyType({})
+"""The extra scalars of a step that has none (one shared, read-only mapping)."""
 NONFINITE_POLICIES = ("stop", "skip", "record")
 
 STEP_ATTRS = {
@@ -167,6 +169,8 @@ class Recorder:
             self._step = 0
             width = self._spans[-1][1] if self._spans else 0
             self._rows = HostRows(width) if self.device.type == "cpu" else DeviceRows()
+            self._offsets = [(probe, 4 * start) for probe, (start, _) in zip(self.probes, self._spans, strict=True)]
+            """Each probe with the byte offset of its columns in a host row."""
             self._rows_verified = False
             self._host_rows: list[tuple[int, int, float]] = []
             self._extras: list[dict[str, Scalar]] = []
@@ -234,53 +238,66 @@ class Recorder:
         """
         if self._closed:
             raise RuntimeError("Recorder.step() after close(); create a new Recorder for a new run")
-        loss = loss if isinstance(loss, torch.Tensor) else torch.tensor(float(loss), device=self.device)
-        self._watch_finite(loss.detach())
+        if not isinstance(loss, torch.Tensor):
+            loss = torch.tensor(float(loss), device=self.device)
+        if self._first_bad_step < 0:
+            self._unchecked_losses.append(loss.detach())
         if self.on_nonfinite == "skip":
             scalars = {**scalars, "skipped": float(self._skip_this_step)}
             self._skip_this_step = False
-        if self.context.recording:
+        context = self.context
+        if context.recording:
             self._record(StepData(loss, output, target, inputs), scalars)
-        self._step += 1
-        self.context.recording = self._step % self.every == 0
-        if self.context.recording:
+        step = self._step = self._step + 1
+        context.recording = recording = step % self.every == 0
+        if recording:
             for probe in self._preparing:
-                probe.before_recorded_step(self.context)
-        if self._step % self.check_finite_every == 0:
+                probe.before_recorded_step(context)
+        if step % self.check_finite_every == 0:
             self._check_finite()
         if len(self._rows) >= self.flush_steps or time.monotonic() - self._last_flush >= self.flush_seconds:
             self.flush()
 
     def _record(self, data: StepData, scalars: Mapping[str, Scalar]) -> None:
-        self.context.next_recorded = (self._step + 1) % self.every == 0
-        if isinstance(self._rows, HostRows):  # native writers need no autograd mode; measure() runs without grad
-            self.context.prepare_step()
-            row, address = self._rows.next_row()
+        # per recorded step: every Python operation here costs several times its cost in isolation on a CPU
+        # (the training step has just evicted the interpreter's data from the caches), so it is kept short
+        context = self.context
+        context.next_recorded = (self._step + 1) % self.every == 0
+        rows = self._rows
+        if isinstance(rows, HostRows):  # native writers need no autograd mode; measure() runs without grad
+            context.prepare_step()
+            address = rows.next_address()
             try:
-                for probe, (start, stop) in zip(self.probes, self._spans, strict=True):
-                    if not probe.measure_into(self.context, data, address + 4 * start):
-                        with torch.no_grad():
-                            values = probe.measure(self.context, data)
-                        row[start:stop] = _host_values(probe, values, stop - start)
+                for probe, offset in self._offsets:
+                    if not probe.measure_into(context, data, address + offset):
+                        self._measure_on_host(probe, data)
             except BaseException:
-                self._rows.drop_last()  # a probe failed: the step is not recorded
+                rows.drop_last()  # a probe failed: the step is not recorded
                 raise
         else:
             with torch.no_grad():
-                values = [v for probe in self.probes for v in probe.measure(self.context, data).values()]
+                values = [v for probe in self.probes for v in probe.measure(context, data).values()]
                 if not self._rows_verified:
                     sizes = [v.numel() for v in values]
                     if sizes != [size for _, size, _ in self._layout]:
                         raise RuntimeError(f"the probes measured values of sizes {sizes}, but declared variables "
                                            f"{self._layout}: measure() must return variables() in order")
                     self._rows_verified = True
-                self._rows.append(values)
-        optimizer = self.context.optimizer
+                rows.append(values)
+        optimizer = context.optimizer
         lr = optimizer.param_groups[0]["lr"] if optimizer is not None else math.nan
         # a tensor lr (capturable/fused optimizers) is copied, not read: float() would sync with the device
         lr = lr.detach().clone() if isinstance(lr, torch.Tensor) else float(lr)
         self._host_rows.append((self._step, self.epoch, lr))
-        self._extras.append({k: v.detach() if isinstance(v, torch.Tensor) else v for k, v in scalars.items()})
+        self._extras.append({k: v.detach() if isinstance(v, torch.Tensor) else v for k, v in scalars.items()}
+                            if scalars else _NO_SCALARS)
+
+    def _measure_on_host(self, probe: Probe, data: StepData) -> None:
+        """A probe's values by its ``measure`` (torch operations), into the host row being written."""
+        start, stop = self._spans[self.probes.index(probe)]
+        with torch.no_grad():
+            values = probe.measure(self.context, data)
+        self._rows.last_row()[start:stop] = _host_values(probe, values, stop - start)
 
     def record_eval(self, **values: Scalar) -> None:
         """Record evaluation results (e.g. ``val_loss``, ``val_accuracy``) at the last completed step."""
@@ -303,10 +320,6 @@ class Recorder:
             yield
         finally:
             self.context.paused = previous
-
-    def _watch_finite(self, loss: torch.Tensor) -> None:
-        if self._first_bad_step < 0:
-            self._unchecked_losses.append(loss)
 
     def skip_nonfinite(self, loss: torch.Tensor) -> bool:
         """Whether this step's loss or a gradient is NaN/Inf, so that the loop skips ``optimizer.step()``.

@@ -47,7 +47,7 @@ class DeviceRows:
 
 
 class HostRows:
-    """Rows in float32 numpy blocks of ``BLOCK_ROWS`` x ``width``; ``next_row`` hands out the next one."""
+    """Rows in float32 numpy blocks of ``BLOCK_ROWS`` x ``width``; ``next_address`` hands out the next one."""
 
     def __init__(self, width: int) -> None:
         self.width = width
@@ -59,14 +59,18 @@ class HostRows:
     def __len__(self) -> int:
         return self._count
 
-    def next_row(self) -> tuple[np.ndarray, int]:
-        """The next row (a view, contents undefined until written) and its address, for native writers."""
+    def next_address(self) -> int:
+        """Address of the next row (contents undefined until written), for native writers."""
         index = self._count % BLOCK_ROWS
         if index == 0:
             self._blocks.append(np.empty((BLOCK_ROWS, self.width), dtype=np.float32))
             self._address = self._blocks[-1].ctypes.data
         self._count += 1
-        return self._blocks[-1][index], self._address + index * self.width * 4
+        return self._address + index * self.width * 4
+
+    def last_row(self) -> np.ndarray:
+        """The row handed out last, as a numpy view (for values written from Python)."""
+        return self._blocks[-1][(self._count - 1) % BLOCK_ROWS]
 
     def drop_last(self) -> None:
         """Give back the row handed out last (its step was not recorded)."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from dynamics import native
 from dynamics.probes.base import Context, Probe, StepData, Variable
 
 
@@ -31,17 +32,16 @@ class LossAccuracy(Probe):
         ]
 
     def measure_into(self, context: Context, data: StepData, address: int) -> bool:
-        output, target, loss = data.output, data.target, data.loss
-        if output is None or target is None or output.dim() < 1 or target.dtype is not torch.int64 \
-                or not target.is_cpu or not target.is_contiguous() or loss.numel() != 1 \
-                or output.shape[:-1] != target.shape:
+        output, target, library = data.output, data.target, context.kernels
+        if library is None or output is None or target is None or target.dtype is not torch.int64 \
+                or output.dim() < 1 or not target.is_cpu or not target.is_contiguous() \
+                or output.shape[:-1] != target.shape or data.loss.numel() != 1:
             return False
-        library = context.native_for((loss, output))
-        if library is None:
+        pointers = native.readable_pointers((data.loss, output))
+        if pointers is None:
             return False
-        classes = output.shape[-1]
-        library.loss_accuracy_f32(loss.data_ptr(), output.data_ptr(), output.numel() // max(classes, 1), classes,
-                                  target.data_ptr(), address)
+        library.loss_accuracy_f32(pointers[0], pointers[1], target.numel(), output.shape[-1], target.data_ptr(),
+                                  address)
         return True
 
     def measure(self, context: Context, data: StepData) -> dict[str, torch.Tensor]:

@@ -29,12 +29,11 @@ _PARAM = ("param",)
 class _NormPass:
     """``param_norm``, ``dist_from_init`` and ``update_norm`` of one recorder's step in one native call.
 
-    Each of the three probes that is attached registers here (the distance and update probes with their own
-    copies of the parameters, ``initial`` and ``previous``, in ``copies``: None where the kernels cannot read
-    them); the
-    first one to measure a step runs the pass for all of them, into ``values`` (one float32 row per kind), and
-    each copies its row into the recorded row. With ``copy`` (the next step is recorded too) the pass also
-    refreshes ``previous`` while the parameters are in cache.
+    Each of the three probes that is attached registers here (``register``; the distance and update probes with
+    their own copies of the parameters, ``initial`` and ``previous``, in ``copies``: None where the kernels cannot
+    read them); the first one to measure a step runs the pass for all of them, into ``values`` (one float32 row
+    per kind), and each copies its row into the recorded row. With ``copy`` (the next step is recorded too) the
+    pass also refreshes ``previous`` while the parameters are in cache.
     """
 
     NORM, DIST, UPDATE = 0, 1, 2
@@ -48,6 +47,8 @@ class _NormPass:
         self.copied = False
         """Whether the last pass copied the parameters into ``previous``."""
         self._step = -1
+        self._arguments: tuple[Any, ...] | None = None
+        """The pass's fixed arguments (``_prepare``), made at its first step after a ``register``."""
 
     @classmethod
     def of(cls, context: Context) -> _NormPass:
@@ -57,6 +58,15 @@ class _NormPass:
             shared = context.shared["parameter_norms"] = cls(len(context.params))
         return shared
 
+    def register(self, kind: int, copies: native.TensorList | None = None) -> None:
+        """Measure ``kind`` too: NORM, or DIST and UPDATE against a probe's ``copies`` of the parameters (None where
+        the kernels cannot read them; a restored checkpoint registers its copies again)."""
+        if kind == self.NORM:
+            self.norm = True
+        else:
+            self.copies[kind] = copies
+        self._arguments = None
+
     def measure_into(self, context: Context, kind: int, address: int) -> bool:
         """Write this step's values of ``kind`` as float32 at ``address``; False where the kernels cannot."""
         library = context.param_kernels
@@ -64,16 +74,20 @@ class _NormPass:
             return False
         if self._step != context.measured_steps:
             self._step = context.measured_steps
-            params = context.param_list
-            initial, previous = self.copies[self.DIST], self.copies[self.UPDATE]
-            self.copied = context.next_recorded and previous is not None
-            library.norms_f32(params.count, context.param_pointers, params.numel_address,
-                              self.rows[self.NORM] if self.norm else None,
-                              None if initial is None else initial.address, self.rows[self.DIST],
-                              None if previous is None else previous.address, self.rows[self.UPDATE],
-                              self.copied, torch.get_num_threads())
+            self.copied = copy = context.next_recorded and self.copies[self.UPDATE] is not None
+            arguments = self._arguments
+            if arguments is None:
+                arguments = self._arguments = self._prepare(context)
+            library.norms_f32(arguments[0], context.param_pointers, *arguments[1:], copy, torch.get_num_threads())
         ctypes.memmove(address, self.rows[kind], self.nbytes)
         return True
+
+    def _prepare(self, context: Context) -> tuple[Any, ...]:
+        """The pass's arguments other than the parameters' addresses, the copy flag and the thread count."""
+        initial, previous = self.copies[self.DIST], self.copies[self.UPDATE]
+        return (context.param_list.count, context.param_list.numel_address, self.rows[self.NORM] if self.norm else None,
+                None if initial is None else initial.address, self.rows[self.DIST],
+                None if previous is None else previous.address, self.rows[self.UPDATE])
 
 
 def _own_copies(tensors: list[torch.Tensor]) -> native.TensorList | None:
@@ -237,7 +251,7 @@ class ParamNorm(Probe):
 
     def attach(self, context: Context) -> None:
         self._pass = _NormPass.of(context)
-        self._pass.norm = True
+        self._pass.register(_NormPass.NORM)
 
     def variables(self, context: Context) -> list[Variable]:
         return [Variable("param_norm", _PARAM, {"units": "param", "long_name": "parameter L2 norm"})]
@@ -275,7 +289,7 @@ class _NormFromCopy(Probe):
 
     def _register(self) -> None:
         """Give the shared pass the current copy (a restored checkpoint replaces it)."""
-        self._pass.copies[self.kind] = _own_copies(self._copy())
+        self._pass.register(self.kind, _own_copies(self._copy()))
 
     def measure(self, context: Context, data: StepData) -> dict[str, torch.Tensor]:
         return {self.name: torch.stack(torch._foreach_norm(torch._foreach_sub(context.params, self._copy())))}

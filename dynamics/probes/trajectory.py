@@ -46,6 +46,7 @@ sign and dense directions ``E[traj_proj[i, j]^2] = dist_from_init[i]^2 / n_i``.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -153,9 +154,11 @@ class Sketch(Probe):
         """``1 / w_ij`` as ``(P, k)`` float64 (0 for an empty hashed direction): raw sums to unit projections."""
         self._weights: torch.Tensor | None = None
         """``w_ij / sqrt(sum_i w_ij^2)`` as ``(P, k)``: the whole-model combination."""
+        self._native: tuple[Any, int, tuple[Any, ...]] | None = None
+        """The native sketch function, the tensor count and its fixed arguments (``_run_native``)."""
 
     def attach(self, context: Context) -> None:
-        self._tables, self._rows64 = [], None
+        self._tables, self._rows64, self._native = [], None, None
         weights = []
         for index, param in enumerate(context.params):
             raw = _draw(param.numel(), self.k, self.seed, index, self.mode)
@@ -176,6 +179,11 @@ class Sketch(Probe):
         self._origin = None
         with torch.no_grad():
             self._origin = self._project(context)[0].clone()
+        self._native = None  # prepared again with the origin
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        self._native = None  # the restored origin is another tensor
 
     def _unit_rows(self) -> list[torch.Tensor]:
         """Dense and sign directions as float64 unit rows ``(k, n_i)`` (for the torch operations), made once."""
@@ -230,15 +238,18 @@ class Sketch(Probe):
         self._run_native(library, params.pointers(), projection.data_ptr(), total.data_ptr(), None)
         return projection, total
 
-    def _run_native(self, library: object, pointers: int, projection: int | None, total: int | None,
+    def _run_native(self, library: Any, pointers: int, projection: int | None, total: int | None,
                     out: int | None) -> None:
         """The native sketch of the parameters at ``pointers``, writing float64 ``projection`` (P, k) and ``total``
         (k,) and/or float32 ``out`` = [traj_proj, traj_proj_total] at the given addresses (None: not written)."""
-        sketch = getattr(library, f"{self.mode}_sketch_f32")
-        params = self._context_params
-        sketch(params.count, pointers, self._table_pointers, params.numel_address, self.k, self._scale.data_ptr(),
-               None if self._origin is None else self._origin.data_ptr(), self._weights.data_ptr(),
-               self._raw.data_ptr(), projection, total, out)
+        if self._native is None:  # the function and its fixed arguments, prepared once (a call per recorded step)
+            params = self._context_params
+            self._native = (getattr(library, f"{self.mode}_sketch_f32"), params.count, (
+                self._table_pointers, params.numel_address, self.k, self._scale.data_ptr(),
+                None if self._origin is None else self._origin.data_ptr(), self._weights.data_ptr(),
+                self._raw.data_ptr()))
+        sketch, count, fixed = self._native
+        sketch(count, pointers, *fixed, projection, total, out)
 
     def measure(self, context: Context, data: StepData) -> dict[str, torch.Tensor]:
         proj, total = self._project(context)
