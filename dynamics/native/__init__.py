@@ -149,7 +149,11 @@ class PointerArray:
 
     def fill(self, tensors: Sequence[torch.Tensor]) -> int:
         """Address of the array after writing the tensors' current data pointers into it."""
-        self._pointers[:] = [t.data_ptr() for t in tensors]
+        return self.set([t.data_ptr() for t in tensors])
+
+    def set(self, addresses: list[int]) -> int:
+        """Address of the array after writing ``addresses`` into it."""
+        self._pointers[:] = addresses
         self._checked = None
         return self._address
 

@@ -201,7 +201,7 @@ class GradNorm(Probe):
         if library is None or not context.param_list.supported_pointers():
             return False
         try:
-            pointers = self._grad_pointers.fill([p.grad for p in params])
+            pointers = self._grad_pointers.set([p.grad.data_ptr() for p in params])
         except RuntimeError:  # sparse gradients
             return False
         library.norms_f32(len(params), pointers, context.param_list.numel_address, self._host_address, None, None,
