@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import pytest
 import torch
@@ -100,14 +102,18 @@ def test_sketch_never_exceeds_the_distance_from_init(run: xr.Dataset) -> None:
     assert (proj.max(axis=2) > 0).all()  # every tensor moved, and the sketch saw it
 
 
-@pytest.mark.parametrize("kernels", ["native", "torch"])
+@pytest.mark.parametrize(("kernels", "width", "threads"), [("native", 16, 1), ("native", 1500, 2), ("torch", 16, 1)])
 @pytest.mark.parametrize(("mode", "k"), [("hashed", 4), ("dense", 4), ("sign", 11)])
-def test_every_sketch_mode_in_a_user_loop_matches_its_directions(tmp_path, monkeypatch, mode, k, kernels) -> None:
+def test_every_sketch_mode_in_a_user_loop_matches_its_directions(tmp_path, monkeypatch, request, mode, k, kernels,
+                                                                  width, threads) -> None:
     """Both implementations (native kernels, torch operations) against the regenerated directions, with k
-    across a byte boundary for the packed sign bits."""
+    across a byte boundary for the packed sign bits; natively also with the tensors shared out over two
+    threads (a model above the kernels' 16384 parameters for that)."""
     monkeypatch.setenv("DYNAMICS_NATIVE", "1" if kernels == "native" else "0")
+    request.addfinalizer(functools.partial(torch.set_num_threads, torch.get_num_threads()))
+    torch.set_num_threads(threads)
     torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Linear(12, 16), torch.nn.Tanh(), torch.nn.Linear(16, 3))
+    model = torch.nn.Sequential(torch.nn.Linear(12, width), torch.nn.Tanh(), torch.nn.Linear(width, 3))
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     initial = torch.cat([p.detach().reshape(-1) for p in model.parameters()]).double()
     thetas = []

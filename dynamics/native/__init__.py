@@ -6,7 +6,8 @@ work in one pass: the activation statistics of a layer, the norms or distances o
 sketch projections, loss and accuracy, and they write straight into the recorder's host row. The first
 process that needs them compiles the file with the system C compiler (``$CC``, else ``cc``; ``-O3
 -march=native``, and ``-fopenmp`` where it builds: the activation pass then splits its rows over torch's
-OpenMP threads; a portable ``-O3`` build where neither is known) into ``<cache>/native/``
+OpenMP threads, and the norms and sketches share out the tensors; a portable ``-O3`` build where neither is
+known) into ``<cache>/native/``
 (``$DYNAMICS_CACHE``, else ``~/.cache/dynamics``), keyed by the source, the flags and the processor, and
 every later process loads it.
 
@@ -47,9 +48,9 @@ _SIGNATURES = {
                              _P, _P, ctypes.c_int, _P],
     "norms_f32": [_I, _P, _P, _P, _P, _P, _P, _P, ctypes.c_int, ctypes.c_int],
     "copy_tensors_f32": [_I, _P, _P, _P],
-    "sign_sketch_f32": [_I, _P, _P, _P, _I, _P, _P, _P, _P, _P, _P, _P],
-    "dense_sketch_f32": [_I, _P, _P, _P, _I, _P, _P, _P, _P, _P, _P, _P],
-    "hashed_sketch_f32": [_I, _P, _P, _P, _I, _P, _P, _P, _P, _P, _P, _P],
+    "sign_sketch_f32": [_I, _P, _P, _P, _I, _P, _P, _P, _P, _P, _P, _P, ctypes.c_int],
+    "dense_sketch_f32": [_I, _P, _P, _P, _I, _P, _P, _P, _P, _P, _P, _P, ctypes.c_int],
+    "hashed_sketch_f32": [_I, _P, _P, _P, _I, _P, _P, _P, _P, _P, _P, _P, ctypes.c_int],
     "activation_finish_f32": [_I, _P, _P, _P, _P],
     "loss_accuracy_f32": [_P, _P, _I, _I, _P, _P],
 }

@@ -91,7 +91,16 @@ ROWS(rows_both_counts, RULE_LOW | RULE_HIGH, 1, 0)
 ROWS(rows_moments, 0, 0, 1)
 
 #define MAX_THREADS 64
-#define PARALLEL_MIN 32768 /* entries below which one thread does the pass */
+#define PARALLEL_MIN 32768 /* entries below which one thread does an activation pass */
+#define TENSORS_PARALLEL_MIN 16384 /* entries below which one thread does the norms or a sketch (shared out by
+                                    * tensor: on 23k parameters a second thread saves about a third) */
+
+/* The team for a pass over `tensors` tensors of numel[i] entries each: `threads`, or 1 for a small total. */
+static int tensors_team(int64_t tensors, const int64_t *numel, int threads) {
+    int64_t entries = 0;
+    for (int64_t i = 0; i < tensors; i++) entries += numel[i];
+    return threads < 1 || entries < TENSORS_PARALLEL_MIN ? 1 : threads;
+}
 
 /* out = [entries outside the flat region, active units, sum, sum of squared deviations from the mean];
  * active[c] = 1 where some row is outside the flat region at column c, else 0. rule has RULE_LOW and/or
@@ -195,16 +204,13 @@ static const norms_function NORMS_BY_KIND[8] = {0, norms_n, norms_d, norms_nd, n
 
 /* For each tensor x_i, whichever outputs are not NULL: norm[i] = |x_i|, dist[i] = |x_i - a_i| (a not NULL),
  * update[i] = |x_i - b_i| (b not NULL; with copy, b_i = x_i afterwards, while both are in cache), in one read of
- * x_i, accumulated in double. Tensors are shared out over `threads` (OpenMP, torch's team) by size. */
+ * x_i, accumulated in double. Tensors are shared out over `threads` (OpenMP, torch's team; tensors_team). */
 void norms_f32(int64_t tensors, const float *const *x, const int64_t *numel, float *norm, const float *const *a,
                float *dist, float *const *b, float *update, int copy, int threads) {
     const int kind = (norm ? 1 : 0) | (dist && a ? 2 : 0) | (update && b ? 4 : 0);
     if (!kind) return;
     const norms_function pass = NORMS_BY_KIND[kind];
-    int64_t entries = 0;
-    for (int64_t i = 0; i < tensors; i++) entries += numel[i];
-    int team = threads < 1 ? 1 : threads;
-    if (entries < PARALLEL_MIN) team = 1;
+    const int team = tensors_team(tensors, numel, threads);
 #pragma omp parallel for schedule(dynamic, 1) num_threads(team) if (team > 1)
     for (int64_t i = 0; i < tensors; i++) {
         double acc[3];
@@ -242,11 +248,16 @@ static void finish_sketch(int64_t tensors, int64_t k, const double *raw, const d
     }
 }
 
+/* The three sketches share tensors out over `threads` (tensors_team); each tensor's sums are its own, so the
+ * result does not depend on the thread count. */
+
 /* Dense sketch: raw[i, j] = g_i[j, :] . theta_i in double (g_i row-major (k, n_i)), then finish_sketch.
  * raw is scratch of (tensors, k) doubles. */
 void dense_sketch_f32(int64_t tensors, const float *const *theta, const float *const *g, const int64_t *numel,
                       int64_t k, const double *scale, const double *origin, const double *weights, double *raw,
-                      double *projection, double *total, float *out) {
+                      double *projection, double *total, float *out, int threads) {
+    const int team = tensors_team(tensors, numel, threads);
+#pragma omp parallel for schedule(dynamic, 1) num_threads(team) if (team > 1)
     for (int64_t i = 0; i < tensors; i++) {
         const float *x = theta[i];
         const int64_t n = numel[i];
@@ -272,9 +283,11 @@ void dense_sketch_f32(int64_t tensors, const float *const *theta, const float *c
  * each direction then signs the 256 bin sums: sum_e s_ij[e] x[e] = sum_v (bit j of v ? 1 : -1) bin[v]. */
 void sign_sketch_f32(int64_t tensors, const float *const *theta, const uint8_t *const *bits, const int64_t *numel,
                      int64_t k, const double *scale, const double *origin, const double *weights, double *raw,
-                     double *projection, double *total, float *out) {
-    double bins[4][256];
+                     double *projection, double *total, float *out, int threads) {
+    const int team = tensors_team(tensors, numel, threads);
+#pragma omp parallel for schedule(dynamic, 1) num_threads(team) if (team > 1)
     for (int64_t i = 0; i < tensors; i++) {
+        double bins[4][256];
         const float *x = theta[i];
         const int64_t n = numel[i];
         for (int64_t r = 0; r * 8 < k; r++) {
@@ -305,7 +318,10 @@ void sign_sketch_f32(int64_t tensors, const float *const *theta, const uint8_t *
  * direction bins_i[e] - k, in double, then finish_sketch. raw is scratch of (tensors, 2 k) doubles. */
 void hashed_sketch_f32(int64_t tensors, const float *const *theta, const int32_t *const *bins,
                        const int64_t *numel, int64_t k, const double *scale, const double *origin,
-                       const double *weights, double *raw, double *projection, double *total, float *out) {
+                       const double *weights, double *raw, double *projection, double *total, float *out,
+                       int threads) {
+    const int team = tensors_team(tensors, numel, threads);
+#pragma omp parallel for schedule(dynamic, 1) num_threads(team) if (team > 1)
     for (int64_t i = 0; i < tensors; i++) {
         double *sums = raw + i * 2 * k;
         for (int64_t b = 0; b < 2 * k; b++) sums[b] = 0.0;

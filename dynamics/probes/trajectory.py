@@ -249,7 +249,7 @@ class Sketch(Probe):
                 None if self._origin is None else self._origin.data_ptr(), self._weights.data_ptr(),
                 self._raw.data_ptr()))
         sketch, count, fixed = self._native
-        sketch(count, pointers, *fixed, projection, total, out)
+        sketch(count, pointers, *fixed, projection, total, out, torch.get_num_threads())
 
     def measure(self, context: Context, data: StepData) -> dict[str, torch.Tensor]:
         proj, total = self._project(context)
