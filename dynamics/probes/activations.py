@@ -295,14 +295,17 @@ class ActivationStats(Probe):
         scratch = self._scratch
         fused = _NativePass(rule, scratch, index, self._prepared)
         library = context.kernels
+        # bound once: the hook runs inside the forward pass, where each lookup costs (see _NativePass)
+        grad_enabled, is_compiling, threads = torch.is_grad_enabled, torch.compiler.is_compiling, torch.get_num_threads
+        float32, strided = torch.float32, torch.strided
 
         def hook(module: nn.Module, args: tuple, output: torch.Tensor) -> None:
-            if not context.capturing:
+            if not context.recording or context.paused or not grad_enabled():  # Context.capturing, inlined
                 return
             ready = fused.ready
-            if ready is not None and not passes and not torch.compiler.is_compiling() and output.shape == ready[0] \
-                    and output.is_cpu and output.dtype is torch.float32 and output.layout is torch.strided \
-                    and output.is_contiguous() and torch.get_num_threads() == ready[1]:
+            if ready is not None and not passes and not is_compiling() and output.shape == ready[0] \
+                    and output.is_cpu and output.dtype is float32 and output.layout is strided \
+                    and output.is_contiguous() and threads() == ready[1]:
                 library.activation_stats_f32(output.data_ptr(), *ready[2])  # the prepared call
                 passes.append(fused.first)
                 self._prepared_passes += 1

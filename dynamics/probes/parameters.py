@@ -131,6 +131,7 @@ class GradNorm(Probe):
         self._context: Context | None = None
         self._touched: list[int] = []
         self._queued = False
+        self._queue_callback = torch.autograd.Variable._execution_engine.queue_callback
 
     def attach(self, context: Context) -> None:
         self._context = context
@@ -157,7 +158,7 @@ class GradNorm(Probe):
     def _queue(self) -> None:
         """Have the engine call ``_read_norms`` at the end of this backward pass (right away outside one)."""
         try:
-            torch.autograd.Variable._execution_engine.queue_callback(self._read_norms)
+            self._queue_callback(self._read_norms)
         except RuntimeError:  # not inside an engine-run backward: read right away
             self._read_norms()
         else:
