@@ -161,10 +161,10 @@ class PointerArray:
     def fill_supported(self, tensors: Sequence[torch.Tensor]) -> int:
         """``fill`` where the kernels can read every tensor (:func:`readable_pointers`), else 0.
 
-        The recorder does this for the parameters and gradients at every recorded step, so tensors at the
-        addresses checked last time are not checked again: storage that stays in place keeps its dtype, device
-        and layout (a tensor made a differently strided view of the same storage, such as ``p.data =
-        p.data.t()``, is the one change this does not see; gradients always have their parameter's layout).
+        The recorder does this for the parameters at every recorded step, so tensors at the addresses checked
+        last time are not checked again: storage that stays in place keeps its dtype, device and layout (a
+        tensor made a differently strided view of the same storage, such as ``p.data = p.data.t()``, is the one
+        change this does not see).
         """
         try:
             pointers = [t.data_ptr() for t in tensors]
@@ -198,7 +198,6 @@ class TensorList:
         """Address of the array of the tensors' current data pointers."""
         return self._pointers.fill(self.tensors)
 
-    def supported_pointers(self, tensors: Sequence[torch.Tensor] | None = None) -> int:
-        """``pointers`` where the kernels can read every tensor, else 0 (of ``tensors`` instead, when given: a
-        list of the same length and sizes, such as this step's gradients of the listed parameters)."""
-        return self._pointers.fill_supported(self.tensors if tensors is None else tensors)
+    def supported_pointers(self) -> int:
+        """``pointers`` where the kernels can read every tensor, else 0."""
+        return self._pointers.fill_supported(self.tensors)

@@ -173,6 +173,7 @@ class _NativePass:
         self.first: _Pass | None = None
         """The prepared pass's record, appended as is at each step (its buffers are refilled in place)."""
         self.masks: torch.Tensor | None = None
+        """The other threads' unit masks of the prepared pass (its own: the shared scratch may be reallocated)."""
 
     def run(self, library: Any, values: torch.Tensor, number: int, counts: bool, moments: bool,
             stats: torch.Tensor | None = None) -> tuple[torch.Tensor | None, torch.Tensor]:
@@ -193,7 +194,7 @@ class _NativePass:
         cols = values.numel() // rows
         threads = torch.get_num_threads()
         prepare = number == 0 and counts and moments and stats is own_stats and self.table is not None
-        if threads > 1 and counts:  # a prepared call keeps its own masks: the shared scratch may be reallocated
+        if threads > 1 and counts:
             masks = (torch.empty((threads - 1) * cols) if prepare else self.scratch.flat((threads - 1) * cols, slot=2))
         else:
             masks = None

@@ -96,8 +96,8 @@ def _own_copies(tensors: list[torch.Tensor]) -> native.TensorList | None:
 
 
 def _dense(grad: torch.Tensor) -> torch.Tensor:
-    """A gradient as a tensor with its norm that ``_foreach_norm`` reads: a sparse one (``nn.Embedding(sparse=True)``)
-    as its coalesced values (duplicate indices summed)."""
+    """The tensor whose norm is the gradient's, for ``_foreach_norm``: a sparse gradient (``nn.Embedding(sparse=True)``)
+    gives its coalesced values (duplicate indices summed)."""
     return grad.coalesce().values() if grad.is_sparse else grad
 
 
