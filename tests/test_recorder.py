@@ -258,6 +258,35 @@ def test_sparse_gradients_are_measured_as_their_dense_norm(tmp_path, kernels):
     np.testing.assert_allclose(open_run(tmp_path / "run")["grad_norm"].values, expected, rtol=RTOL, atol=0.0)
 
 
+def test_parameters_given_new_storage_or_dtype_mid_run_are_measured_again(tmp_path, kernels):
+    """The native pointer checks are cached by address: parameters moved to new storage (step 3) and to
+    float64 (step 4, where the torch operations take over) are measured as brute force says."""
+    torch.manual_seed(5)
+    model = nn.Sequential(nn.Linear(6, 300), nn.ReLU(), nn.Linear(300, 60), nn.ReLU(), nn.Linear(60, 3))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    expected = []
+    with Recorder(model, optimizer, tmp_path / "run") as recorder:
+        for step in range(6):
+            if step == 3:
+                for param in model.parameters():
+                    param.data = param.data.clone()
+            if step == 4:
+                model.double()
+            dtype = next(model.parameters()).dtype
+            x, y = torch.randn(40, 6, dtype=dtype), torch.randint(0, 3, (40,))
+            optimizer.zero_grad()
+            out = model(x)
+            loss = F.cross_entropy(out, y)
+            loss.backward()
+            grads = [float(p.grad.double().norm()) for p in model.parameters()]
+            optimizer.step()
+            recorder.step(loss=loss, output=out, target=y)
+            expected.append((grads, [float(p.detach().double().norm()) for p in model.parameters()]))
+    run = open_run(tmp_path / "run")
+    np.testing.assert_allclose(run["grad_norm"].values, [g for g, _ in expected], rtol=RTOL)
+    np.testing.assert_allclose(run["param_norm"].values, [n for _, n in expected], rtol=RTOL)
+
+
 def test_activation_variables_are_not_trivial(tmp_path):
     """The reference comparison above must exercise non-zero flat and dead fractions, or it proves little."""
     torch.manual_seed(0)
