@@ -175,7 +175,8 @@ class Sketch(Probe):
         self._table_list = native.TensorList(self._tables)
         self._table_pointers = self._table_list.address
         """The tables are the probe's own tensors: their addresses never change."""
-        self._raw = torch.empty((len(context.params), 2 * self.k), dtype=torch.float64, device=device)
+        self._raw = torch.empty((len(context.params), 2 * self.k), dtype=torch.float64)
+        """Scratch of the native kernels (CPU only, as they are)."""
         self._origin = None
         with torch.no_grad():
             self._origin = self._project(context)[0].clone()
