@@ -301,8 +301,10 @@ def open_run(path: str | os.PathLike[str]) -> xr.Dataset:
     committed = attrs.get("committed", {})
     try:
         with warnings.catch_warnings():
-            # an atomic write in progress (or killed) leaves a "zarr.<id>.partial" file beside zarr.json
-            warnings.filterwarnings("ignore", message=r"Object at .*\.partial is not recognized")
+            # a write killed or in progress leaves what is not (yet) part of the hierarchy: an atomic write's
+            # "zarr.<id>.partial" file beside zarr.json, or the directory of an array whose zarr.json was never
+            # written (its flush did not complete, so none of its rows is committed)
+            warnings.filterwarnings("ignore", message=r"Object at .* is not recognized as a component")
             arrays = {name: array for name, array in group.arrays()}
             grouped = _group_variables(group)
     except Exception as err:

@@ -273,6 +273,21 @@ def test_uncommitted_rows_stay_hidden_on_every_read_path(tmp_path):
     np.testing.assert_array_equal(ds.load().loss.values, committed.loss.values)
 
 
+def test_what_a_killed_write_leaves_half_made_opens_without_warnings(tmp_path):
+    """A writer killed inside a flush can leave an array directory without its zarr.json (created, never
+    described) and an atomic write's partial file: neither is committed data, and neither is reported."""
+    run = tmp_path / "run"
+    make_run(run)
+    committed = open_run(run).load()
+    (run / "data.zarr" / "new_variable").mkdir()
+    (run / "data.zarr" / "loss" / "zarr.json.a1b2.partial").write_bytes(b'{"zarr_fo')
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ds = open_run(run)
+    assert "new_variable" not in ds
+    np.testing.assert_array_equal(ds.loss.values, committed.loss.values)
+
+
 def make_run(run_dir: Path) -> None:
     """A small finished run written in this process."""
     import torch
