@@ -273,6 +273,9 @@ class ActivationStats(Probe):
         self._prepared = np.zeros((3, len(layers)), dtype=np.int64)
         """[entries, units, stats address] of each layer's prepared native pass (``_NativePass.ready``)."""
         self._prepared_address = self._prepared.ctypes.data
+        self._table = np.zeros((3, len(layers)), dtype=np.int64)
+        """The same for a step whose single passes were not all prepared (filled at its measurement)."""
+        self._table_address = self._table.ctypes.data
         for name, module, rule in layers:
             index = len(self.layer_names)
             self.layer_names.append(name)
@@ -283,10 +286,6 @@ class ActivationStats(Probe):
                 self._handles.append(module.register_forward_hook(self._moments_hook(index)))
             else:
                 self._handles.append(module.register_forward_hook(self._output_hook(index)))
-        self._sizes = np.zeros((2, len(self.layer_names)), dtype=np.int64)
-        """Entries and units of each layer's pass, for the native finish."""
-        self._sizes_address = self._sizes.ctypes.data
-        self._stat_pointers = native.PointerArray(len(self.layer_names))
 
     def _output_hook(self, index: int) -> Callable[[nn.Module, tuple, torch.Tensor], None]:
         rule = self.rules[index]
@@ -415,20 +414,17 @@ class ActivationStats(Probe):
         if not layers:
             return True
         if self._prepared_passes == layers and not self._other_passes:  # one prepared pass per layer
-            prepared = self._prepared_address
-            context.kernels.activation_finish_f32(layers, prepared + 16 * layers, prepared, prepared + 8 * layers,
-                                                  address)
-            self._clear()
-            return True
-        if not all(len(passes) == 1 and passes[0].stats is not None for passes in self._passes):
-            return False
-        stats = [passes[0].stats for passes in self._passes]
-        library = context.native_for(stats)
-        if library is None:
-            return False
-        self._sizes[:] = [[passes[0].entries for passes in self._passes], [passes[0].units for passes in self._passes]]
-        library.activation_finish_f32(len(stats), self._stat_pointers.fill(stats), self._sizes_address,
-                                      self._sizes_address + 8 * len(stats), address)
+            table = self._prepared_address
+        else:
+            if context.kernels is None or not all(len(p) == 1 and p[0].stats is not None for p in self._passes):
+                return False
+            pointers = native.readable_pointers([passes[0].stats for passes in self._passes])
+            if pointers is None:
+                return False
+            self._table[:] = [[p[0].entries for p in self._passes], [p[0].units for p in self._passes], pointers]
+            table = self._table_address
+        # the table's rows: entries, units (int64) and the stats vectors' addresses
+        context.kernels.activation_finish_f32(layers, table + 16 * layers, table, table + 8 * layers, address)
         self._clear()
         return True
 
