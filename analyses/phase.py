@@ -69,7 +69,7 @@ from analyses.enlightenment import EnlightenmentPeriod, check_arguments, enlight
 from analyses.overview import ENP_COLOR, save_figure
 from dynamics.cli import UsageParser
 from dynamics.errors import ConfigError, DynamicsError
-from dynamics.store import CHUNK_ROWS, open_run
+from dynamics.store import CHUNK_ROWS, distinct_runs, open_run
 
 USAGE_ERROR = 2
 MODELS = ("logistic", "stretched_exp")
@@ -407,18 +407,20 @@ def _check_runs(runs: Sequence[xr.Dataset]) -> None:
 
 
 def num_classes_of(ds: xr.Dataset) -> int | None:
-    """The class count of a run: from the probes' variable attributes, else from ``meta.json`` results."""
+    """The class count of a run: from the probes' variable attributes, else from ``meta.json`` (the count the
+    Recorder saw in the first output, or the built-in loop's results)."""
     for name in _NEEDED:
         if name in ds.variables and "num_classes" in ds[name].attrs:
             return int(ds[name].attrs["num_classes"])
     run_dir = ds.attrs.get("run_dir")
     if run_dir and (Path(run_dir) / "meta.json").is_file():
         try:
-            results = json.loads((Path(run_dir) / "meta.json").read_text()).get("results") or {}
+            meta = json.loads((Path(run_dir) / "meta.json").read_text())
         except (OSError, ValueError):
             return None
-        if isinstance(results.get("num_classes"), int):
-            return int(results["num_classes"])
+        for found in (meta.get("num_classes"), (meta.get("results") or {}).get("num_classes")):
+            if isinstance(found, int) and not isinstance(found, bool):
+                return found
     return None
 
 
@@ -552,6 +554,7 @@ def analyse_phase(runs: xr.Dataset | Sequence[xr.Dataset], *, num_classes: int |
     if isinstance(max_points, bool) or not isinstance(max_points, int) or max_points < _MIN_POINTS:
         raise ConfigError(f"max_points must be an integer >= {_MIN_POINTS}, got {max_points!r}")
     _check_runs(datasets)
+    distinct_runs(ds.attrs["run_dir"] for ds in datasets if "run_dir" in ds.attrs)  # one seed counted once
     if num_classes is None:
         found = {num_classes_of(ds) for ds in datasets}
         if None in found or len(found) != 1:
@@ -822,7 +825,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     try:
         args = parser.parse_args(argv)
-        result = analyse_phase([open_run(path) for path in args.run_dirs], num_classes=args.num_classes,
+        result = analyse_phase([open_run(path) for path in distinct_runs(args.run_dirs)], num_classes=args.num_classes,
                                n_boot=args.bootstrap, level=args.level, seed=args.seed,
                                progress=not args.no_progress)
         png, pdf = plot_phase(result, args.out or args.run_dirs[0] / "phase", log_time=args.log_time)

@@ -6,16 +6,25 @@ the arrays, then commits the new lengths in the group's attributes; every file w
 local store writes a temporary file and renames it). A reader therefore trusts only the committed
 lengths, so a process killed at any moment, even mid-flush, leaves a store that opens and holds every
 committed row; a reader in another process sees a consistent prefix while the run is writing.
+
+Every chunk the writer stores ends in a CRC-32C checksum (Zarr's ``crc32c`` codec, after the compression), and
+every chunk is written, even one that holds only fill values (the one exception: the rows before a variable's
+array was created, see ``FIRST_ROW``, are not stored). A reader therefore tells damage from absence:
+``open_run`` lists each array's chunk files once and names the first one missing within the committed
+length, and a read names the chunk whose checksum or decoding fails, or that vanished after ``open_run``
+(always a :class:`StoreError`, never a fill value read in its place). Arrays of stores written before the
+checksum (no ``crc32c`` codec) are read as before, unverified.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import shutil
 import tempfile
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +33,7 @@ import xarray as xr
 import zarr
 from xarray.backends import BackendArray
 from xarray.core import indexing
+from zarr.codecs import Crc32cCodec, ZstdCodec
 
 from dynamics.errors import ConfigError, StoreError
 from dynamics.runlock import LOCK_NAME, RunLock
@@ -33,6 +43,42 @@ FORMAT_VERSION = 1
 APPEND_DIMS = ("step", "eval_step")
 CHUNK_ROWS = 512
 DATA_NAME = "data.zarr"
+FIRST_ROW = "first_stored_row"
+"""Attribute of an array created after earlier appends (a variable first given then): its earlier rows hold the
+fill value without being stored, so only the chunks from this row on must exist."""
+DAMAGED = "the store is damaged (restore the run directory from a copy, or record the run again)"
+
+
+def checked_array_options() -> dict[str, Any]:
+    """Keyword arguments of ``zarr.Group.create_array`` for an array the reader verifies: every chunk ends in a
+    CRC-32C checksum (after the zstd compression), and chunks holding only fill values are written too, so a
+    missing chunk file within the committed length always means damage."""
+    return {"compressors": (ZstdCodec(), Crc32cCodec()), "config": {"write_empty_chunks": True}}
+
+
+def writable_arrays(group: zarr.Group) -> dict[str, zarr.Array]:
+    """The arrays of ``group`` opened to write every chunk, even one of fill values only (see
+    :func:`checked_array_options`); the setting is read when an array is opened."""
+    with zarr.config.set({"array.write_empty_chunks": True}):
+        return dict(group.arrays())
+
+
+def distinct_runs(paths: Iterable[str | os.PathLike[str]]) -> list[Path]:
+    """``paths`` as a list, refusing (ConfigError) one that names the same run as an earlier one: the same
+    directory by another spelling, a symbolic link to it, or its ``data.zarr``."""
+    runs = [Path(path) for path in paths]
+    seen: dict[Any, Path] = {}
+    for run in runs:
+        target = run.parent if run.name == DATA_NAME else run
+        try:
+            info = target.stat()
+            key: Any = (info.st_dev, info.st_ino)
+        except OSError:
+            key = os.path.realpath(target)
+        if key in seen:
+            raise ConfigError(f"{run} is the same run as {seen[key]}; pass each run directory once")
+        seen[key] = run
+    return runs
 
 
 def write_json_atomic(path: Path, payload: Mapping[str, Any]) -> None:
@@ -65,21 +111,24 @@ def prepare_run_dir(run_dir: Path, overwrite: bool) -> RunLock:
     """Create an empty run directory and take its write lock, refusing to clobber anything that is not an
     explicitly replaced run, or a run another process is writing (the lock is taken before anything is removed)."""
     if run_dir.exists() and not run_dir.is_dir():
-        raise ConfigError(f"--out {run_dir} is a file, not a directory; choose another --out")
+        raise ConfigError(f"run_dir={run_dir} is a file, not a directory; choose another run_dir", key="run_dir")
     replace = run_dir.is_dir() and any(entry.name != LOCK_NAME for entry in run_dir.iterdir())
     if replace:
         meta_path = run_dir / "meta.json"
         if not meta_path.exists():
-            raise ConfigError(f"--out {run_dir} exists and is not a run directory; choose an empty or new --out")
+            raise ConfigError(f"run_dir={run_dir} exists and is not a run directory; choose an empty or new run_dir",
+                              key="run_dir")
         if not overwrite:
             status = _status_of(meta_path)
             raise ConfigError(
-                f"--out {run_dir} already holds a {status} run; pass --overwrite to replace it or choose another --out"
+                f"run_dir={run_dir} already holds a {status} run; pass overwrite=True to replace it or choose another "
+                "run_dir", key=("run_dir", "overwrite")
             )
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
     except OSError as err:
-        raise ConfigError(f"cannot create run directory {run_dir} ({err.strerror}); choose a writable --out") from None
+        raise ConfigError(f"cannot create run_dir={run_dir} ({err.strerror}); choose a writable run_dir",
+                          key="run_dir") from None
     lock = RunLock(run_dir)
     if replace:
         for name in ("config.json", "meta.json", DATA_NAME, "overview.png", "overview.pdf", "features",
@@ -108,7 +157,7 @@ def cut_group(group: zarr.Group, lengths: Mapping[str, int]) -> None:
     """
     committed = dict(group.attrs.get("committed", {}))
     group.attrs["committed"] = {**committed, **{dim: int(n) for dim, n in lengths.items()}}
-    for _, array in group.arrays():
+    for array in writable_arrays(group).values():
         dims = array.metadata.dimension_names or ()
         if not dims or dims[0] not in lengths or array.shape[0] <= lengths[dims[0]]:
             continue
@@ -139,7 +188,8 @@ class RunWriter:
         self._attrs: dict[str, dict[str, Any]] = {}
         for name, labels in coords.items():
             values = np.asarray(list(labels), dtype=str)
-            array = self.group.create_array(name, shape=values.shape, dtype=str, dimension_names=[name])
+            array = self.group.create_array(name, shape=values.shape, dtype=str, dimension_names=[name],
+                                            **checked_array_options())
             if values.size:
                 array[:] = values
             self.dim_sizes[name] = len(values)
@@ -165,7 +215,7 @@ class RunWriter:
         committed = writer.group.attrs.get("committed", {})
         lengths = {dim: int(committed.get(dim, 0)) for dim in APPEND_DIMS}
         writer.dim_sizes, writer._arrays, writer._attrs = {}, {}, {}
-        for name, array in writer.group.arrays():
+        for name, array in writable_arrays(writer.group).items():
             dims = tuple(array.metadata.dimension_names or ())
             if dims and dims[0] in APPEND_DIMS:
                 writer._arrays[name] = array
@@ -190,7 +240,8 @@ class RunWriter:
         fill = np.nan if np.issubdtype(dtype, np.floating) else 0
         array = self.group.create_array(
             name, shape=shape, chunks=chunks, dtype=dtype, dimension_names=list(dims), fill_value=fill,
-            attributes=self._attrs.get(name, {}),
+            attributes={**self._attrs.get(name, {}), **({FIRST_ROW: shape[0]} if shape[0] else {})},
+            **checked_array_options(),
         )
         self._arrays[name] = array
         return array
@@ -220,17 +271,29 @@ class RunWriter:
         for name, array in self._arrays.items():
             if name not in columns and array.metadata.dimension_names[0] == append_dim:
                 array.resize((stop, *array.shape[1:]))
+                array[start:stop] = array.fill_value  # stored, so that every chunk in the committed length exists
         self.lengths[append_dim] = stop
         self.group.attrs["committed"] = dict(self.lengths)
 
 
 class _CommittedArray(BackendArray):
-    """A lazy view of a Zarr array cut to its committed length, read only when indexed."""
+    """A lazy view of a Zarr array cut to its committed length, read only when indexed.
+
+    For an array whose chunks carry a checksum, a read checks that the chunks it covers still exist (Zarr reads a
+    missing chunk as fill values), and a chunk that fails its checksum or decoding is named in the StoreError.
+    """
 
     def __init__(self, array: zarr.Array, shape: tuple[int, ...]) -> None:
         self.array = array
         self.shape = shape
         self.dtype = np.dtype(array.dtype)
+        root = getattr(array.store, "root", None)
+        self.directory = Path(str(root)) / array.path if root is not None else None
+        """The array's folder in a local store (None in any other store: nothing is checked on disk)."""
+        self.checked = any(isinstance(codec, Crc32cCodec) for codec in getattr(array.metadata, "codecs", ()))
+        """Whether the chunks carry a checksum (stores written before it do not, and are not verified)."""
+        self.first_row = int(array.attrs.get(FIRST_ROW, 0))
+        """Rows before it were never stored (see FIRST_ROW): a chunk holding no committed row from it on may lack."""
 
     def __getitem__(self, key: indexing.ExplicitIndexer) -> np.ndarray:
         return indexing.explicit_indexing_adapter(key, self.shape, indexing.IndexingSupport.BASIC, self._read)
@@ -240,11 +303,79 @@ class _CommittedArray(BackendArray):
         # committed shape, or the read would return the uncommitted rows beyond it
         key = tuple(_bounded(k, size) for k, size in zip(key, self.shape, strict=True))
         try:
-            return np.asarray(self.array[key])
+            values = np.asarray(self.array[key])
         except Exception as err:  # a damaged chunk raises whatever its codec raises
-            reason = " ".join(str(err).split())
-            raise StoreError(f"{self.array.store_path} is unreadable ({type(err).__name__}: {reason}); "
-                             "the store is damaged") from None
+            raise self._damage(self._chunks_of(key), err) from None
+        # checked after the read: a chunk deleted before or during it was read as fill values
+        self._check_present(self._chunks_of(key), lambda key: (self.directory / key).is_file())
+        return values
+
+    def check_chunks(self) -> None:
+        """Raise StoreError naming the first chunk of the committed shape whose file is missing (one listing)."""
+        if not self.checked or self.directory is None:
+            return
+        present = {Path(root, name).relative_to(self.directory).as_posix()
+                   for root, _, names in os.walk(self.directory) for name in names}
+        self._check_present(itertools.product(*(range(-(-size // chunk)) for size, chunk
+                                                 in zip(self.shape, self.array.chunks, strict=True))),
+                            present.__contains__)
+
+    def _chunks_of(self, key: tuple[Any, ...]) -> Iterable[tuple[int, ...]]:
+        """The chunk coordinates a bounded basic key covers, in order."""
+        spans = []
+        for k, chunk in zip(key, self.array.chunks, strict=True):
+            if isinstance(k, slice):
+                rows = range(k.start, k.stop, k.step)
+                spans.append(range(min(rows) // chunk, max(rows) // chunk + 1) if rows else range(0))
+            else:
+                spans.append(range(k // chunk, k // chunk + 1))
+        return itertools.product(*spans)
+
+    def _check_present(self, chunks: Iterable[tuple[int, ...]], exists: Any) -> None:
+        if self.directory is None:
+            return
+        if not (self.directory / "zarr.json").is_file():
+            raise StoreError(f"{self.directory} is gone: the run directory was moved or deleted after open_run; "
+                             "open it again where it is now")
+        if not self.checked:
+            return
+        for coords in chunks:
+            if coords and min((coords[0] + 1) * self.array.chunks[0], self.shape[0]) <= self.first_row:
+                continue  # only rows from before the array was created: fill values, never stored
+            if not exists(self.array.metadata.encode_chunk_key(coords)):
+                raise StoreError(f"{self._name()}: {self._chunk(coords)} is missing; {DAMAGED}")
+
+    def _damage(self, chunks: Iterable[tuple[int, ...]], err: Exception) -> StoreError:
+        """The StoreError of a read that raised ``err``: the first chunk that fails alone is named."""
+        for coords in chunks:
+            region = tuple(slice(i * chunk, min((i + 1) * chunk, size))
+                           for i, chunk, size in zip(coords, self.array.chunks, self.array.shape, strict=True))
+            try:
+                self.array[region]
+            except Exception as chunk_err:
+                return StoreError(f"{self._name()}: {self._chunk(coords)} is unreadable ({_reason(chunk_err)}); "
+                                  f"{DAMAGED}")
+        return StoreError(f"{self._name()} is unreadable ({_reason(err)}); {DAMAGED}")
+
+    def _name(self) -> str:
+        return str(self.directory) if self.directory is not None else str(self.array.store_path)
+
+    def _chunk(self, coords: tuple[int, ...]) -> str:
+        """E.g. ``chunk 0 (rows 0-511, file c/0)``: the rows are those of the committed length."""
+        label = ",".join(str(i) for i in coords)
+        if not coords:
+            return f"chunk {label or '()'} (file {self.array.metadata.encode_chunk_key(coords)})"
+        first = coords[0] * self.array.chunks[0]
+        last = min(first + self.array.chunks[0], max(self.shape[0], first + 1)) - 1
+        return f"chunk {label} (rows {first}-{last}, file {self.array.metadata.encode_chunk_key(coords)})"
+
+
+def _reason(err: Exception) -> str:
+    """One short line for an exception of Zarr or a codec."""
+    text = " ".join(str(err).split())
+    if "checksum" in text.lower():
+        text = "checksum mismatch"
+    return f"{type(err).__name__}: {text[:200]}"
 
 
 def _bounded(key: Any, size: int) -> Any:
@@ -256,6 +387,11 @@ def _bounded(key: Any, size: int) -> Any:
             raise IndexError(f"index {key} is out of bounds for a dimension of size {size}")
         return int(key) % size
     return key
+
+
+def _attrs_of(array: zarr.Array) -> dict[str, Any]:
+    """The attributes of a variable: those of its array, less the store's own bookkeeping."""
+    return {key: value for key, value in array.attrs.items() if key != FIRST_ROW}
 
 
 def _group_variables(root: zarr.Group) -> dict[str, xr.Variable]:
@@ -272,8 +408,9 @@ def _group_variables(root: zarr.Group) -> dict[str, xr.Variable]:
             dims = tuple(array.metadata.dimension_names or ())
             if dims and dims[0] in committed:
                 shape = (min(int(committed[dims[0]]), array.shape[0]), *array.shape[1:])
-                variables[name] = xr.Variable(dims, indexing.LazilyIndexedArray(_CommittedArray(array, shape)),
-                                              attrs=dict(array.attrs))
+                lazy = _CommittedArray(array, shape)
+                lazy.check_chunks()
+                variables[name] = xr.Variable(dims, indexing.LazilyIndexedArray(lazy), attrs=_attrs_of(array))
     return variables
 
 
@@ -315,12 +452,14 @@ def open_run(path: str | os.PathLike[str]) -> xr.Dataset:
         dims = tuple(array.metadata.dimension_names or ())
         if not dims:
             continue
+        shape = (min(sizes[dims[0]], array.shape[0]), *array.shape[1:]) if dims[0] in sizes else array.shape
+        lazy = _CommittedArray(array, shape)
+        lazy.check_chunks()  # every chunk file of the committed rows exists (a listing; nothing is read)
         if dims[0] in sizes:
-            shape = (min(sizes[dims[0]], array.shape[0]), *array.shape[1:])
-            data: Any = indexing.LazilyIndexedArray(_CommittedArray(array, shape))
+            data: Any = indexing.LazilyIndexedArray(lazy)
         else:
-            data = _CommittedArray(array, array.shape)._read((slice(None),) * array.ndim)
-        variables[name] = xr.Variable(dims, data, attrs=dict(array.attrs))
+            data = lazy._read((slice(None),) * array.ndim)
+        variables[name] = xr.Variable(dims, data, attrs=_attrs_of(array))
     variables.update(grouped)
     for dim in APPEND_DIMS:  # before the first flush of a dimension: an empty coordinate, not a missing one
         variables.setdefault(dim, xr.Variable((dim,), np.zeros(0, dtype=np.int64)))

@@ -101,6 +101,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         stem = run / "overview" if args.out is None else args.out / f"{name}-overview"
         try:
             ds = ds.load()
+        except DynamicsError as err:  # a missing or damaged chunk, named with its array and rows
+            error(str(err))
+            failed += 1
+            continue
         except Exception as err:  # zarr and its codecs raise many types for damaged chunks
             error(f"{run}/data.zarr is unreadable ({type(err).__name__}: {err}); the store is damaged")
             failed += 1
