@@ -1,19 +1,16 @@
 """Does gradient interference shrink with scale? A study over MNIST-1D training-set sizes x CNN widths.
 
-``python -m analyses.interference --study [--quick]`` captures, for every training-set size x CNN width x
-seed, two runs with the same data and seed: *always-Mixup* (with the interference probe,
-:mod:`dynamics.probes.interference`) and *Mixup Pause* (no Mixup until the online-detected Enlightenment
-Period ends, then the same Mixup). Runs go to ``--root`` (one directory per run; finished runs are skipped,
-so an interrupted study resumes). ``--runs DIR`` only redraws from existing runs. Both write
-``interference_study.json`` and ``interference_study.png/.pdf`` (into ``--out``, default the runs' folder)
-and print one sentence that says whether the data support the claim. Only the capture step (:func:`capture`)
-imports the training code, lazily; everything else reads stores, as every analysis does.
+The runs are trained by ``python -m dynamics.studies.interference_scale [--quick]``
+(:mod:`dynamics.studies.interference_scale`): for every training-set size x CNN width x seed, two runs with
+the same data and seed, *always-Mixup* (with the interference probe, :mod:`dynamics.probes.interference`) and
+*Mixup Pause* (no Mixup until the online-detected Enlightenment Period ends, then the same Mixup); that
+command then calls this analysis. ``python -m analyses.interference --runs DIR`` summarises and draws the
+finished runs under ``DIR`` again: it writes ``interference_study.json`` and ``interference_study.png/.pdf``
+(into ``--out``, default ``DIR``) and prints one sentence that says whether the data support the claim. This
+module only reads stores, as every analysis does; it imports no training code.
 
 Choices this makes:
 
-- *Budget*: every run trains about ``steps`` optimizer steps (epochs = round(steps / steps per epoch), at
-  least 1), so larger sets see fewer epochs: a fixed-compute comparison that keeps the quick preset on two
-  CPU cores under 30 minutes. The test split (20% of the generated samples) is the same for every size.
 - *The period*: the always-Mixup run's recorded accuracy is scored on mixed batches against the first label,
   which stays near 50% even for a good model, so the Enlightenment Period of a (size, width, seed) is taken
   from its Mixup Pause run, which trains on clean batches until that period ends
@@ -62,80 +59,25 @@ from dynamics.errors import ConfigError, DynamicsError
 from dynamics.store import open_run, read_json
 
 SUMMARY_NAME = "interference_study"
+"""File stem of the JSON summary and of the figure."""
 STRONG_MIX = 0.25
 """Smallest mixing strength min(lambda, 1 - lambda) of a measurement that ``interference`` averages."""
-"""File stem of the JSON summary and of the figure."""
 LEVEL = 0.95
 """Confidence level of the per-cell intervals."""
 ALPHA_SIGNIFICANCE = 0.05
 """p-value below which a rank correlation counts as evidence."""
 STRATEGIES = ("mixup", "pause")
 """always-Mixup and Mixup Pause, in that order."""
+STUDY_COMMAND = "python -m dynamics.studies.interference_scale"
+"""The command that trains the study's runs (and then calls this analysis)."""
 
 
-@dataclass(frozen=True)
-class Preset:
-    """A grid of the study: training-set sizes, CNN widths, seeds and the step budget of every run."""
-
-    sizes: tuple[int, ...]
-    widths: tuple[int, ...]
-    seeds: tuple[int, ...]
-    steps: int
-    num_samples: int = 20_000
-    batch_size: int = 64
-
-
-PRESETS = {
-    "quick": Preset(sizes=(500, 2000, 4000, 16000), widths=(4, 8, 16, 32), seeds=(0, 1), steps=500),
-    "full": Preset(sizes=(500, 1000, 2000, 4000, 8000, 16000), widths=(4, 8, 16, 32, 64), seeds=(0, 1, 2, 3, 4),
-                   steps=2000),
-}
-"""``quick``: 4 x 4 x 2 seeds x 2 strategies = 64 runs of ~500 steps; ``full``: 300 runs of ~2000 steps."""
-
-BASE: dict[str, Any] = {
-    "dataset": "mnist1d", "model": "cnn", "depth": 3, "mixup_alpha": 1.0, "probes": "loss", "snapshots": False,
-    "interference_every": 10, "probe_samples": 64, "enp_epochs": "auto", "device": "cpu",
-}
-"""Settings shared by every run of the study (the rest are RunConfig defaults)."""
-
-
-def run_settings(preset: Preset, size: int, width: int, seed: int, strategy: str) -> dict[str, Any]:
-    """RunConfig settings of one run of the study."""
-    steps_per_epoch = size // preset.batch_size
-    if steps_per_epoch < 1:
-        raise ConfigError(f"training-set size {size} is smaller than the batch size {preset.batch_size}; "
-                          "raise --sizes or lower --batch-size")
-    epochs = max(1, round(preset.steps / steps_per_epoch))
-    return {**BASE, "num_samples": preset.num_samples, "train_size": size, "width": width, "seed": seed,
-            "batch_size": preset.batch_size, "epochs": epochs, "interference": strategy == "mixup",
-            "mixup_pause": strategy == "pause"}
-
-
-def run_name(size: int, width: int, seed: int, strategy: str) -> str:
-    """Directory name of one run: ``n<size>-w<width>-<strategy>-s<seed>``."""
-    return f"n{size}-w{width}-{strategy}-s{seed}"
-
-
-def _finished(run_dir: Path) -> bool:
+def finished(run_dir: Path) -> bool:
+    """Whether ``run_dir`` holds a run whose meta.json says it finished (False when missing or unreadable)."""
     try:
         return read_json(run_dir / "meta.json").get("status") == "finished"
     except DynamicsError:
         return False
-
-
-def capture(preset: Preset, root: Path, *, progress: bool = True) -> int:
-    """Train every run of ``preset`` missing from ``root`` (finished runs are kept); returns how many ran."""
-    from dynamics.config import make_config  # the capture step trains; the analysis below only reads stores
-    from dynamics.engine import train
-
-    plan = [(size, width, seed, strategy) for size in preset.sizes for width in preset.widths
-            for seed in preset.seeds for strategy in STRATEGIES]
-    configs = [(root / run_name(*key), make_config(run_settings(preset, *key))) for key in plan]
-    todo = [(path, config) for path, config in configs if not _finished(path)]
-    for path, config in tqdm(todo, desc="interference study", unit="run", disable=not progress or None,
-                             dynamic_ncols=True):
-        train(config, path, overwrite=True, progress=False)
-    return len(todo)
 
 
 def mean_ci(values: Sequence[float], level: float = LEVEL) -> tuple[float, float]:
@@ -180,7 +122,7 @@ def find_pairs(root: Path) -> dict[tuple[int, int, int], dict[str, Path]]:
     pairs: dict[tuple[int, int, int], dict[str, Path]] = {}
     for config_path in sorted(root.rglob("config.json")):
         run = config_path.parent
-        if not (run / "data.zarr").is_dir() or not _finished(run):
+        if not (run / "data.zarr").is_dir() or not finished(run):
             continue
         config = read_json(config_path)
         if not config.get("mixup_alpha") or config.get("train_size") is None:
@@ -248,8 +190,8 @@ def summarise(root: str | os.PathLike[str]) -> dict[str, Any]:
     """The JSON summary of the study runs under ``root``: per run, per cell, correlations and the conclusion."""
     pairs = find_pairs(Path(root))
     if not pairs:
-        raise ConfigError(f"no finished always-Mixup/Mixup Pause run pairs under {root}; run "
-                          "python -m analyses.interference --study, or pass the folder holding them (--runs)")
+        raise ConfigError(f"no finished always-Mixup/Mixup Pause run pairs under {root}; train them with "
+                          f"{STUDY_COMMAND}, or pass the folder holding them (--runs)")
     measured = [measure_pair(runs, key) for key, runs in tqdm(sorted(pairs.items()), desc="reading runs",
                                                               unit="pair", disable=None, dynamic_ncols=True)]
     cells = []
@@ -367,51 +309,32 @@ def write_study(summary: dict[str, Any], out_dir: str | os.PathLike[str]) -> tup
     return json_path, png, pdf
 
 
-def _ints(text: str) -> tuple[int, ...]:
-    try:
-        values = tuple(int(v) for v in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
-    if not values or min(values) < 0:
-        raise argparse.ArgumentTypeError(f"expected non-negative integers, got {text!r}")
-    return values
-
-
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     """The command line; a usage error raises ConfigError (one line, exit status 2, from :func:`main`)."""
     parser = UsageParser(prog="python -m analyses.interference", description=__doc__.splitlines()[0])
-    mode = parser.add_mutually_exclusive_group(required=True)
-    mode.add_argument("--study", action="store_true", help="capture the missing runs, then summarise and draw")
-    mode.add_argument("--runs", type=Path, metavar="DIR", help="only summarise and draw the runs under DIR")
-    parser.add_argument("--quick", action="store_true", help="the quick preset (CPU, under 30 minutes)")
-    parser.add_argument("--root", type=Path, default=None,
-                        help="where --study keeps its runs (default: runs/interference-study[-quick])")
-    parser.add_argument("--out", type=Path, default=None, help="folder of the JSON and figure (default: the runs)")
-    parser.add_argument("--sizes", type=_ints, help="training-set sizes, e.g. 500,2000 (overrides the preset)")
-    parser.add_argument("--widths", type=_ints, help="CNN widths, e.g. 4,8 (overrides the preset)")
-    parser.add_argument("--seeds", type=_ints, help="training seeds, e.g. 0,1 (overrides the preset)")
-    parser.add_argument("--steps", type=int, help="optimizer steps per run (overrides the preset)")
-    parser.add_argument("--num-samples", type=int, help="MNIST-1D samples generated, train + test")
-    parser.add_argument("--batch-size", type=int, help="samples per step")
+    parser.add_argument("--runs", type=Path, metavar="DIR", required=True,
+                        help="summarise and draw the finished study runs under DIR")
+    parser.add_argument("--out", type=Path, default=None, help="folder of the JSON and figure (default: DIR)")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     return parser.parse_args(argv)
 
 
+def _study_moved(argv: Sequence[str]) -> str:
+    """The one line that sends ``--study`` (training, which analyses never do) to the dynamics command."""
+    rest = [a for a in argv if a != "--study"]
+    return (f"analyses only read runs: train the study with {' '.join([STUDY_COMMAND, *rest])} (it then "
+            "summarises and draws it), or summarise existing runs with python -m analyses.interference --runs DIR")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the study or redraw it; prints the conclusion and the written paths. Returns the exit status."""
+    """Summarise and draw the runs under ``--runs``; prints the conclusion and the written paths. Exit status."""
+    args_list = sys.argv[1:] if argv is None else list(argv)
     try:
-        args = parse_args(argv)
-        preset = PRESETS["quick" if args.quick else "full"]
-        overrides = {key: getattr(args, key) for key in ("sizes", "widths", "seeds", "steps", "num_samples",
-                                                         "batch_size") if getattr(args, key) is not None}
-        preset = Preset(**{**asdict(preset), **overrides})
-        if args.study:
-            root = args.root or Path("runs") / ("interference-study-quick" if args.quick else "interference-study")
-            capture(preset, root, progress=not args.no_progress)
-        else:
-            root = args.runs
-        summary = summarise(root)
-        paths = write_study(summary, args.out or root)
+        if "--study" in args_list:
+            raise ConfigError(_study_moved(args_list))
+        args = parse_args(args_list)
+        summary = summarise(args.runs)
+        paths = write_study(summary, args.out or args.runs)
     except DynamicsError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -35,47 +35,47 @@ then (``dist_from_init``). Without ``update_norm`` the path length is the sum of
 snapshots, a lower bound.
 
 **Loss surface** on the plane of the first two principal directions through the final point,
-``theta(a, b) = theta_final + a v1 + b v2`` (``v1``, ``v2`` unit vectors in parameter space), on a grid
-containing ``(0, 0)`` exactly, evaluated on a fixed set of training samples (the first ``num_samples`` of the
-training split, in order) with ``dynamics.steps.evaluate_split``: eval mode; models with BatchNorm get their
-running statistics recomputed on those samples at every grid point, since snapshots hold parameters, not
-buffers. The model is rebuilt from the run's config (``dynamics.models``, ``dynamics.data``) unless one is
-passed.
+``theta(a, b) = theta_final + a v1 + b v2`` (``v1``, ``v2`` unit vectors in parameter space, from
+:func:`principal_directions`). Evaluating it rebuilds the model and runs it on training samples, so it is not
+done here: ``python -m dynamics.surface RUN_DIR`` (:mod:`dynamics.surface`) evaluates it and writes
+``RUN_DIR/loss_surface.json``, which this module reads (:func:`read_loss_surface`) and draws. Like every
+analysis, this module only reads stores and files; it imports no model, data set or training code.
 """
 
 from __future__ import annotations
 
+import argparse
 import math
 import os
 import sys
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 import xarray as xr
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
-from torch import nn
 from tqdm.auto import tqdm
 
 from analyses.enlightenment import EnlightenmentPeriod, check_arguments, enlightenment_period
 from analyses.overview import ENP_COLOR, module_of, save_figure
-from dynamics.augment import InputPipeline
 from dynamics.cli import UsageParser
-from dynamics.data import Dataset, load_dataset
-from dynamics.errors import ConfigError, DynamicsError
-from dynamics.models import build_model
+from dynamics.errors import ConfigError, DynamicsError, StoreError
+from dynamics.plp_formula import plp_prediction
 from dynamics.snapshots import CHUNK_COLUMNS, ParamSlice, param_layout
-from dynamics.steps import evaluate_split
-from dynamics.store import open_run
-from dynamics.strategies.plp import plp_prediction
+from dynamics.store import open_run, read_json
 
 WHOLE = "model"
 """Group label of the whole model (the other groups are modules)."""
+SURFACE_NAME = "loss_surface.json"
+"""File of the loss surface in the run directory, written by ``python -m dynamics.surface``."""
+SURFACE_FORMAT = "dynamics-loss-surface"
+SURFACE_COMMAND = "python -m dynamics.surface"
+_SURFACE_FLAGS = ("--resolution", "--samples", "--batch-size", "--device")
+"""Options of the loss-surface evaluation, which ``python -m analyses.trajectory`` took before it moved."""
 USAGE_ERROR = 2
 
 
@@ -366,7 +366,8 @@ class LossSurface:
     """Loss and accuracy on ``theta_final + a v1 + b v2``: ``loss[i, j]`` at ``(a[j], b[i])``.
 
     ``path`` holds the snapshots' ``(a, b)`` coordinates (their projection on the plane), ``steps`` their
-    steps; ``samples`` is the number of evaluated samples; ``explained`` the ratios of PC1 and PC2.
+    steps; ``samples`` is the number of evaluated samples; ``explained`` the ratios of PC1 and PC2;
+    ``settings`` how it was evaluated (grid, samples, batch size, device; empty when not recorded).
     """
 
     a: np.ndarray
@@ -377,6 +378,32 @@ class LossSurface:
     steps: np.ndarray
     samples: int
     explained: tuple[float, float]
+    settings: Mapping[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        """The JSON object of ``loss_surface.json`` (float64 values round-trip exactly; NaN as ``NaN``)."""
+        return {"format": SURFACE_FORMAT, "version": 1, "a": self.a.tolist(), "b": self.b.tolist(),
+                "loss": self.loss.tolist(), "accuracy": self.accuracy.tolist(), "path": self.path.tolist(),
+                "steps": self.steps.tolist(), "samples": int(self.samples),
+                "explained": [float(v) for v in self.explained], "settings": dict(self.settings)}
+
+    @classmethod
+    def from_json(cls, payload: Mapping[str, Any]) -> LossSurface:
+        """The surface held by a ``loss_surface.json`` object (:meth:`to_json`)."""
+        if payload.get("format") != SURFACE_FORMAT:
+            raise StoreError(f"the loss surface file does not hold a {SURFACE_FORMAT} object; rerun "
+                             f"{SURFACE_COMMAND} RUN_DIR")
+        try:
+            a, b = np.asarray(payload["a"], dtype=np.float64), np.asarray(payload["b"], dtype=np.float64)
+            loss = np.asarray(payload["loss"], dtype=np.float64).reshape(len(b), len(a))
+            accuracy = np.asarray(payload["accuracy"], dtype=np.float64).reshape(len(b), len(a))
+            path = np.asarray(payload["path"], dtype=np.float64).reshape(-1, 2)
+            steps = np.asarray(payload["steps"], dtype=np.int64)
+            first, second = (float(v) for v in payload["explained"])
+            return cls(a, b, loss, accuracy, path, steps, int(payload["samples"]), (first, second),
+                       dict(payload.get("settings") or {}))
+        except (KeyError, TypeError, ValueError) as err:
+            raise StoreError(f"the loss surface file is damaged ({err}); rerun {SURFACE_COMMAND} RUN_DIR") from None
 
 
 def principal_directions(ds: xr.Dataset, traj: Trajectory, n: int = 2) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -403,110 +430,31 @@ def principal_directions(ds: xr.Dataset, traj: Trajectory, n: int = 2) -> tuple[
     return final, directions, scores - scores[-1]
 
 
-def _axis(coords: np.ndarray, resolution: int, margin: float) -> np.ndarray:
-    """About ``resolution`` evenly spaced values covering ``coords`` plus ``margin`` of their range, 0 included."""
-    low, high = float(coords.min()), float(coords.max())
-    pad = margin * max(high - low, 1e-12)
-    low, high = min(low - pad, 0.0), max(high + pad, 0.0)
-    step = (high - low) / max(resolution - 1, 1)
-    return step * np.arange(math.floor(low / step), math.ceil(high / step) + 1)
+def explained_ratios(traj: Trajectory, n: int = 2) -> np.ndarray:
+    """Explained variance ratios of the whole model's first ``n`` principal components (NaN-padded)."""
+    return _ratios(_eigh(traj.gram[0])[0], n)
 
 
-def rebuild(config: Mapping[str, Any], device: torch.device) -> tuple[nn.Module, Dataset]:
-    """The run's model (initialised with its seed) and data set, rebuilt from its config (``ds.attrs["config"]``)."""
-    if not isinstance(config, Mapping) or "model" not in config or "dataset" not in config:
-        raise ConfigError("the run's config names no built-in model and dataset (a custom training loop?); "
-                          "pass model= and data= to loss_surface")
-    data = load_dataset(config["dataset"], num_samples=config.get("num_samples"),
-                        train_size=config.get("train_size"), seed=config.get("data_seed", 0),
-                        data_dir=config.get("data_dir"), image_size=config.get("image_size"),
-                        seq_len=config.get("seq_len"))
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(config.get("seed", 0))
-        model = build_model(config["model"], input_shape=data.input_shape, num_classes=data.num_classes,
-                            width=config.get("width", 32), depth=config.get("depth", 3),
-                            activation=config.get("activation", "relu"), width_mult=config.get("width_mult", 1.0),
-                            patch_size=config.get("patch_size"), kind=data.kind)
-    return model.to(device), data
+def surface_path(ds: xr.Dataset) -> Path | None:
+    """Where the loss surface of run ``ds`` is kept (None for a dataset that is not an opened run)."""
+    run_dir = ds.attrs.get("run_dir")
+    return Path(str(run_dir)) / SURFACE_NAME if run_dir else None
 
 
-def fixed_samples(data: Dataset, num_samples: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor,
-                                                                                  Callable[..., torch.Tensor] | None]:
-    """The first ``num_samples`` training samples of ``data`` on ``device``, and the input preparation (images)."""
-    x, y = data.x_train[:num_samples].to(device), data.y_train[:num_samples].to(device)
-    prepare = InputPipeline(data, device, augment=False) if data.kind == "image" else None
-    return x, y, prepare
+def read_loss_surface(ds: xr.Dataset, traj: Trajectory | None = None) -> LossSurface | None:
+    """The loss surface written into the run directory by ``python -m dynamics.surface``; None when absent.
 
-
-def _recalibrate_batchnorm(model: nn.Module, x: torch.Tensor, batch_size: int,
-                           prepare: Callable[..., torch.Tensor] | None) -> None:
-    """Recompute BatchNorm running statistics on ``x`` (cumulative averages over its batches)."""
-    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    if not norms:
-        return
-    for module in norms:
-        module.reset_running_stats()
-        module.momentum = None
-    model.train()
-    with torch.no_grad():
-        for start in range(0, len(x), batch_size):
-            inputs = x[start:start + batch_size]
-            model(inputs if prepare is None else prepare(inputs, False))
-
-
-def load_parameters(model: nn.Module, layout: Sequence[ParamSlice], theta: torch.Tensor) -> None:
-    """Copy the flat snapshot vector ``theta`` into the parameters of ``model`` named in ``layout``."""
-    params = dict(model.named_parameters())
-    missing = [s.name for s in layout if s.name not in params]
-    if missing:
-        raise ConfigError(f"the model has no parameter(s) {missing[:3]} of the snapshots; pass the run's model")
-    with torch.no_grad():
-        for piece in layout:
-            params[piece.name].copy_(theta[piece.columns].view(piece.shape))
-
-
-def loss_surface(ds: xr.Dataset, traj: Trajectory, *, model: nn.Module | None = None,
-                 data: tuple[torch.Tensor, torch.Tensor] | None = None,
-                 prepare: Callable[..., torch.Tensor] | None = None, resolution: int = 17,
-                 num_samples: int = 1024, batch_size: int = 256, margin: float = 0.2,
-                 device: str | torch.device | None = None, progress: bool = False) -> LossSurface:
-    """Loss and accuracy on the PC1-PC2 plane through the final snapshot (module docstring).
-
-    ``model``/``data`` (inputs, targets) default to the run's own, rebuilt from its config; ``prepare`` turns
-    stored inputs into model inputs. The grid has about ``resolution`` points per axis over the path's
-    extent plus ``margin`` of it on each side.
+    With ``traj``, a surface computed from other snapshots (the run went on, or was resumed and cut, after
+    it was evaluated) raises ConfigError: its plane is not the one of the path.
     """
-    if isinstance(resolution, bool) or not isinstance(resolution, int) or resolution < 2:
-        raise ConfigError(f"resolution must be an integer >= 2, got {resolution!r}; fix --resolution")
-    for label, value, flag in (("num_samples", num_samples, "--samples"), ("batch_size", batch_size, "--batch-size")):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ConfigError(f"{label} must be a positive integer, got {value!r}; fix {flag}")
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    if model is None or data is None:
-        built, dataset = rebuild(ds.attrs.get("config") or {}, device)
-        model = built if model is None else model
-        if data is None:
-            x, y, prepare = fixed_samples(dataset, num_samples, device)
-            data = (x, y)
-    x, y = data
-    final, directions, path = principal_directions(ds, traj)
-    a, b = _axis(path[:, 0], resolution, margin), _axis(path[:, 1], resolution, margin)
-    theta = torch.as_tensor(final, dtype=torch.float32, device=device)
-    v1, v2 = (torch.as_tensor(d, dtype=torch.float32, device=device) for d in directions)
-    loss = torch.empty((len(b), len(a)), dtype=torch.float64, device=device)
-    accuracy = torch.empty_like(loss)
-    layout = traj.layout
-    bar = tqdm(total=len(a) * len(b), desc="loss surface", unit="point", disable=not progress)
-    with bar:
-        for i, beta in enumerate(b.tolist()):
-            for j, alpha in enumerate(a.tolist()):
-                load_parameters(model, layout, theta + alpha * v1 + beta * v2)
-                _recalibrate_batchnorm(model, x, batch_size, prepare)
-                loss[i, j], accuracy[i, j] = evaluate_split(model, x, y, batch_size, prepare=prepare)
-                bar.update()
-    ratios = _ratios(_eigh(traj.gram[0])[0], 2)
-    return LossSurface(a, b, loss.cpu().numpy(), accuracy.cpu().numpy(), path, traj.steps, int(y.numel()),
-                       (float(ratios[0]), float(ratios[1])))
+    path = surface_path(ds)
+    if path is None or not path.exists():
+        return None
+    surface = LossSurface.from_json(read_json(path))
+    if traj is not None and not np.array_equal(surface.steps, traj.steps):
+        raise ConfigError(f"{path} was computed from {len(surface.steps)} snapshots, the run now holds "
+                          f"{len(traj.steps)}; rerun {SURFACE_COMMAND} {path.parent}")
+    return surface
 
 
 # ----------------------------------------------------------------------------------------- the report
@@ -523,12 +471,14 @@ class TrajectoryReport:
     period: EnlightenmentPeriod | None
     movement: Movement | None
     surface: LossSurface | None
+    surface_note: str | None = None
+    """Why there is no loss surface (not computed, or stale), when ``surface`` was asked for and is None."""
 
 
-def analyse_trajectory(ds: xr.Dataset, *, surface: bool = True, resolution: int = 17, num_samples: int = 1024,
-                       batch_size: int = 256, device: str | None = None, threshold: float = 0.5,
-                       tau: float = 10.0, window: int = 25, progress: bool = False) -> TrajectoryReport:
-    """PCA, linearity (snapshots and sketch), movement during the Enlightenment Period and the loss surface."""
+def analyse_trajectory(ds: xr.Dataset, *, surface: bool = True, threshold: float = 0.5, tau: float = 10.0,
+                       window: int = 25, progress: bool = False) -> TrajectoryReport:
+    """PCA, linearity (snapshots and sketch), movement during the Enlightenment Period; with ``surface`` the
+    loss surface stored in the run directory by ``python -m dynamics.surface``, if there is one (read only)."""
     threshold, tau = check_arguments(threshold, tau)
     traj = load_trajectory(ds, progress=progress)
     try:
@@ -537,10 +487,17 @@ def analyse_trajectory(ds: xr.Dataset, *, surface: bool = True, resolution: int 
         period = None
     sketch = sketch_linearity(ds, window=window) if "traj_proj" in ds.variables else None
     movement = movement_share(ds, period, traj) if period is not None else None
-    return TrajectoryReport(
-        ds, traj, trajectory_pca(traj), linearity_error(traj), sketch, period, movement,
-        loss_surface(ds, traj, resolution=resolution, num_samples=num_samples, batch_size=batch_size,
-                     device=device, progress=progress) if surface else None)
+    stored, note = None, None
+    if surface:
+        try:
+            stored = read_loss_surface(ds, traj)
+        except DynamicsError as err:
+            note = str(err)
+        if stored is None and note is None:
+            where = ds.attrs.get("run_dir") or "RUN_DIR"
+            note = f"not computed; {SURFACE_COMMAND} {where} evaluates it (it rebuilds the model)"
+    return TrajectoryReport(ds, traj, trajectory_pca(traj), linearity_error(traj), sketch, period, movement, stored,
+                            note)
 
 
 def _median(values: np.ndarray) -> float:
@@ -592,6 +549,8 @@ def summary(report: TrajectoryReport) -> str:
         lines.append(f"loss surface         {len(surface.a)}x{len(surface.b)} grid on the PC1-PC2 plane through the "
                      f"final point, {surface.samples} training samples: loss {center:.4f} at the final point, "
                      f"min {np.nanmin(surface.loss):.4f}")
+    elif report.surface_note is not None:
+        lines.append(f"loss surface         {report.surface_note}")
     return "\n".join(lines)
 
 
@@ -759,22 +718,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     """``python -m analyses.trajectory RUN_DIR``: print the summary, write the figure; returns the exit status."""
     parser = UsageParser(prog="python -m analyses.trajectory", description=__doc__.splitlines()[0])
     parser.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="a run recorded with snapshots")
-    parser.add_argument("--resolution", type=int, default=17, help="loss-surface grid points per axis (default 17)")
-    parser.add_argument("--samples", type=int, default=1024,
-                        help="training samples the loss surface is evaluated on (default 1024)")
-    parser.add_argument("--batch-size", type=int, default=256, help="samples per forward pass (default 256)")
-    parser.add_argument("--no-surface", action="store_true", help="skip the loss surface (no model rebuilt)")
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="device of the surface")
+    parser.add_argument("--no-surface", action="store_true",
+                        help=f"leave out the loss surface stored by {SURFACE_COMMAND}")
     parser.add_argument("--window", type=int, default=25, help="sliding window of the sketch estimate (default 25)")
     parser.add_argument("--out", type=Path, default=None, help="figure path stem (default RUN_DIR/trajectory)")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    for flag in _SURFACE_FLAGS:  # the evaluation's settings, which moved to dynamics.surface
+        parser.add_argument(flag, default=None, help=argparse.SUPPRESS)
     try:
         args = parser.parse_args(argv)
-        if args.device == "cuda" and not torch.cuda.is_available():
-            raise ConfigError("--device cuda was asked for but no CUDA device is available; use --device cpu")
-        report = analyse_trajectory(open_run(args.run_dir), surface=not args.no_surface, resolution=args.resolution,
-                                    num_samples=args.samples, batch_size=args.batch_size,
-                                    device=None if args.device == "auto" else args.device, window=args.window,
+        given = [flag for flag in _SURFACE_FLAGS if getattr(args, flag[2:].replace("-", "_")) is not None]
+        if given:
+            several = len(given) > 1
+            raise ConfigError(f"{'/'.join(given)} set{'' if several else 's'} how the loss surface is evaluated, "
+                              f"which rebuilds the model: pass {'them' if several else 'it'} to {SURFACE_COMMAND} "
+                              "RUN_DIR, which writes the surface and then runs this analysis")
+        report = analyse_trajectory(open_run(args.run_dir), surface=not args.no_surface, window=args.window,
                                     progress=not args.no_progress)
         png, pdf = plot_trajectory(report, args.out or args.run_dir / "trajectory")
     except (DynamicsError, OSError) as err:

@@ -1,5 +1,7 @@
-"""The interference scale study through its CLI: a tiny grid captured, resumed and redrawn, and every number in
-its JSON recomputed directly from the stores (xarray reductions, scipy's t-test interval, ranks)."""
+"""The interference scale study through its CLIs: a tiny grid captured (``python -m
+dynamics.studies.interference_scale``), resumed and redrawn (``python -m analyses.interference --runs``), and
+every number in its JSON recomputed directly from the stores (xarray reductions, scipy's t-test interval,
+ranks)."""
 
 from __future__ import annotations
 
@@ -24,15 +26,19 @@ TINY = ["--sizes", "128,256", "--widths", "2,4", "--seeds", "0,1", "--steps", "2
         "--batch-size", "32", "--no-progress"]
 
 
-def cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "analyses.interference", *args], capture_output=True, text=True,
+def cli(*args: str, module: str = "analyses.interference") -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True,
                           timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
+def train_study(*args: str) -> subprocess.CompletedProcess[str]:
+    return cli(*args, module="dynamics.studies.interference_scale")
 
 
 @pytest.fixture(scope="module")
 def study(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.CompletedProcess[str]]:
     root = tmp_path_factory.mktemp("study")
-    return root, cli("--study", "--root", str(root), *TINY)
+    return root, train_study("--root", str(root), *TINY)
 
 
 def test_study_writes_json_figure_and_prints_its_conclusion(study) -> None:
@@ -98,7 +104,7 @@ def test_every_statistic_matches_a_recomputation_from_the_stores(study) -> None:
 def test_rerun_skips_finished_runs_and_redraw_reads_the_same_stores(study, tmp_path) -> None:
     root, _ = study
     stamps = {p: (p / "meta.json").stat().st_mtime_ns for p in root.iterdir() if p.is_dir()}
-    again = cli("--study", "--root", str(root), *TINY)
+    again = train_study("--root", str(root), *TINY)
     assert again.returncode == 0, again.stderr
     assert {p: (p / "meta.json").stat().st_mtime_ns for p in stamps} == stamps
     redraw = cli("--runs", str(root), "--out", str(tmp_path), "--no-progress")
@@ -106,6 +112,19 @@ def test_rerun_skips_finished_runs_and_redraw_reads_the_same_stores(study, tmp_p
     assert (tmp_path / "interference_study.json").read_text() == (root / "interference_study.json").read_text()
     missing = cli("--runs", str(tmp_path / "nothing"))
     assert missing.returncode == 2 and missing.stderr.count("\n") == 1 and "no finished" in missing.stderr
+    assert "python -m dynamics.studies.interference_scale" in missing.stderr
+
+
+def test_the_analysis_no_longer_trains_and_names_the_command_that_does(tmp_path) -> None:
+    moved = cli("--study", "--quick", "--root", str(tmp_path))
+    assert moved.returncode == 2 and moved.stderr.count("\n") == 1 and not moved.stdout
+    assert f"python -m dynamics.studies.interference_scale --quick --root {tmp_path} " in moved.stderr
+    assert list(tmp_path.iterdir()) == []  # nothing trained
+    only = train_study("--root", str(tmp_path / "r"), *TINY, "--sizes", "128", "--widths", "2", "--seeds", "0",
+                       "--train-only")  # the later flags override TINY's
+    assert only.returncode == 0, only.stderr
+    assert only.stdout.strip() == str(tmp_path / "r") and not (tmp_path / "r" / "interference_study.json").exists()
+    assert sorted(p.name for p in (tmp_path / "r").iterdir()) == ["n128-w2-mixup-s0", "n128-w2-pause-s0"]
 
 
 def test_figures_redraws_a_study_found_under_the_runs_root(study, tmp_path) -> None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import functools
+import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,20 +15,20 @@ import zarr
 
 from analyses.enlightenment import EnlightenmentPeriod
 from analyses.trajectory import (
+    SURFACE_NAME,
     WHOLE,
+    LossSurface,
     Trajectory,
-    fixed_samples,
+    analyse_trajectory,
     linearity_error,
-    load_parameters,
     load_trajectory,
-    loss_surface,
     main,
     movement_share,
-    rebuild,
+    read_loss_surface,
     sketch_linearity,
     trajectory_pca,
 )
-from dynamics import ConfigError, Recorder, open_run
+from dynamics import ConfigError, DynamicsError, Recorder, open_run
 from dynamics.config import make_config
 from dynamics.engine import train
 from dynamics.models import build_model
@@ -35,6 +37,8 @@ from dynamics.snapshots import INITIAL_STEP, SnapshotWriter, param_layout, snaps
 from dynamics.steps import evaluate_split
 from dynamics.strategies import PLP
 from dynamics.strategies.plp import plp_prediction
+from dynamics.surface import fixed_samples, load_parameters, loss_surface, rebuild, write_surface
+from dynamics.surface import main as surface_main
 
 RUN = {"dataset": "mnist1d", "num_samples": 1000, "model": "cnn", "width": 8, "depth": 2, "batch_size": 32,
        "epochs": 2, "sketch_dim": 6, "sketch_seed": 5, "device": "cpu"}
@@ -102,14 +106,12 @@ def test_sketch_never_exceeds_the_distance_from_init(run: xr.Dataset) -> None:
     assert (proj.max(axis=2) > 0).all()  # every tensor moved, and the sketch saw it
 
 
-@pytest.mark.parametrize(("kernels", "width", "threads"), [("native", 16, 1), ("native", 1500, 2), ("torch", 16, 1)])
+@pytest.mark.parametrize(("width", "threads"), [(16, 1), (1500, 2)])
 @pytest.mark.parametrize(("mode", "k"), [("hashed", 4), ("dense", 4), ("sign", 11)])
-def test_every_sketch_mode_in_a_user_loop_matches_its_directions(tmp_path, monkeypatch, request, mode, k, kernels,
-                                                                  width, threads) -> None:
-    """Both implementations (native kernels, torch operations) against the regenerated directions, with k
-    across a byte boundary for the packed sign bits; natively also with the tensors shared out over two
-    threads (a model above the kernels' 16384 parameters for that)."""
-    monkeypatch.setenv("DYNAMICS_NATIVE", "1" if kernels == "native" else "0")
+def test_every_sketch_mode_in_a_user_loop_matches_its_directions(tmp_path, request, mode, k, width,
+                                                                  threads) -> None:
+    """The recorded sketch against the regenerated directions, with k across a byte boundary for the packed
+    sign bits, on a small model and on one above 16384 parameters with two threads."""
     request.addfinalizer(functools.partial(torch.set_num_threads, torch.get_num_threads()))
     torch.set_num_threads(threads)
     torch.manual_seed(0)
@@ -149,7 +151,7 @@ def test_snapshot_plan_is_dense_early_has_epoch_ends_and_thins_evenly() -> None:
     positions = [planned.index(s) for s in thinned]
     assert max(np.diff(positions)) - min(np.diff(positions)) <= 1  # evenly spread over the planned list
     assert snapshot_steps(1000, snapshot_bytes=100, budget_bytes=10**9) == snapshot_steps(1000)
-    with pytest.raises(ConfigError, match="snapshot-budget-mb"):
+    with pytest.raises(ConfigError, match="budget_bytes"):
         snapshot_steps(1000, snapshot_bytes=100, budget_bytes=150)
 
 
@@ -253,6 +255,9 @@ def test_plp_prediction_is_the_formula_plp_applies() -> None:
         points.append(theta.item())
         plp.observe()
     assert plp_prediction(*points) == theta.item() == -8.0
+    from dynamics.plp_formula import plp_prediction as formula
+
+    assert formula is plp_prediction  # one formula: the strategy re-exports the one analyses use
 
 
 def test_movement_share_from_update_norm(run: xr.Dataset, traj: Trajectory) -> None:
@@ -307,19 +312,75 @@ def test_loss_surface_rebuilds_the_runs_model(run: xr.Dataset, traj: Trajectory)
 
 # ------------------------------------------------------------------------------------------------ CLI
 
-def test_cli_prints_a_summary_and_writes_the_figure(run: xr.Dataset, tmp_path, capsys) -> None:
+def test_stored_surface_round_trips_exactly_and_goes_stale_with_the_snapshots(run: xr.Dataset, traj: Trajectory,
+                                                                               tmp_path) -> None:
+    surface = loss_surface(run, traj, resolution=2, num_samples=32, batch_size=32, device="cpu")
+    surface.loss[0, 0] = np.nan  # a diverged grid point survives the file
+    payload = surface.to_json()
+    back = LossSurface.from_json(json.loads(json.dumps(payload)))
+    for name in ("a", "b", "loss", "accuracy", "path", "steps"):
+        np.testing.assert_array_equal(getattr(back, name), getattr(surface, name))
+    assert (back.samples, back.explained, back.settings["resolution"]) == (32, surface.explained, 2)
+    copy = xr.Dataset(attrs={"run_dir": str(tmp_path)})
+    assert read_loss_surface(copy) is None
+    write_surface(surface, tmp_path)
+    np.testing.assert_array_equal(read_loss_surface(copy, traj).loss, surface.loss)
+    shorter = Trajectory(traj.steps[:-1], traj.epochs[:-1], traj.groups, traj.gram[:, :-1, :-1], traj.layout)
+    with pytest.raises(ConfigError, match="python -m dynamics.surface"):
+        read_loss_surface(copy, shorter)
+    (tmp_path / SURFACE_NAME).write_text("{}")
+    with pytest.raises(DynamicsError, match="rerun python -m dynamics.surface"):
+        read_loss_surface(copy)
+
+
+def test_surface_cli_writes_the_surface_then_the_analysis_reads_it(run: xr.Dataset, tmp_path, capsys) -> None:
+    run_dir = Path(run.attrs["run_dir"])
+    (run_dir / SURFACE_NAME).unlink(missing_ok=True)
     out = tmp_path / "fig" / "trajectory"
-    assert main([run.attrs["run_dir"], "--resolution", "3", "--samples", "64", "--device", "cpu",
-                 "--no-progress", "--out", str(out)]) == 0
+    assert main([str(run_dir), "--no-progress", "--out", str(out)]) == 0  # no surface yet: says how to get one
     printed = capsys.readouterr().out
-    assert "PCA (whole model)" in printed and "linearity" in printed and "loss surface" in printed
+    assert f"loss surface         not computed; python -m dynamics.surface {run_dir}" in printed
+    assert surface_main([str(run_dir), "--resolution", "3", "--samples", "64", "--device", "cpu", "--no-progress",
+                         "--no-analysis"]) == 0
+    assert capsys.readouterr().out == f"loss surface written {(run_dir / SURFACE_NAME).resolve()}\n"
+    assert main([str(run_dir), "--no-progress", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "PCA (whole model)" in printed and "linearity" in printed
+    assert "grid on the PC1-PC2 plane through the final point" in printed
+    assert "64 training samples" in printed and "not computed" not in printed
     assert (tmp_path / "fig" / "trajectory.png").stat().st_size > 0 and (tmp_path / "fig" / "trajectory.pdf").exists()
+    report = analyse_trajectory(run)
+    stored = read_loss_surface(run, report.trajectory)
+    np.testing.assert_array_equal(report.surface.loss, stored.loss)
+    assert analyse_trajectory(run, surface=False).surface is None
+    (run_dir / SURFACE_NAME).unlink()
 
 
-@pytest.mark.parametrize("args", [["/nonexistent/run"], ["RUN", "--resolution", "1"], ["RUN", "--bogus"]])
+def test_surface_cli_runs_the_analysis_afterwards(run: xr.Dataset, capsys) -> None:
+    run_dir = Path(run.attrs["run_dir"])
+    assert surface_main([str(run_dir), "--resolution", "2", "--samples", "32", "--device", "cpu",
+                         "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    assert printed.startswith("loss surface written ") and "PCA (whole model)" in printed
+    assert "32 training samples" in printed and (run_dir / "trajectory.png").exists()
+    (run_dir / SURFACE_NAME).unlink()
+
+
+@pytest.mark.parametrize("args", [["/nonexistent/run"], ["RUN", "--window", "0"], ["RUN", "--bogus"],
+                                  ["RUN", "--resolution", "3"], ["RUN", "--samples", "64", "--device", "cpu"]])
 def test_cli_errors_are_one_line_and_exit_2(run: xr.Dataset, args: list[str], capsys) -> None:
     args = [run.attrs["run_dir"] if a == "RUN" else a for a in args]
     assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err
+    if "--samples" in args or "--resolution" in args:  # the evaluation's options moved to dynamics.surface
+        assert "python -m dynamics.surface RUN_DIR" in err
+
+
+@pytest.mark.parametrize("args", [["/nonexistent/run"], ["RUN", "--resolution", "1"], ["RUN", "--device", "tpu"]])
+def test_surface_cli_errors_are_one_line_and_exit_2(run: xr.Dataset, args: list[str], capsys) -> None:
+    args = [run.attrs["run_dir"] if a == "RUN" else a for a in args]
+    assert surface_main(args) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err
 
