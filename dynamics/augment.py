@@ -48,8 +48,8 @@ class InputPipeline:
     def __init__(self, data: Dataset, device: torch.device, *, augment: bool = True, channels_last: bool = False,
                  seed: int = 0, padding: int = 4) -> None:
         if channels_last and data.kind != "image":
-            raise ConfigError(f"channels_last needs image data; {data.name} is {data.kind} data "
-                              "(drop --channels-last)")
+            raise ConfigError(f"channels_last needs image data; {data.name} is {data.kind} data, so set "
+                              "channels_last=False", key="channels_last")
         self.image = data.kind == "image"
         self.augment = augment and self.image
         self.padding = padding

@@ -22,109 +22,43 @@ from typing import Any
 
 from analyses.enlightenment import enlightenment_period
 from analyses.overview import plot_overview
-from dynamics.cli import UsageParser
-from dynamics.config import RunConfig, make_config, read_config_file
-from dynamics.data import DATASETS
+from dynamics.cli import UsageParser, flag_message
+from dynamics.config import SECTIONS, RunConfig, make_config, read_config_file
 from dynamics.engine import RunResult, default_run_dir, train
-from dynamics.errors import ConfigError, DynamicsError, NonFiniteLossError, StoreError
-from dynamics.models import MODELS
+from dynamics.errors import ConfigError, DynamicsError, NonFiniteLossError, StoreError, parameters_as
 from dynamics.store import open_run, read_json
 from dynamics.strategies import validate_strategies
 
 USAGE_ERROR = 2
 RUN_FAILED = 1
 
-_HELP = {
-    "dataset": f"data set ({', '.join(DATASETS)})",
-    "num_samples": "samples to generate, train + test (mnist1d, gaussian, timeseries; default: the set's own)",
-    "train_size": "keep a seeded class-stratified subset of this many training samples (text: windows)",
-    "data_seed": "seed of the data, apart from the training seed",
-    "data_dir": "folder of cifar10/cifar100 (archive or extracted), tinyimagenet (zip or folder), "
-                "imagefolder (train/, val/); for text a UTF-8 file (None: Python's reference docs)",
-    "image_size": "side of the square images tinyimagenet/imagefolder are decoded to, once (None: 64)",
-    "seq_len": "characters per text window, time steps per timeseries sample (None: 128)",
-    "augment": "random crop (pad 4) and horizontal flip of image training batches, on the device",
-    "model": f"architecture ({', '.join(MODELS)})",
-    "width": "channels (cnn) or hidden units (mlp)",
-    "depth": "number of hidden blocks (mlp, cnn) or transformer blocks (lm)",
-    "activation": "activation function of every block, every model",
-    "width_mult": "width multiplier of the reference architectures (resnets, vgg16_bn, googlenet, vits, lm, cnn_gru)",
-    "patch_size": "ViT patch size (None: image side / 8)",
-    "optimizer": "sgd or adamw",
-    "lr": "base learning rate (> 0)",
-    "momentum": "SGD momentum in [0, 1)",
-    "nesterov": "use Nesterov momentum (SGD)",
-    "weight_decay": "L2 (SGD) or decoupled (AdamW) weight decay",
-    "schedule": "learning-rate schedule: constant, step, cosine",
-    "warmup_steps": "linear warmup steps before the schedule",
-    "epochs": "passes over the training split",
-    "batch_size": "samples per optimizer step",
-    "eval_batch_size": "samples per evaluation forward pass",
-    "seed": "training seed (initialisation and batch order)",
-    "every": "record every k-th optimizer step",
-    "probes": "probe preset: default, minimal, loss, trajectory",
-    "device": "auto (CUDA when present), cpu or cuda",
-    "precision": "fp32, or bf16 autocast of forward pass and loss",
-    "channels_last": "NHWC layout of image batches and conv weights (GPU speed)",
-    "compile": "torch.compile the model (in place; recording keeps working)",
-    "flush_seconds": "longest time between writes to the store",
-    "checkpoint_steps": "checkpoint every N optimizer steps (0: by time only); also before the first, after the last",
-    "checkpoint_seconds": "checkpoint when this many seconds passed since the last one (0: by steps only)",
-    "checkpoint_keep": "newest checkpoints kept in RUN/checkpoints",
-    "deterministic": "deterministic kernels only (torch.use_deterministic_algorithms): bit-identical reruns",
-    "on_nonfinite": "NaN/Inf loss or gradient: stop (run failed, exit 1), skip (no update that step) or record",
-    "sketch_dim": "random directions of the trajectory sketch traj_proj (probes default, trajectory)",
-    "sketch_seed": "seed of the sketch's directions (keep it to compare runs in one sketch)",
-    "sketch_mode": "sign (random signs, sketch_dim bits per parameter), dense (Gaussian, sketch_dim floats per "
-                   "parameter) or hashed (sparse signs, one int32 per parameter)",
-    "snapshots": "keep full parameter snapshots: geometric in steps, every epoch end, the last step",
-    "snapshot_budget_mb": "most MiB all snapshots may take; more are thinned evenly",
-    "representation": "record NC1, ridge/k-NN probe accuracy and CKA of the penultimate features on the probe set",
-    "fisher": "record the Fisher-information trace (model-sampled labels) on the probe set",
-    "probe_samples": "training and test samples, each, in the seeded probe set",
-    "probe_growth": "probe-set measurements at step 0, then ceil(growth * step) steps apart (>= 1)",
-    "probe_max_interval": "longest gap between probe-set measurements in steps (default: none)",
-    "store_features": "also keep the raw probe-set features in RUN/features/ (with --representation)",
-    "interference": "record clean-vs-mixed gradient cos and interference ratio, activation revival and ATD",
-    "interference_every": "steps between interference measurements",
-    "interference_alpha": "Mixup alpha of the interference probe when the run mixes nothing",
-    "interference_samples": "also record per-sample gradient statistics from one Gram of clean and mixed samples: "
-                            "clean-vs-mixed alignment, stiffness, gradient diversity, GSNR (costlier)",
-    "mixup_alpha": "Mixup Beta(alpha, alpha) concentration; 0 = off (Zhang et al. 2018)",
-    "cutmix_alpha": "CutMix Beta(alpha, alpha) concentration, images only; 0 = off (Yun et al. 2019)",
-    "mix_prob": "probability of mixing a batch (batch mode) or a pair/sample",
-    "switch_prob": "probability of CutMix instead of Mixup when both are on",
-    "mix_mode": "one lam per batch, pair or elem(ent)",
-    "label_smoothing": "label smoothing of the training targets",
-    "enp_epochs": "Enlightenment Period length in epochs, or auto (smoothed train accuracy reaches 50%%)",
-    "enp_tau": "EMA time constant in steps of the auto period detection",
-    "enp_threshold": "smoothed training accuracy that ends the auto period",
-    "mixup_pause": "no mixing during the Enlightenment Period, then the configured Mixup (arXiv 2504.01737)",
-    "alpha_boost": "mix with Beta(A, A) during the Enlightenment Period, then the configured alpha",
-    "high_loss_removal": "leave the fraction Q of highest-loss samples of each batch out during the period",
-    "plp": "Parameter Linear Prediction every three points (arXiv 2310.10958)",
-    "plp_k": "PLP extrapolation factor k",
-    "plp_unit": "PLP points are iterations or epochs",
-    "plp_weights_only": "predict only weight tensors (ndim > 1), not biases/norm scales",
-    "cyclical_factor": "General Cyclical Training factor f >= 1 (arXiv 2202.08835)",
-    "cyclical_wd": "cyclical weight decay MIN:MAX",
-    "cyclical_temperature": "cyclical softmax temperature MIN:MAX of the training loss",
-    "cyclical_clip": "cyclical max gradient norm MIN:MAX",
-    "cyclical_focal": "train with the cyclical focal loss",
-    "focal_gamma_hc": "cyclical focal loss exponent of (1 + p_t)",
-    "focal_gamma_pos": "cyclical focal loss exponent of (1 - p_t)",
-    "focal_gamma_neg": "cyclical focal loss exponent of p_c on other classes",
-    "focal_label_smoothing": "label smoothing inside the cyclical focal loss",
-    "cyclical_batch_size": "cyclical batch size MIN:MAX (integers)",
-    "cyclical_aug": "cyclical augmentation strength MIN:MAX: the Mixup alpha follows the schedule",
+def _flag(key: str) -> str:
+    return "--" + key.replace("_", "-")
+
+
+FLAGS: dict[str, str] = {
+    **{field.name: _flag(field.name) for field in fields(RunConfig)},
+    "config": "--config", "run_dir": "--out", "overwrite": "--overwrite",
 }
+"""The flag of each parameter the library's errors may name (RunConfig keys, train's run_dir and overwrite)."""
+SWITCHES: frozenset[str] = frozenset({"overwrite", *(field.name for field in fields(RunConfig)
+                                                      if str(field.type) == "bool")})
+
+
+def usage_message(error: ConfigError) -> str:
+    """A library ConfigError in this command line's words: the parameters it names become flags."""
+    return flag_message(error, FLAGS, SWITCHES)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The CLI parser; every RunConfig field is a flag whose default is 'not given'."""
+    """The CLI parser: one argument group per RunConfig section, every field a flag whose default is 'not given'.
+
+    Help texts, choices and sections come from the fields' metadata (:mod:`dynamics.config`).
+    """
     parser = UsageParser(prog="python -m dynamics.collect", description=__doc__.splitlines()[0],
-                     argument_default=argparse.SUPPRESS)
-    parser.add_argument("--config", help="TOML or JSON file of settings; flags override it")
+                         argument_default=argparse.SUPPRESS)
+    parser.add_argument("--config", help="TOML or JSON file of settings, flat or one table per section "
+                                         "([data], [optimisation], ...); flags override it")
     parser.add_argument("--out", help="run directory (default runs/<timestamp>-<dataset>-<model>-s<seed>)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing run in --out")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
@@ -133,23 +67,30 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--resume", metavar="RUN_DIR",
                         help="continue the interrupted run in RUN_DIR from its newest checkpoint, with its own "
                              "config.json (only --no-progress and --check may be added)")
+    groups = {name: parser.add_argument_group(f"{name} settings", description) for name, description in
+              SECTIONS.items()}
     defaults = RunConfig()
     for field in fields(RunConfig):
-        flag = "--" + field.name.replace("_", "-")
-        default = getattr(defaults, field.name)
-        text = f"{_HELP[field.name]} (default: {default})"
+        meta = field.metadata
+        text = f"{meta['help']} (default: {getattr(defaults, field.name)})".replace("%", "%%")
+        group = groups[meta["section"]]
         if str(field.type) == "bool":
-            parser.add_argument(flag, dest=field.name, action=argparse.BooleanOptionalAction, help=text)
-        else:
-            kind = {"int": int, "float": float}.get(str(field.type).removesuffix(" | None"), str)
-            parser.add_argument(flag, dest=field.name, type=kind, help=text, metavar=field.name.upper())
+            group.add_argument(_flag(field.name), dest=field.name, action=argparse.BooleanOptionalAction, help=text)
+            continue
+        kind = {"int": int, "float": float}.get(str(field.type).removesuffix(" | None"), str)
+        metavar = ("{" + ",".join(meta["choices"]) + "}" if "choices" in meta
+                   else meta.get("metavar", field.name.upper()))
+        group.add_argument(_flag(field.name), dest=field.name, type=kind, help=text, metavar=metavar)
     return parser
 
 
 def config_from_args(args: argparse.Namespace) -> RunConfig:
     """Defaults < config file < flags."""
     given: dict[str, Any] = vars(args)
-    values: dict[str, Any] = read_config_file(given["config"]) if "config" in given else {}
+    values: dict[str, Any] = {}
+    if "config" in given:
+        with parameters_as({"path": "config"}):
+            values = read_config_file(given["config"])
     names = {field.name for field in fields(RunConfig)}
     values.update({key: value for key, value in given.items() if key in names})
     return make_config(values)
@@ -205,7 +146,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(json.dumps(config.to_dict(), indent=2))
             return 0
     except ConfigError as err:
-        _fail(err)
+        _fail(usage_message(err))
         return USAGE_ERROR
     try:
         result = train(config, run_dir, overwrite="overwrite" in args, progress="no_progress" not in args,
@@ -213,7 +154,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         figure = plot_overview(open_run(run_dir), run_dir / "overview")
         print(report(result, figure))
     except ConfigError as err:
-        _fail(err)
+        _fail(usage_message(err))
         return USAGE_ERROR
     except NonFiniteLossError as err:
         _fail(f"{err} (run marked failed in {run_dir / 'meta.json'}; recorded steps kept)")

@@ -19,13 +19,12 @@ from tqdm.auto import tqdm
 
 from dynamics.augment import InputPipeline
 from dynamics.checkpoint import CheckpointCadence, load_checkpoint, rng_states, save_checkpoint, set_rng_states
-from dynamics.config import RunConfig
+from dynamics.config import RunConfig, probe_names
 from dynamics.data import Dataset, load_dataset, to_device
-from dynamics.errors import ConfigError
+from dynamics.errors import ConfigError, parameters_as
 from dynamics.models import build_model
 from dynamics.optim import build_optimizer, build_schedule
 from dynamics.probes import (
-    PRESETS,
     FisherTrace,
     GeometricCadence,
     Interference,
@@ -40,6 +39,7 @@ from dynamics.snapshots import SnapshotWriter, snapshot_bytes, snapshot_steps
 from dynamics.steps import autocast, evaluate_split, prepare_model
 from dynamics.store import read_json
 from dynamics.strategies import Mixup, StrategyPlan, check_strategies_fit_data, validate_strategies
+from dynamics.strategies.plan import MIXUP_KEYS
 
 
 @dataclass(frozen=True)
@@ -59,7 +59,8 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("--device cuda was asked for but no CUDA device is available; use --device cpu or auto")
+        raise ConfigError("device='cuda' was asked for but CUDA is not available; use device='cpu' or 'auto'",
+                          key="device")
     return torch.device(name)
 
 
@@ -82,12 +83,13 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int
 
 def load_data(config: RunConfig, device: torch.device) -> Dataset:
     """The configured data set, moved to ``device`` whole."""
-    data = load_dataset(config.dataset, num_samples=config.num_samples, train_size=config.train_size,
-                        seed=config.data_seed, data_dir=config.data_dir, image_size=config.image_size,
-                        seq_len=config.seq_len)
+    with parameters_as({"name": "dataset", "seed": "data_seed"}):
+        data = load_dataset(config.dataset, num_samples=config.num_samples, train_size=config.train_size,
+                            seed=config.data_seed, data_dir=config.data_dir, image_size=config.image_size,
+                            seq_len=config.seq_len)
     if len(data.x_train) < config.batch_size:
         raise ConfigError(f"batch_size {config.batch_size} exceeds the {len(data.x_train)} training samples; "
-                          "lower --batch-size or raise --train-size")
+                          "lower batch_size or raise train_size", key=("batch_size", "train_size"))
     return to_device(data, device)
 
 
@@ -98,18 +100,23 @@ def interference_mixer(config: RunConfig, num_classes: int) -> Mixup:
     """
     seed = config.seed + 104729
     if config.mixup_alpha > 0 or config.cutmix_alpha > 0:
-        return Mixup(num_classes, config.mixup_alpha, config.cutmix_alpha, 1.0, config.switch_prob, config.mix_mode,
-                     config.label_smoothing, seed=seed)
-    return Mixup(num_classes, config.interference_alpha, mode=config.mix_mode,
-                 label_smoothing=config.label_smoothing, seed=seed)
+        with parameters_as(MIXUP_KEYS):
+            return Mixup(num_classes, config.mixup_alpha, config.cutmix_alpha, 1.0, config.switch_prob,
+                         config.mix_mode, config.label_smoothing, seed=seed)
+    with parameters_as({**MIXUP_KEYS, "mixup_alpha": "interference_alpha"}):
+        return Mixup(num_classes, config.interference_alpha, mode=config.mix_mode,
+                     label_smoothing=config.label_smoothing, seed=seed)
 
 
 def phase_probes(config: RunConfig, data: Dataset, pipeline: InputPipeline, run_dir: Path) -> list[Probe]:
     """The representation, Fisher and interference probes ``config`` asks for, on a probe set seeded by data_seed."""
     if not (config.representation or config.fisher or config.interference):
         return []
-    probe_set = make_probe_set(data, config.probe_samples, config.data_seed, prepare=lambda x: pipeline(x, False))
-    cadence = GeometricCadence(config.probe_growth, config.probe_max_interval)
+    with parameters_as({"samples": "probe_samples", "seed": "data_seed"}):
+        probe_set = make_probe_set(data, config.probe_samples, config.data_seed,
+                                   prepare=lambda x: pipeline(x, False))
+    with parameters_as({"growth": "probe_growth", "max_interval": "probe_max_interval"}):
+        cadence = GeometricCadence(config.probe_growth, config.probe_max_interval)
     probes: list[Probe] = []
     if config.representation:
         probes.append(Representation(probe_set, cadence=cadence, every=config.every,
@@ -117,9 +124,10 @@ def phase_probes(config: RunConfig, data: Dataset, pipeline: InputPipeline, run_
     if config.fisher:
         probes.append(FisherTrace(probe_set, cadence=cadence, every=config.every, seed=config.seed))
     if config.interference:
-        probes.append(Interference(interference_mixer(config, data.num_classes), interval=config.interference_every,
-                                   every=config.every, probe_set=probe_set,
-                                   sample_alignment=config.interference_samples))
+        with parameters_as({"interval": "interference_every", "sample_alignment": "interference_samples"}):
+            probes.append(Interference(interference_mixer(config, data.num_classes),
+                                       interval=config.interference_every, every=config.every, probe_set=probe_set,
+                                       sample_alignment=config.interference_samples))
     return probes
 
 
@@ -154,20 +162,23 @@ def train(config: RunConfig, run_dir: str | os.PathLike[str], *, overwrite: bool
     checkpoint = load_checkpoint(Path(run_dir), device) if resume else None
     data = load_data(config, device)
     torch.manual_seed(config.seed)
-    model = build_model(config.model, input_shape=data.input_shape, num_classes=data.num_classes,
-                        width=config.width, depth=config.depth, activation=config.activation,
-                        width_mult=config.width_mult, patch_size=config.patch_size, kind=data.kind).to(device)
+    with parameters_as({"name": "model", "input_shape": "dataset", "kind": "dataset"}):
+        model = build_model(config.model, input_shape=data.input_shape, num_classes=data.num_classes,
+                            width=config.width, depth=config.depth, activation=config.activation,
+                            width_mult=config.width_mult, patch_size=config.patch_size, kind=data.kind).to(device)
     model = prepare_model(model, channels_last=config.channels_last, compile=config.compile)
     pipeline = InputPipeline(data, device, augment=config.augment, channels_last=config.channels_last,
                              seed=config.seed)
-    optimizer = build_optimizer(config.optimizer, model.parameters(), lr=config.lr, momentum=config.momentum,
-                                nesterov=config.nesterov, weight_decay=config.weight_decay)
+    with parameters_as({"name": "optimizer"}):
+        optimizer = build_optimizer(config.optimizer, model.parameters(), lr=config.lr, momentum=config.momentum,
+                                    nesterov=config.nesterov, weight_decay=config.weight_decay)
     check_strategies_fit_data(config, data.input_shape, len(data.x_train))
     plan = StrategyPlan(config, model, optimizer, data.num_classes, config.seed)
     steps_per_epoch = [len(data.x_train) // plan.batch_size(epoch) for epoch in range(config.epochs)]
     total_steps = sum(steps_per_epoch)
-    schedule = build_schedule(optimizer, config.schedule, total_steps=total_steps,
-                              warmup_steps=config.warmup_steps)
+    with parameters_as({"name": "schedule"}):
+        schedule = build_schedule(optimizer, config.schedule, total_steps=total_steps,
+                                  warmup_steps=config.warmup_steps)
     order = torch.Generator(device="cpu").manual_seed(config.seed)
     if checkpoint is not None:
         model.load_state_dict(checkpoint["model"])
@@ -176,12 +187,14 @@ def train(config: RunConfig, run_dir: str | os.PathLike[str], *, overwrite: bool
         plan.load_state_dict(checkpoint["plan"])
         order.set_state(checkpoint["order"].cpu())
         pipeline.generator.set_state(checkpoint["augment"].cpu())
-    sketch = Sketch(k=config.sketch_dim, seed=config.sketch_seed, mode=config.sketch_mode)
-    probes = [*(sketch if name == "sketch" else name for name in PRESETS[config.probes]),
+    with parameters_as({"k": "sketch_dim", "seed": "sketch_seed", "mode": "sketch_mode"}):
+        sketch = Sketch(k=config.sketch_dim, seed=config.sketch_seed, mode=config.sketch_mode)
+    probes = [*(sketch if name == "sketch" else name for name in probe_names(config.probes)),
               *phase_probes(config, data, pipeline, Path(run_dir))]
-    snap_steps = snapshot_steps(total_steps, [end - 1 for end in accumulate(steps_per_epoch)],
-                                snapshot_bytes=snapshot_bytes(list(model.parameters())),
-                                budget_bytes=config.snapshot_budget_mb * 2**20) if config.snapshots else []
+    with parameters_as({"budget_bytes": "snapshot_budget_mb"}):
+        snap_steps = snapshot_steps(total_steps, [end - 1 for end in accumulate(steps_per_epoch)],
+                                    snapshot_bytes=snapshot_bytes(list(model.parameters())),
+                                    budget_bytes=config.snapshot_budget_mb * 2**20) if config.snapshots else []
     recorder = Recorder(model, optimizer, run_dir, every=config.every, probes=probes,
                         config=config.to_dict(), seed=config.seed, flush_seconds=config.flush_seconds,
                         on_nonfinite=config.on_nonfinite, overwrite=overwrite,

@@ -30,10 +30,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from dynamics import native
 from dynamics.errors import ConfigError, NonFiniteLossError, StoreError
-from dynamics.probes import Context, Probe, StepData, resolve_probes
-from dynamics.rows import DeviceRows, HostRows
+from dynamics.probes import Context, GradNorm, Probe, StepData, resolve_probes
+from dynamics.rows import Rows
 from dynamics.runinfo import environment, now_iso
 from dynamics.runlock import RunLock
 from dynamics.store import DATA_NAME, RunWriter, prepare_run_dir, read_json, write_json_atomic
@@ -97,8 +96,7 @@ class Recorder:
         if not flush_seconds > 0:
             raise ConfigError(f"flush_seconds must be positive, got {flush_seconds!r}")
         if on_nonfinite not in NONFINITE_POLICIES:
-            raise ConfigError(f"on_nonfinite must be one of {', '.join(NONFINITE_POLICIES)}, got {on_nonfinite!r}; "
-                              "fix --on-nonfinite")
+            raise ConfigError(f"on_nonfinite must be one of {', '.join(NONFINITE_POLICIES)}, got {on_nonfinite!r}")
         self.run_dir = Path(run_dir)
         self.every = every
         self.flush_steps = flush_steps
@@ -108,8 +106,14 @@ class Recorder:
         self.epoch = 0
         """Epoch stamped on the following steps; set it from the training loop."""
         self.context = Context(model, optimizer)
+        if not self.context.params:
+            raise ConfigError("the model has no trainable parameters (none, or all with requires_grad=False); "
+                              "give the Recorder the module being trained")
         self.probes = resolve_probes(probes)
-        self.device = next((p.device for p in model.parameters()), torch.device("cpu"))
+        self.device = self.context.params[0].device
+        self.dtype = torch.float64 if any(p.dtype == torch.float64 for p in self.context.params) else torch.float32
+        """The dtype of the recorded values: float64 for a model with float64 parameters, else float32."""
+        frozen = [name for name, p in model.named_parameters() if not p.requires_grad]
         self._lock = prepare_run_dir(self.run_dir, overwrite) if resume is None else RunLock(self.run_dir)
         """This process's write lock on the run directory, held until ``close`` (``dynamics.runlock``)."""
 
@@ -129,14 +133,10 @@ class Recorder:
             """The probes that prepare recorded steps (the others' hook does nothing): called per step."""
             self._layout: list[tuple[str, int, tuple[int, ...]]] = []
             """(variable, values, shape) of every recorded variable, in row order."""
-            self._spans: list[tuple[int, int]] = []
-            """Each probe's columns (start, stop) in a row."""
             for probe in self.probes:
-                start = sum(size for _, size, _ in self._layout)
                 for variable in probe.variables(self.context):
                     shape = tuple(len(coords[dim]) for dim in variable.dims)
                     self._layout.append((variable.name, math.prod(shape), shape))
-                self._spans.append((start, sum(size for _, size, _ in self._layout)))
             try:
                 if resume is None:
                     self._writer = RunWriter(self.run_dir, coords, {
@@ -154,8 +154,7 @@ class Recorder:
                 self._meta: dict[str, Any] = {
                     "status": "running", "error": None, "started": now_iso(), "finished": None, "seed": seed,
                     "every": every, "probes": [p.name for p in self.probes], "steps": 0, "last_flush": None,
-                    "on_nonfinite": on_nonfinite, **environment(self.device),
-                    "cpu_kernels": native.status() if self.device.type == "cpu" else f"not used on {self.device.type}",
+                    "on_nonfinite": on_nonfinite, "frozen_params": frozen, **environment(self.device),
                 }
             else:
                 self._meta = read_json(self.run_dir / "meta.json")
@@ -167,10 +166,7 @@ class Recorder:
             self._write_meta()
 
             self._step = 0
-            width = self._spans[-1][1] if self._spans else 0
-            self._rows = HostRows(width) if self.device.type == "cpu" else DeviceRows()
-            self._offsets = [(probe, 4 * start) for probe, (start, _) in zip(self.probes, self._spans, strict=True)]
-            """Each probe with the byte offset of its columns in a host row."""
+            self._rows = Rows(self.dtype)
             self._rows_verified = False
             self._host_rows: list[tuple[int, int, float]] = []
             self._extras: list[dict[str, Scalar]] = []
@@ -239,7 +235,9 @@ class Recorder:
         if self._closed:
             raise RuntimeError("Recorder.step() after close(); create a new Recorder for a new run")
         if not isinstance(loss, torch.Tensor):
-            loss = torch.tensor(float(loss), device=self.device)
+            loss = torch.tensor(float(loss), device=self.device, dtype=self.dtype)
+        if loss.numel() != 1:
+            StepData(loss).check()  # raises the error that names the shape
         if self._first_bad_step < 0:
             self._unchecked_losses.append(loss.detach())
         if self.on_nonfinite == "skip":
@@ -259,31 +257,15 @@ class Recorder:
             self.flush()
 
     def _record(self, data: StepData, scalars: Mapping[str, Scalar]) -> None:
-        # per recorded step: every Python operation here costs several times its cost in isolation on a CPU
-        # (the training step has just evicted the interpreter's data from the caches), so it is kept short
         context = self.context
-        context.next_recorded = (self._step + 1) % self.every == 0
-        rows = self._rows
-        if isinstance(rows, HostRows):  # native writers need no autograd mode; measure() runs without grad
-            context.prepare_step()
-            address = rows.next_address()
-            try:
-                for probe, offset in self._offsets:
-                    if not probe.measure_into(context, data, address + offset):
-                        self._measure_on_host(probe, data)
-            except BaseException:
-                rows.drop_last()  # a probe failed: the step is not recorded
-                raise
-        else:
-            with torch.no_grad():
-                values = [v for probe in self.probes for v in probe.measure(context, data).values()]
-                if not self._rows_verified:
-                    sizes = [v.numel() for v in values]
-                    if sizes != [size for _, size, _ in self._layout]:
-                        raise RuntimeError(f"the probes measured values of sizes {sizes}, but declared variables "
-                                           f"{self._layout}: measure() must return variables() in order")
-                    self._rows_verified = True
-                rows.append(values)
+        context.step = self._step
+        if not self._rows_verified:
+            data.check()
+        with torch.no_grad():
+            values = [v for probe in self.probes for v in probe.measure(context, data).values()]
+        if not self._rows_verified:
+            self._verify_first_row(values, data)
+        self._rows.append(values)
         optimizer = context.optimizer
         lr = optimizer.param_groups[0]["lr"] if optimizer is not None else math.nan
         # a tensor lr (capturable/fused optimizers) is copied, not read: float() would sync with the device
@@ -292,12 +274,16 @@ class Recorder:
         self._extras.append({k: v.detach() if isinstance(v, torch.Tensor) else v for k, v in scalars.items()}
                             if scalars else _NO_SCALARS)
 
-    def _measure_on_host(self, probe: Probe, data: StepData) -> None:
-        """A probe's values by its ``measure`` (torch operations), into the host row being written."""
-        start, stop = self._spans[self.probes.index(probe)]
-        with torch.no_grad():
-            values = probe.measure(self.context, data)
-        self._rows.last_row()[start:stop] = _host_values(probe, values, stop - start)
+    def _verify_first_row(self, values: list[torch.Tensor], data: StepData) -> None:
+        """At the first recorded step: the probes measured what they declared; keep the class count seen."""
+        sizes = [v.numel() for v in values]
+        if sizes != [size for _, size, _ in self._layout]:
+            raise RuntimeError(f"the probes measured values of sizes {sizes}, but declared variables "
+                               f"{self._layout}: measure() must return variables() in order")
+        if data.output is not None and data.output.dim() >= 2 and "num_classes" not in self._meta:
+            self._meta["num_classes"] = int(data.output.shape[-1])
+            self._write_meta()
+        self._rows_verified = True
 
     def record_eval(self, **values: Scalar) -> None:
         """Record evaluation results (e.g. ``val_loss``, ``val_accuracy``) at the last completed step."""
@@ -352,11 +338,10 @@ class Recorder:
         if not losses or self._first_bad_step >= 0:
             return
         first_step = self._step - len(losses)
-        values = torch.stack([loss.reshape(()).float() for loss in losses])
+        values = torch.stack([loss.reshape(()).double() for loss in losses])
         flags = [~torch.isfinite(values)]
-        grads = self._columns("grad_norm")
-        if grads is not None and len(self._rows) > first_row:
-            flags.append(~torch.isfinite(self._rows.tensor(first_row)[:, grads]).all(1))
+        if self._columns("grad_norm") is not None and len(self._rows) > first_row:
+            flags.append(~self._finite_gradients(first_row).all(1))
         bad = torch.cat(flags).nonzero().flatten().tolist()
         if not bad:
             return
@@ -366,6 +351,16 @@ class Recorder:
         self._first_bad_value = float(values[step - first_step])
         self._meta["nonfinite"] = {"step": step, "kind": "gradient" if math.isfinite(self._first_bad_value)
                                    else "loss", "loss": str(self._first_bad_value), **self._locate(step)}
+
+    def _finite_gradients(self, first_row: int) -> torch.Tensor:
+        """Per row from ``first_row`` and parameter: whether the recorded gradient norm is finite or the parameter
+        had no gradient at that step (recorded as NaN, which is no divergence)."""
+        finite = torch.isfinite(self._rows.tensor(first_row)[:, self._columns("grad_norm")])
+        absent = next(probe.absent for probe in self.probes if isinstance(probe, GradNorm))
+        for row, (step, _, _) in enumerate(self._host_rows[first_row:]):
+            if step in absent:
+                finite[row, absent[step]] = True
+        return finite
 
     def _locate(self, step: int) -> dict[str, str | None]:
         """First parameter with a non-finite gradient norm and first layer with a non-finite activation mean at
@@ -379,7 +374,8 @@ class Recorder:
             columns = self._columns(variable)
             labels = self._coords.get(key)
             if columns is not None and labels:
-                bad = (~torch.isfinite(row[columns])).nonzero().flatten().tolist()
+                finite = self._finite_gradients(index)[0] if key == "param" else torch.isfinite(row[columns])
+                bad = (~finite).nonzero().flatten().tolist()
                 found[key] = labels[bad[0]] if bad else None
         return found
 
@@ -418,6 +414,9 @@ class Recorder:
         self._meta["last_flush"] = now_iso()
         self._rows.clear()
         self._host_rows, self._extras, self._eval_rows = [], [], []
+        for probe in self.probes:
+            if isinstance(probe, GradNorm):
+                probe.absent.clear()
         self._rows_checked = 0
         self._write_meta()
 
@@ -427,7 +426,7 @@ class Recorder:
         offset = 0
         for name, size, shape in self._layout:
             block = matrix[:, offset:offset + size].reshape(len(matrix), *shape)
-            columns[name] = (self._dims[name], block.astype(np.float32))
+            columns[name] = (self._dims[name], block)
             offset += size
         steps, epochs, lrs = zip(*self._host_rows, strict=True)
         columns["step"] = (("step",), np.asarray(steps, dtype=np.int64))
@@ -483,7 +482,7 @@ class Recorder:
 def write_failed(path: Path, err: OSError) -> StoreError:
     """The one-line error of a failed write (disk full, read-only directory), naming the fix."""
     return StoreError(f"writing {path} failed ({err.strerror or err}); free disk space or make the run "
-                      "directory writable (or choose another --out)")
+                      "directory writable (or choose another run directory)")
 
 
 def _host_floats(values: Sequence[float | torch.Tensor]) -> list[float]:
@@ -493,19 +492,6 @@ def _host_floats(values: Sequence[float | torch.Tensor]) -> list[float]:
         return list(values)
     host = iter(torch.stack([t.reshape(()).double() for t in tensors]).cpu().tolist())
     return [next(host) if isinstance(v, torch.Tensor) else v for v in values]
-
-
-_NUMPY_FLOATS = (torch.float32, torch.float64, torch.float16)
-
-
-def _host_values(probe: Probe, values: Mapping[str, torch.Tensor], size: int) -> np.ndarray:
-    """A probe's values (CPU tensors) as one float32 numpy vector of the ``size`` values it declared."""
-    flat = np.concatenate([(v if v.dtype in _NUMPY_FLOATS else v.float()).detach().numpy().reshape(-1)
-                           for v in values.values()]) if values else np.zeros(0, dtype=np.float32)
-    if flat.size != size:
-        raise RuntimeError(f"probe {probe.name!r} measured {flat.size} values but declares {size}: measure() must "
-                           "return variables() in order, each shaped by its coordinates")
-    return flat
 
 
 def _scalar_columns(append_dim: str, rows: Sequence[Mapping[str, Scalar]]) -> dict[str, tuple[tuple[str, ...],

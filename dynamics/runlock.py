@@ -1,4 +1,4 @@
-"""One writer per run directory: a second Recorder (another run, a resume, an ``--overwrite``) is refused.
+"""One writer per run directory: a second Recorder (another run, a resume, an overwrite) is refused.
 
 A Recorder holds an exclusive advisory lock (``flock``) on ``<run_dir>/.writer.lock`` from before it
 touches the directory until ``close``. The system drops the lock when the process ends in any way, SIGKILL
@@ -37,14 +37,15 @@ class RunLock:
         try:
             fd = os.open(self.path, os.O_RDONLY | os.O_CREAT, 0o644)
         except OSError as err:
-            raise ConfigError(f"cannot create {self.path} ({err.strerror}); choose a writable run directory") from None
+            raise ConfigError(f"cannot create {self.path} ({err.strerror}); choose a writable run_dir",
+                              key="run_dir") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
             holder = os.read(fd, 32).decode(errors="replace").strip() or "?"
             os.close(fd)
             raise ConfigError(f"{run_dir} is being written by another process (pid {holder}); wait for it to end "
-                              "or stop it, or choose another --out") from None
+                              "or stop it, or choose another run_dir", key="run_dir") from None
         self._fd = fd
         try:
             self.path.write_text(f"{os.getpid()}\n")

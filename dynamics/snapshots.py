@@ -37,8 +37,7 @@ import zarr
 from torch import nn
 
 from dynamics.errors import ConfigError, StoreError
-from dynamics.probes.cadence import GeometricCadence
-from dynamics.store import DATA_NAME, cut_group, rows_before
+from dynamics.store import DATA_NAME, checked_array_options, cut_group, rows_before, writable_arrays
 
 GROUP = "snapshots"
 INITIAL_STEP = -1
@@ -57,18 +56,20 @@ def snapshot_steps(total_steps: int, epoch_ends: Iterable[int] = (), *, growth: 
     """
     if isinstance(total_steps, bool) or not isinstance(total_steps, int) or total_steps < 1:
         raise ConfigError(f"total_steps must be a positive integer, got {total_steps!r}")
+    from dynamics.probes.cadence import GeometricCadence  # here: readers of snapshots need no probes
+
     steps = {INITIAL_STEP, total_steps - 1, *GeometricCadence(growth).steps(total_steps)}
     steps.update(int(s) for s in epoch_ends if 0 <= int(s) < total_steps)
     planned = sorted(steps)
     if budget_bytes is None:
         return planned
     if not budget_bytes > 0:
-        raise ConfigError(f"snapshot budget must be > 0, got {budget_bytes!r}; fix --snapshot-budget-mb")
+        raise ConfigError(f"budget_bytes must be > 0, got {budget_bytes!r}; fix it", key="budget_bytes")
     fit = int(budget_bytes // max(snapshot_bytes, 1))
     if fit < 2:
         raise ConfigError(f"a snapshot takes {snapshot_bytes / 2**20:.1f} MiB, so the budget of "
                           f"{budget_bytes / 2**20:.1f} MiB holds fewer than two (initial and final); "
-                          "raise --snapshot-budget-mb or turn --no-snapshots")
+                          "raise budget_bytes or record no snapshots", key="budget_bytes")
     if fit >= len(planned):
         return planned
     keep = np.unique(np.round(np.linspace(0, len(planned) - 1, fit)).astype(int))
@@ -97,7 +98,7 @@ class ParamSlice:
 def param_layout(ds: xr.Dataset) -> list[ParamSlice]:
     """The parameter tensors of the ``snapshot`` variable of run ``ds`` (from ``open_run``), in row order."""
     if "snapshot" not in ds.variables:
-        raise ConfigError("the run has no parameter snapshots; record them (--snapshots, the engine's default, "
+        raise ConfigError("the run has no parameter snapshots; record them (snapshots=True, the engine's default, "
                           "or a SnapshotWriter in your loop)")
     attrs = ds["snapshot"].attrs
     return [ParamSlice(str(name), tuple(int(n) for n in shape), int(offset)) for name, shape, offset
@@ -152,7 +153,7 @@ class SnapshotWriter:
         if not (self.path / "zarr.json").exists():
             return
         self._group = zarr.open_group(self.path, mode="r+", zarr_format=3, use_consolidated=False)
-        self._arrays = {name: array for name, array in self._group.arrays()}
+        self._arrays = writable_arrays(self._group)
         committed = int(self._group.attrs.get("committed", {}).get("snap_step", 0))
         self.written = rows_before(self._arrays["snap_step"], committed, resume_step)
         cut_group(self._group, {"snap_step": self.written})
@@ -185,16 +186,17 @@ class SnapshotWriter:
         self._arrays = {
             "snapshot": self._group.create_array(
                 "snapshot", shape=(0, self.numel), chunks=(1, max(1, min(self.numel, CHUNK_COLUMNS))),
-                dtype=np.float32, dimension_names=["snap_step", "flat"], fill_value=np.nan,
+                dtype=np.float32, dimension_names=["snap_step", "flat"], fill_value=np.nan, **checked_array_options(),
                 attributes={"long_name": "parameter snapshot", "units": "param", **layout,
                             "description": "trainable parameters after optimizer step snap_step (-1: initial), "
                                            "flattened row-major and concatenated at param_offsets"}),
             "snap_step": self._group.create_array(
                 "snap_step", shape=(0,), chunks=(512,), dtype=np.int64, dimension_names=["snap_step"],
+                **checked_array_options(),
                 attributes={"long_name": "step of the snapshot", "description": "-1: the initial parameters"}),
             "snap_epoch": self._group.create_array(
                 "snap_epoch", shape=(0,), chunks=(512,), dtype=np.int64, dimension_names=["snap_step"],
-                attributes={"long_name": "epoch of the snapshot"}),
+                **checked_array_options(), attributes={"long_name": "epoch of the snapshot"}),
         }
 
     def flush(self) -> None:
@@ -216,7 +218,7 @@ class SnapshotWriter:
             self._group.attrs["committed"] = {"snap_step": stop}
         except OSError as err:
             raise StoreError(f"writing snapshots to {self.path} failed ({err.strerror or err}); "
-                             "free disk space or lower --snapshot-budget-mb") from None
+                             "free disk space or lower snapshot_budget_mb") from None
         self.written = stop
         self._pending = []
 

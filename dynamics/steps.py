@@ -22,7 +22,7 @@ PRECISIONS: tuple[str, ...] = ("fp32", "bf16")
 def autocast(device: torch.device, precision: str) -> torch.autocast:
     """bf16 autocast on ``device`` for ``precision="bf16"``, a disabled (no-op) context for ``"fp32"``."""
     if precision not in PRECISIONS:
-        raise ConfigError(f"unknown precision {precision!r}; choose one of: {', '.join(PRECISIONS)} (--precision)")
+        raise ConfigError(f"unknown precision {precision!r}; choose one of: {', '.join(PRECISIONS)}", key="precision")
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
 
 

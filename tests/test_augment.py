@@ -106,7 +106,7 @@ def test_channels_last_layout_and_errors():
     signal = Dataset("sig", torch.randn(4, 1, 8), torch.arange(4), torch.randn(2, 1, 8), torch.arange(2), 4)
     pipeline = InputPipeline(signal, torch.device("cpu"))
     assert pipeline(signal.x_train, True) is signal.x_train  # other kinds pass through
-    with pytest.raises(ConfigError, match="--channels-last"):
+    with pytest.raises(ConfigError, match="channels_last"):
         InputPipeline(signal, torch.device("cpu"), channels_last=True)
 
 

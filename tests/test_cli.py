@@ -79,7 +79,7 @@ def test_config_file_is_read_and_flags_override_it(tmp_path: Path) -> None:
     (["--model", "transformerx"], ["transformerx", "--model"]),
     (["--epochs", "0"], ["epochs", "--epochs"]),
     (["--epochs", "-3"], ["epochs", "--epochs"]),
-    (["--batch-size", "0"], ["batch_size", "--batch-size"]),
+    (["--batch-size", "0"], ["--batch-size", "positive integer"]),
     (["--lr", "0"], ["learning rate", "--lr"]),
     (["--lr", "-0.1"], ["learning rate", "--lr"]),
     (["--epochs", "two"], ["--epochs"]),

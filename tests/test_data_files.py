@@ -82,7 +82,7 @@ def test_cifar_missing_files_name_what_where_and_how(tmp_path):
         load_cifar("cifar10", tmp_path)
     message = one_line(excinfo)
     assert "cifar-10-python.tar.gz" in message and str(tmp_path) in message and "https://" in message
-    with pytest.raises(ConfigError, match="--data-dir") as excinfo:
+    with pytest.raises(ConfigError, match="data_dir") as excinfo:
         load_dataset("cifar100")
     assert "cifar-100-python.tar.gz" in one_line(excinfo)
 
@@ -270,8 +270,12 @@ def test_text_file_by_path_and_errors(tmp_path):
     assert data.labels == (" ", "b", "e", "r", "ü") and data.x_train.shape == (10, 16)
     full = load_text(path, seq_len=16)
     assert torch.equal(data.x_train, full.x_train[random_subset(len(full.x_train), 10, 2)])
-    with pytest.raises(ConfigError, match="expected a UTF-8 text file"):
+    with pytest.raises(ConfigError, match="no file at path=.*point it to a UTF-8 text file") as excinfo:
         load_text(tmp_path / "missing.txt")
+    assert excinfo.value.key == "path"
+    with pytest.raises(ConfigError, match="no file at data_dir=") as excinfo:
+        load_dataset("text", data_dir=tmp_path / "missing.txt")
+    assert excinfo.value.key == "data_dir"
     (tmp_path / "latin1.txt").write_bytes("caf\xe9".encode("latin-1") * 100)
     with pytest.raises(ConfigError, match="not a readable UTF-8"):
         load_text(tmp_path / "latin1.txt")
@@ -299,22 +303,22 @@ def test_timeseries_is_seeded_balanced_and_needs_shape_features():
 
 def test_load_dataset_refuses_settings_that_do_not_apply(tmp_path):
     cases = [
-        ({"name": "cifar10", "num_samples": 10}, "--num-samples"),
-        ({"name": "mnist1d", "data_dir": tmp_path}, "--data-dir"),
-        ({"name": "text", "image_size": 32}, "--image-size"),
-        ({"name": "gaussian", "seq_len": 32}, "--seq-len"),
+        ({"name": "cifar10", "num_samples": 10}, "num_samples"),
+        ({"name": "mnist1d", "data_dir": tmp_path}, "data_dir"),
+        ({"name": "text", "image_size": 32}, "image_size"),
+        ({"name": "gaussian", "seq_len": 32}, "seq_len"),
     ]
-    for kwargs, flag in cases:
+    for kwargs, key in cases:
         name = kwargs.pop("name")
-        with pytest.raises(ConfigError, match=flag) as excinfo:
+        with pytest.raises(ConfigError, match=key) as excinfo:
             load_dataset(name, **kwargs)
-        assert "does not apply" in one_line(excinfo)
+        assert "does not apply" in one_line(excinfo) and excinfo.value.key == key
 
 
 def test_random_subset_is_seeded_sorted_and_checked():
     a, b = random_subset(100, 10, 1), random_subset(100, 10, 1)
     assert torch.equal(a, b) and torch.equal(a, a.unique()) and len(a) == 10
-    with pytest.raises(ConfigError, match="--train-size"):
+    with pytest.raises(ConfigError, match="size"):
         random_subset(5, 6, 0)
 
 
@@ -340,7 +344,7 @@ def test_image_pickles_written_by_python2_layout_are_read(tmp_path):
 def test_data_that_would_not_fit_on_the_gpu_is_refused(monkeypatch):
     data = make_timeseries(num_samples=80, length=16)
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (1000, 4000))
-    with pytest.raises(ConfigError, match="--train-size") as excinfo:
+    with pytest.raises(ConfigError, match="train_size") as excinfo:
         to_device(data, torch.device("cuda"))
     assert "timeseries takes" in one_line(excinfo)
     assert to_device(data, torch.device("cpu")).x_train is data.x_train

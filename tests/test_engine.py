@@ -68,6 +68,6 @@ def test_config_precedence_and_validation(tmp_path) -> None:
 
 
 def test_batch_larger_than_training_split_is_a_config_error(tmp_path) -> None:
-    with pytest.raises(ConfigError, match="--batch-size"):
+    with pytest.raises(ConfigError, match="batch_size"):
         train(make_config({**SMALL, "batch_size": 1000}), tmp_path / "r", progress=False)
     assert not (tmp_path / "r").exists()

@@ -295,7 +295,7 @@ def test_bad_settings_are_one_line_config_errors(tmp_path) -> None:
         make_config({"interference_alpha": 0.0})
     with pytest.raises(ConfigError, match="interference_every"):
         make_config({"interference_every": 0})
-    with pytest.raises(ConfigError, match="--interference"):
+    with pytest.raises(ConfigError, match="interference=True"):
         make_config({"interference_samples": True})
     with pytest.raises(ConfigError, match="mixes"):
         Interference(Mixup(CLASSES, 0.0), interval=2)

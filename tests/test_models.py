@@ -114,26 +114,28 @@ def test_make_activation_returns_fresh_instances():
 
 
 @pytest.mark.parametrize(
-    ("name", "overrides", "needle"),
+    ("name", "overrides", "needle", "key"),
     [
-        ("transformer", {}, "choose one of: mlp, cnn, cnn_gru, resnet18"),
-        ("mlp", {"activation": "swish"}, "relu, leaky_relu, gelu, silu, elu, tanh, sigmoid, softplus"),
-        ("cnn", {"activation": "ReLU"}, "(--activation)"),
-        ("mlp", {"width": 0}, "(--width)"),
-        ("cnn", {"width": -3}, "(--width)"),
-        ("mlp", {"width": 2.5}, "(--width)"),
-        ("mlp", {"width": True}, "(--width)"),
-        ("mlp", {"depth": 0}, "(--depth)"),
-        ("cnn", {"depth": 1.0}, "(--depth)"),
-        ("mlp", {"num_classes": 0}, "num_classes"),
-        ("cnn", {"input_shape": (40,)}, "(--model)"),
+        ("transformer", {}, "choose one of: mlp, cnn, cnn_gru, resnet18", "name"),
+        ("mlp", {"activation": "swish"}, "relu, leaky_relu, gelu, silu, elu, tanh, sigmoid, softplus", "activation"),
+        ("cnn", {"activation": "ReLU"}, "unknown activation 'ReLU'", "activation"),
+        ("mlp", {"width": 0}, "width must be", "width"),
+        ("cnn", {"width": -3}, "width must be", "width"),
+        ("mlp", {"width": 2.5}, "width must be", "width"),
+        ("mlp", {"width": True}, "width must be", "width"),
+        ("mlp", {"depth": 0}, "depth must be", "depth"),
+        ("cnn", {"depth": 1.0}, "depth must be", "depth"),
+        ("mlp", {"num_classes": 0}, "num_classes", "num_classes"),
+        ("cnn", {"input_shape": (40,)}, "use a 1-D signal data set or the mlp", "input_shape"),
     ],
 )
-def test_build_model_errors(name, overrides, needle):
+def test_build_model_errors(name, overrides, needle, key):
+    """One line naming the parameter (``key``), never a command-line flag."""
     with pytest.raises(ConfigError) as excinfo:
         build_model(name, **build_kwargs(**overrides))
     message = str(excinfo.value)
-    assert "\n" not in message and needle in message
+    assert "\n" not in message and needle in message and "--" not in message
+    assert excinfo.value.key == key
 
 
 @pytest.mark.parametrize("kernel_size", [0, 4, 2.0])

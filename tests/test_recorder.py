@@ -11,9 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dynamics import NonFiniteLossError, Recorder, native, open_run
+from dynamics import NonFiniteLossError, Recorder, open_run
 from dynamics.probes.flat_regions import flat_rule
-from dynamics.rows import DeviceRows
 
 RTOL = 1e-6
 SLOPE = 0.05
@@ -176,26 +175,17 @@ def train_and_compare(tmp_path, every: int, accumulate: int = 1, batches: tuple[
                                            err_msg=f"{var} {layer} step {step}")
 
 
-@pytest.fixture(params=["native", "torch"])
-def kernels(request, monkeypatch) -> str:
-    """Both implementations of the probes: the native CPU kernels (which must be available here) and torch."""
-    monkeypatch.setenv("DYNAMICS_NATIVE", "1" if request.param == "native" else "0")
-    assert native.status() == ("native" if request.param == "native" else "torch (DYNAMICS_NATIVE=0)")
-    return request.param
-
-
 @pytest.mark.parametrize("every", [1, 3])
-def test_every_variable_matches_brute_force(tmp_path, every, kernels):
+def test_every_variable_matches_brute_force(tmp_path, every):
     train_and_compare(tmp_path, every)
 
 
-def test_gradient_accumulation_pools_passes(tmp_path, kernels):
+def test_gradient_accumulation_pools_passes(tmp_path):
     train_and_compare(tmp_path, every=1, accumulate=2)
 
 
-def test_batch_sizes_and_thread_counts_that_change_between_steps(tmp_path, kernels):
-    """The native activation pass prepares its call for the last shape and thread count: steps that change
-    either (700 samples split the first layer's rows over two threads) are measured as exactly as the others."""
+def test_batch_sizes_and_thread_counts_that_change_between_steps(tmp_path):
+    """Steps that change the batch size or torch's thread count are measured as exactly as the others."""
     previous = torch.get_num_threads()
     try:
         train_and_compare(tmp_path, every=1, batches=(24, 24, 700, 700, 24, 700, 700), threads=(1, 1, 1, 2, 2, 2, 1))
@@ -204,7 +194,7 @@ def test_batch_sizes_and_thread_counts_that_change_between_steps(tmp_path, kerne
 
 
 class MixedPrecision(nn.Module):
-    """Float32 parameters (native gradient norms on the CPU), a float64 one (torch operations), one unused."""
+    """Float32 parameters, a float64 one, one unused."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -216,9 +206,9 @@ class MixedPrecision(nn.Module):
         return (self.linear(x).double() * self.scale).float()
 
 
-def test_gradient_norms_mix_native_and_torch_paths(tmp_path, kernels):
-    """Gradients of one step measured partly natively and partly by torch, over two accumulated backward
-    passes and clipping, equal the pre-clipping norms; a parameter without a gradient has norm 0."""
+def test_gradient_norms_of_mixed_dtypes_accumulated_and_clipped(tmp_path):
+    """Gradients of float32 and float64 parameters, over two accumulated backward passes and clipping, equal the
+    pre-clipping norms; a parameter without a gradient has norm NaN (there is none to measure)."""
     torch.manual_seed(3)
     model = MixedPrecision()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
@@ -230,16 +220,17 @@ def test_gradient_norms_mix_native_and_torch_paths(tmp_path, kernels):
                 x, y = torch.randn(8, 6), torch.randint(0, 4, (8,))
                 loss = F.cross_entropy(model(x), y)
                 loss.backward()
-            expected.append([0.0 if p.grad is None else float(p.grad.double().norm()) for p in model.parameters()])
+            expected.append([np.nan if p.grad is None else float(p.grad.double().norm()) for p in model.parameters()])
             nn.utils.clip_grad_norm_(model.parameters(), max_norm=1e-3)
             optimizer.step()
             recorder.step(loss=loss)
     got = open_run(tmp_path / "run")["grad_norm"].values
     np.testing.assert_allclose(got, expected, rtol=RTOL, atol=0.0)
-    assert (got[:, -2:] == 0).all() and (got[:, :-2] > 0).all()
+    assert np.isnan(got[:, -2:]).all() and (got[:, :-2] > 0).all()
+    assert got.dtype == np.float64  # a model with float64 parameters is recorded in float64
 
 
-def test_sparse_gradients_are_measured_as_their_dense_norm(tmp_path, kernels):
+def test_sparse_gradients_are_measured_as_their_dense_norm(tmp_path):
     """A sparse embedding gradient (repeated indices, so duplicates must be summed) next to dense ones."""
     torch.manual_seed(4)
     model = nn.Sequential(nn.Embedding(10, 4, sparse=True), nn.Flatten(), nn.Linear(12, 3))
@@ -258,9 +249,8 @@ def test_sparse_gradients_are_measured_as_their_dense_norm(tmp_path, kernels):
     np.testing.assert_allclose(open_run(tmp_path / "run")["grad_norm"].values, expected, rtol=RTOL, atol=0.0)
 
 
-def test_parameters_given_new_storage_or_dtype_mid_run_are_measured_again(tmp_path, kernels):
-    """The native pointer checks are cached by address: parameters moved to new storage (step 3) and to
-    float64 (step 4, where the torch operations take over) are measured as brute force says."""
+def test_parameters_given_new_storage_or_dtype_mid_run_are_measured_again(tmp_path):
+    """Parameters moved to new storage (step 3) and to float64 (step 4) are measured as brute force says."""
     torch.manual_seed(5)
     model = nn.Sequential(nn.Linear(6, 300), nn.ReLU(), nn.Linear(300, 60), nn.ReLU(), nn.Linear(60, 3))
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
@@ -355,28 +345,3 @@ def test_run_opens_with_empty_steps_before_the_first_flush(tmp_path):
         assert open_run(tmp_path / "run").step.values.tolist() == [0, 1, 2]
 
 
-def test_device_rows_record_what_host_rows_record(tmp_path):
-    """The row storage of non-CPU devices (one flattened device tensor per step, ``measure()`` only), run here
-    on the CPU by swapping it in, stores exactly what the host rows with native writers store."""
-    runs = {}
-    for label in ("host", "device"):
-        torch.manual_seed(0)
-        model = Net()
-        optimizer = torch.optim.SGD(model.parameters(), lr=0.5, momentum=0.9)
-        recorder = Recorder(model, optimizer, tmp_path / label, flush_steps=3)
-        if label == "device":
-            recorder._rows = DeviceRows()
-        for step in range(7):
-            x, y = torch.randn(24, 1, 12) * 3, torch.randint(0, 5, (24,))
-            out = model(x)
-            loss = F.cross_entropy(out, y)
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            recorder.step(loss=loss, output=out, target=y, hyper=float(step))
-        recorder.close()
-        runs[label] = open_run(tmp_path / label)
-    host, device = runs["host"], runs["device"]
-    assert host.step.values.tolist() == device.step.values.tolist() == list(range(7))
-    for name in host.data_vars:
-        np.testing.assert_allclose(device[name].values, host[name].values, rtol=1e-5, atol=1e-7, err_msg=name)

@@ -111,7 +111,7 @@ def test_vit_patch_size():
     model = build("vit_tiny", (3, 32, 32), patch_size=2, width_mult=0.25)
     assert model.pos_embed.shape[1] == 257
     check_forward_backward(model, torch.randn(2, 3, 32, 32), (2, 10))
-    with pytest.raises(ConfigError, match="--patch-size"):
+    with pytest.raises(ConfigError, match="patch_size"):
         build("vit_tiny", (3, 32, 32), patch_size=3)
 
 
@@ -135,22 +135,24 @@ def test_language_model_is_causal():
 
 
 @pytest.mark.parametrize(("name", "shape", "kwargs", "needle"), [
-    ("resnet18", (1, 40), {}, "--dataset"),
+    ("resnet18", (1, 40), {}, "use an image data set"),
     ("vgg16_bn", (3, 16, 16), {}, "at least 32x32"),
-    ("lm", (3, 32, 32), {}, "--dataset text"),
+    ("lm", (3, 32, 32), {}, "use the text data set"),
     ("cnn_gru", (3, 32, 32), {}, "time-series"),
-    ("resnet18", (3, 32, 32), {"width_mult": 0.0}, "--width-mult"),
-    ("resnet18", (3, 32, 32), {"width_mult": float("inf")}, "--width-mult"),
-    ("mlp", (1, 40), {"width_mult": 2.0}, "--width"),
-    ("resnet18", (3, 32, 32), {"patch_size": 4}, "--patch-size"),
-    ("resnet18", (3, 32, 32), {"kind": "signal"}, "mlp, cnn, cnn_gru (--model)"),
-    ("cnn", (1, 40), {"kind": "sequence"}, "lm (--model)"),
+    ("resnet18", (3, 32, 32), {"width_mult": 0.0}, "width_mult must be"),
+    ("resnet18", (3, 32, 32), {"width_mult": float("inf")}, "width_mult must be"),
+    ("mlp", (1, 40), {"width_mult": 2.0}, "size it with width instead"),
+    ("resnet18", (3, 32, 32), {"patch_size": 4}, "leave patch_size unset"),
+    ("resnet18", (3, 32, 32), {"kind": "signal"}, "choose one of: mlp, cnn, cnn_gru"),
+    ("cnn", (1, 40), {"kind": "sequence"}, "choose one of: lm"),
 ])
 def test_build_errors_are_one_line(name, shape, kwargs, needle):
+    """One line naming the parameters (``ConfigError.keys``), never a command-line flag."""
     with pytest.raises(ConfigError) as excinfo:
         build(name, shape, **kwargs)
     message = str(excinfo.value)
-    assert "\n" not in message and needle in message
+    assert "\n" not in message and needle in message and "--" not in message
+    assert excinfo.value.keys
 
 
 def test_registry_lists_every_model():

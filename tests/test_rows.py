@@ -1,29 +1,22 @@
-"""The recorder's host row blocks: rows across block boundaries, slices from any start, a dropped row."""
+"""The recorder's device rows: one flat copy per step in the row dtype, never aliasing the values given."""
 
 from __future__ import annotations
 
-import numpy as np
+import torch
 
-from dynamics.rows import BLOCK_ROWS, HostRows
+from dynamics.rows import Rows
 
 
-def test_host_rows_keep_every_row_across_blocks_and_slice_from_any_start() -> None:
-    rows = HostRows(3)
-    total = 2 * BLOCK_ROWS + 88
-    for i in range(total + 1):
-        address = rows.next_address()
-        row = rows.last_row()
-        row[:] = i
-        assert address == row.ctypes.data  # the address native writers get is the row's own
-    rows.drop_last()  # the last step was not recorded
-    assert len(rows) == total
-    for start in (0, 1, BLOCK_ROWS - 1, BLOCK_ROWS, BLOCK_ROWS + 1, 2 * BLOCK_ROWS, total - 1, total):
-        matrix = rows.tensor(start).numpy()
-        assert matrix.shape == (total - start, 3)
-        np.testing.assert_array_equal(matrix[:, 0], np.arange(start, total))
-    rows.drop_last()
-    rows.next_address()
-    rows.last_row()[:] = -1  # a dropped row is handed out again
-    assert rows.tensor(total - 1).numpy()[0, 0] == -1
+def test_rows_concatenate_values_in_order_cast_and_copy() -> None:
+    rows = Rows(torch.float64)
+    values = [torch.tensor(1.5, dtype=torch.float32), torch.arange(6.0).reshape(2, 3), torch.tensor([7.0, 8.0])]
+    rows.append(values)
+    values[1].add_(100.0)  # the caller's tensors change after the step: the row keeps what was measured
+    rows.append(values)
+    matrix = rows.tensor()
+    assert matrix.dtype == torch.float64 and matrix.shape == (2, 9)
+    torch.testing.assert_close(matrix[0], torch.tensor([1.5, 0, 1, 2, 3, 4, 5, 7, 8], dtype=torch.float64))
+    torch.testing.assert_close(matrix[1, 1:7], torch.arange(100.0, 106.0, dtype=torch.float64))
+    torch.testing.assert_close(rows.tensor(1), matrix[1:])
     rows.clear()
-    assert len(rows) == 0 and rows.tensor().shape == (0, 3)
+    assert len(rows) == 0

@@ -123,7 +123,7 @@ def test_bf16_and_channels_last_on_cpu(one_thread, fake_cifar, tmp_path):
     with autocast(torch.device("cpu"), "bf16"):
         out = model(torch.randn(2, 3, 32, 32).contiguous(memory_format=torch.channels_last))
     assert out.dtype == torch.bfloat16
-    with pytest.raises(ConfigError, match="--precision"):
+    with pytest.raises(ConfigError, match="precision"):
         autocast(torch.device("cpu"), "fp8")
 
 

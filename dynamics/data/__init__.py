@@ -13,7 +13,7 @@ from dynamics.data.imagefolder import load_imagefolder, load_tiny_imagenet
 from dynamics.data.mnist1d import load_mnist1d
 from dynamics.data.text import default_corpus, load_text
 from dynamics.data.timeseries import make_timeseries
-from dynamics.errors import ConfigError
+from dynamics.errors import ConfigError, parameters_as
 
 DATASETS: tuple[str, ...] = (
     "mnist1d", "gaussian", "timeseries", "cifar10", "cifar100", "tinyimagenet", "imagefolder", "text",
@@ -48,8 +48,8 @@ __all__ = [
 
 def _refuse(name: str, setting: str, value: object, applies_to: str) -> None:
     if value is not None:
-        flag = "--" + setting.replace("_", "-")
-        raise ConfigError(f"{setting} does not apply to {name} (only to {applies_to}); drop {flag}")
+        raise ConfigError(f"{setting} does not apply to {name} (only to {applies_to}); leave {setting} unset",
+                          key=setting)
 
 
 def load_dataset(
@@ -75,7 +75,7 @@ def load_dataset(
     """
     if name not in DATASETS:
         choices = ", ".join(sorted(DATASETS))
-        raise ConfigError(f"unknown dataset {name!r}; choose one of: {choices} (--dataset)")
+        raise ConfigError(f"unknown dataset {name!r}; choose one of: {choices}", key="name")
     if name not in GENERATED:
         _refuse(name, "num_samples", num_samples, ", ".join(GENERATED))
     if name not in FROM_FILES:
@@ -90,20 +90,25 @@ def load_dataset(
     elif name == "gaussian":
         data = make_gaussian_mixture(num_samples=5000 if num_samples is None else num_samples, seed=seed)
     elif name == "timeseries":
-        data = make_timeseries(num_samples=5000 if num_samples is None else num_samples,
-                               length=128 if seq_len is None else seq_len, seed=seed)
+        with parameters_as({"length": "seq_len"}):
+            data = make_timeseries(num_samples=5000 if num_samples is None else num_samples,
+                                   length=128 if seq_len is None else seq_len, seed=seed)
     elif name in ("cifar10", "cifar100"):
         data = load_cifar(name, data_dir)
     elif name == "tinyimagenet":
         data = load_tiny_imagenet(data_dir, image_size=64 if image_size is None else image_size, cache_dir=cache_dir)
     elif name == "imagefolder":
-        data = load_imagefolder(data_dir, image_size=64 if image_size is None else image_size, cache_dir=cache_dir)
+        with parameters_as({"root": "data_dir"}):
+            data = load_imagefolder(data_dir, image_size=64 if image_size is None else image_size,
+                                    cache_dir=cache_dir)
     else:
-        data = load_text(data_dir, seq_len=128 if seq_len is None else seq_len)
+        with parameters_as({"path": "data_dir"}):
+            data = load_text(data_dir, seq_len=128 if seq_len is None else seq_len)
     if train_size is None:
         return data
-    if data.kind == "sequence":
-        keep = random_subset(len(data.y_train), train_size, seed)
-    else:
-        keep = stratified_subset(data.y_train, train_size, seed)
+    with parameters_as({"size": "train_size"}):
+        if data.kind == "sequence":
+            keep = random_subset(len(data.y_train), train_size, seed)
+        else:
+            keep = stratified_subset(data.y_train, train_size, seed)
     return replace(data, x_train=data.x_train[keep], y_train=data.y_train[keep])

@@ -1,6 +1,6 @@
 """CIFAR-10 and CIFAR-100 from the python-version archives, read without unpacking and without torchvision.
 
-Files are found under ``--data-dir``: the archive as downloaded (``cifar-10-python.tar.gz`` /
+Files are found under ``data_dir``: the archive as downloaded (``cifar-10-python.tar.gz`` /
 ``cifar-100-python.tar.gz``), its extracted folder (``cifar-10-batches-py/`` / ``cifar-100-python/``),
 that folder itself, or the archive's own path. Batches are unpickled with an unpickler that admits only
 the numpy globals these files use, so a damaged or foreign file is a one-line ConfigError, never code
@@ -85,9 +85,9 @@ def _unpickle(raw: bytes) -> dict[bytes, Any]:
 def find_cifar(name: str, data_dir: str | os.PathLike[str] | None) -> Path:
     """The archive or extracted folder of CIFAR variant ``name`` under ``data_dir`` (one-line error if absent)."""
     layout = LAYOUTS[name]
-    hint = f"download {layout.url} into it (the archive or its extracted {layout.folder}/) (--data-dir)"
+    hint = f"download {layout.url} into data_dir (the archive or its extracted {layout.folder}/)"
     if data_dir is None:
-        raise ConfigError(f"{name} needs --data-dir: a folder holding {layout.archive}; {hint}")
+        raise ConfigError(f"{name} needs data_dir: a folder holding {layout.archive}; {hint}", key="data_dir")
     root = Path(data_dir).expanduser()
     for candidate in (root / layout.folder, root):
         if (candidate / layout.test).is_file():
@@ -95,7 +95,8 @@ def find_cifar(name: str, data_dir: str | os.PathLike[str] | None) -> Path:
     for candidate in (root / layout.archive, root):
         if candidate.is_file():
             return candidate
-    raise ConfigError(f"{name}: expected {layout.archive} or {layout.folder}/ in {root}, found neither; {hint}")
+    raise ConfigError(f"{name}: expected {layout.archive} or {layout.folder}/ in {root}, found neither; {hint}",
+                      key="data_dir")
 
 
 def _read_members(source: Path, layout: CifarLayout) -> dict[str, bytes]:
@@ -144,7 +145,8 @@ def load_cifar(name: str, data_dir: str | os.PathLike[str] | None) -> Dataset:
             splits[split] = (np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]))
         names = _unpickle(raw[layout.meta]).get(layout.names_key, [])
     except _Damaged as err:
-        raise ConfigError(f"{name}: {source} is damaged ({err}); download {layout.url} again (--data-dir)") from None
+        raise ConfigError(f"{name}: {source} is damaged ({err}); download {layout.url} again into data_dir",
+                          key="data_dir") from None
     x_train, y_train = splits["train"]
     x_test, y_test = splits["test"]
     mean, std = channel_stats(x_train)

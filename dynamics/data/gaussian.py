@@ -19,14 +19,15 @@ def make_gaussian_mixture(
     task easier. Samples are shuffled and split 80/20 train/test; everything depends only on ``seed``.
     """
     for what, value, least, fix in (
-        ("num_samples", num_samples, 5, "raise it (--num-samples)"),
+        ("num_samples", num_samples, 5, "raise it"),
         ("num_classes", num_classes, 2, "pass num_classes >= 2"),
         ("dim", dim, 1, "pass dim >= 1"),
     ):
         if isinstance(value, bool) or not isinstance(value, int) or value < least:
-            raise ConfigError(f"gaussian {what} must be an int >= {least}, got {value!r}; {fix}")
+            raise ConfigError(f"gaussian {what} must be an int >= {least}, got {value!r}; {fix}", key=what)
     if not (math.isfinite(separation) and separation >= 0):
-        raise ConfigError(f"gaussian separation must be a finite number >= 0, got {separation!r}; pass one")
+        raise ConfigError(f"gaussian separation must be a finite number >= 0, got {separation!r}; pass one",
+                          key="separation")
     generator = torch.Generator().manual_seed(seed)
     directions = torch.randn(num_classes, dim, generator=generator)
     means = separation * directions / directions.norm(dim=1, keepdim=True)

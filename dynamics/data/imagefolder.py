@@ -89,7 +89,7 @@ def decode_images(tree: _Tree, names: Sequence[str], size: int, what: str) -> np
             return _decode(tree.read(name), size)
         except (UnidentifiedImageError, OSError, ValueError) as err:
             raise ConfigError(f"{what}: {tree.path / name} is not a readable image ({err}); "
-                              "replace or remove it (--data-dir)") from None
+                              "replace or remove it") from None
 
     workers = min(32, os.cpu_count() or 1)
     with ThreadPoolExecutor(workers) as pool, tqdm(total=len(names), desc=f"decoding {what} (once)",
@@ -131,7 +131,7 @@ def _cached(name: str, tree: _Tree, depth: int, size: int, cache_dir: str | os.P
 
 def _check_size(image_size: int) -> None:
     if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 8:
-        raise ConfigError(f"image_size must be an int >= 8, got {image_size!r}; fix --image-size")
+        raise ConfigError(f"image_size must be an int >= 8, got {image_size!r}; fix it", key="image_size")
 
 
 def load_imagefolder(root: str | os.PathLike[str] | None, *, image_size: int = 64,
@@ -140,11 +140,11 @@ def load_imagefolder(root: str | os.PathLike[str] | None, *, image_size: int = 6
     _check_size(image_size)
     layout = "train/<class>/<image> and val/<class>/<image> (or test/)"
     if root is None:
-        raise ConfigError(f"imagefolder needs --data-dir: a folder with {layout}")
+        raise ConfigError(f"imagefolder needs root: a folder with {layout}", key="root")
     path = Path(root).expanduser()
     test_dir = next((path / d for d in ("val", "test") if (path / d).is_dir()), None)
     if not (path / "train").is_dir() or test_dir is None:
-        raise ConfigError(f"imagefolder: expected {layout} in {path}; arrange the images so (--data-dir)")
+        raise ConfigError(f"imagefolder: expected {layout} in {path}; arrange the images so", key="root")
     tree = _Tree(path)
 
     def build() -> dict[str, np.ndarray | list[str]]:
@@ -162,7 +162,7 @@ def load_imagefolder(root: str | os.PathLike[str] | None, *, image_size: int = 6
                 labels += [index[class_dir.name]] * len(files)
             if not names:
                 raise ConfigError(f"imagefolder: no images ({', '.join(sorted(IMAGE_SUFFIXES))}) under "
-                                  f"{folder}/<class>/; add some (--data-dir)")
+                                  f"{folder}/<class>/; add some", key="root")
             out[f"x_{split}"] = decode_images(tree, names, image_size, "imagefolder")
             out[f"y_{split}"] = np.asarray(labels, dtype=np.int64)
         return out
@@ -172,9 +172,9 @@ def load_imagefolder(root: str | os.PathLike[str] | None, *, image_size: int = 6
 
 def find_tiny_imagenet(data_dir: str | os.PathLike[str] | None) -> Path:
     """The extracted ``tiny-imagenet-200`` folder or its zip under ``data_dir`` (one-line error if absent)."""
-    hint = f"download {TINY_URL} into it (zip or extracted) (--data-dir)"
+    hint = f"download {TINY_URL} into data_dir (zip or extracted)"
     if data_dir is None:
-        raise ConfigError(f"tinyimagenet needs --data-dir: a folder holding {TINY_FOLDER}.zip; {hint}")
+        raise ConfigError(f"tinyimagenet needs data_dir: a folder holding {TINY_FOLDER}.zip; {hint}", key="data_dir")
     root = Path(data_dir).expanduser()
     for candidate in (root / TINY_FOLDER, root):
         if (candidate / "wnids.txt").is_file():
@@ -182,7 +182,8 @@ def find_tiny_imagenet(data_dir: str | os.PathLike[str] | None) -> Path:
     for candidate in (root / f"{TINY_FOLDER}.zip", root):
         if candidate.is_file():
             return candidate
-    raise ConfigError(f"tinyimagenet: expected {TINY_FOLDER}.zip or {TINY_FOLDER}/ in {root}, found neither; {hint}")
+    raise ConfigError(f"tinyimagenet: expected {TINY_FOLDER}.zip or {TINY_FOLDER}/ in {root}, found neither; {hint}",
+                      key="data_dir")
 
 
 def load_tiny_imagenet(data_dir: str | os.PathLike[str] | None, *, image_size: int = 64,

@@ -57,13 +57,12 @@ def load_mnist1d(
     """
     if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < NUM_CLASSES:
         raise ConfigError(
-            f"mnist1d num_samples must be an int >= {NUM_CLASSES}, got {num_samples!r}; "
-            "raise it (--num-samples)"
+            f"mnist1d num_samples must be an int >= {NUM_CLASSES}, got {num_samples!r}; raise it", key="num_samples"
         )
     if num_samples % NUM_CLASSES:
         raise ConfigError(
             f"mnist1d num_samples must be a multiple of {NUM_CLASSES} (one equal share per class), "
-            f"got {num_samples}; round it (--num-samples)"
+            f"got {num_samples}; round it", key="num_samples"
         )
     path = cache_path(cache_dir if cache_dir is not None else default_cache_dir(), num_samples, seed)
     if path.exists():

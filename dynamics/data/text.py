@@ -42,19 +42,19 @@ def _windows(ids: torch.Tensor, seq_len: int) -> tuple[torch.Tensor, torch.Tenso
 def load_text(path: str | os.PathLike[str] | None = None, *, seq_len: int = 128) -> Dataset:
     """Next-character windows of the text at ``path`` (default: :func:`default_corpus`), int64 ``(N, seq_len)``."""
     if isinstance(seq_len, bool) or not isinstance(seq_len, int) or seq_len < 2:
-        raise ConfigError(f"text seq_len must be an int >= 2, got {seq_len!r}; fix --seq-len")
+        raise ConfigError(f"text seq_len must be an int >= 2, got {seq_len!r}; fix it", key="seq_len")
     if path is None:
         text = default_corpus()
     else:
         file = Path(path).expanduser()
         if not file.is_file():
-            raise ConfigError(f"text: expected a UTF-8 text file at {file}, found none; pass its path (--data-dir)")
+            raise ConfigError(f"text: no file at path={file}; point it to a UTF-8 text file", key="path")
         try:
             text = file.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as err:
             reason = getattr(err, "strerror", None) or err
-            raise ConfigError(f"text: {file} is not a readable UTF-8 text file ({reason}); convert it to UTF-8 "
-                              "(--data-dir)") from None
+            raise ConfigError(f"text: {file} is not a readable UTF-8 text file ({reason}); convert it to UTF-8",
+                              key="path") from None
     codes = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
     points, inverse = np.unique(codes, return_inverse=True)
     vocabulary = [chr(point) for point in points]
@@ -64,6 +64,6 @@ def load_text(path: str | os.PathLike[str] | None = None, *, seq_len: int = 128)
     x_test, y_test = _windows(ids[split:], seq_len)
     if len(x_train) < 2 or len(x_test) < 1:
         raise ConfigError(f"text: {len(text)} characters are too few for windows of {seq_len + 1} "
-                          "(at least 2 to train and 1 to test); use a longer text or a smaller --seq-len")
+                          "(at least 2 to train and 1 to test); use a longer text or a smaller seq_len", key="seq_len")
     return Dataset("text", x_train, y_train, x_test, y_test, num_classes=len(vocabulary), kind="sequence",
                    labels=tuple(vocabulary))

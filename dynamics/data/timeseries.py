@@ -40,11 +40,11 @@ def make_timeseries(*, num_samples: int = 5000, length: int = 128, noise: float 
     """
     if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 5 * NUM_CLASSES:
         raise ConfigError(f"timeseries num_samples must be an int >= {5 * NUM_CLASSES}, got {num_samples!r}; "
-                          "raise it (--num-samples)")
+                          "raise it", key="num_samples")
     if isinstance(length, bool) or not isinstance(length, int) or length < 16:
-        raise ConfigError(f"timeseries length must be an int >= 16, got {length!r}; raise it (--seq-len)")
+        raise ConfigError(f"timeseries length must be an int >= 16, got {length!r}; raise it", key="length")
     if not (math.isfinite(noise) and noise >= 0):
-        raise ConfigError(f"timeseries noise must be a finite number >= 0, got {noise!r}; pass one")
+        raise ConfigError(f"timeseries noise must be a finite number >= 0, got {noise!r}; pass one", key="noise")
     generator = torch.Generator().manual_seed(seed)
 
     def uniform(low: float, high: float) -> torch.Tensor:

@@ -32,10 +32,10 @@ class CNN1d(nn.Module):
         if len(input_shape) != 2:
             raise ConfigError(
                 f"the cnn needs samples shaped (channels, length), got {tuple(input_shape)}; "
-                "use a 1-D signal dataset or the mlp (--model)"
+                "use a 1-D signal data set or the mlp", key="input_shape"
             )
-        check_positive_int("width", width, "pass a width >= 1 (--width)")
-        check_positive_int("depth", depth, "pass a depth >= 1 (--depth)")
+        check_positive_int("width", width, "pass e.g. 32")
+        check_positive_int("depth", depth, "pass e.g. 3")
         check_positive_int("num_classes", num_classes, "pass num_classes >= 1")
         check_positive_int("kernel_size", kernel_size, "pass 3, 5")
         if kernel_size % 2 == 0:

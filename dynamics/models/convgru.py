@@ -23,7 +23,7 @@ class ConvGRU(nn.Module):
         super().__init__()
         if len(input_shape) != 2:
             raise ConfigError(f"cnn_gru needs samples shaped (channels, length), got {tuple(input_shape)}; "
-                              "use a time-series data set (--dataset)")
+                              "use a time-series data set", key="input_shape")
         check_positive_int("num_classes", num_classes, "pass num_classes >= 1")
         width_mult = check_width_mult(width_mult)
         narrow, wide = scaled(32, width_mult), scaled(64, width_mult)

@@ -21,7 +21,7 @@ def check_width_mult(width_mult: object) -> float:
     """The width multiplier as a float; ConfigError unless it is a finite number > 0."""
     if isinstance(width_mult, bool) or not isinstance(width_mult, int | float) or not (
             math.isfinite(width_mult) and width_mult > 0):
-        raise ConfigError(f"width_mult must be a finite number > 0, got {width_mult!r}; fix --width-mult")
+        raise ConfigError(f"width_mult must be a finite number > 0, got {width_mult!r}; fix it", key="width_mult")
     return float(width_mult)
 
 
@@ -29,7 +29,7 @@ def image_shape(input_shape: Sequence[int], model: str, smallest: int = 8) -> tu
     """``(channels, height, width)`` of image samples; ConfigError for other data or too small images."""
     if len(input_shape) != 3 or min(input_shape[1:]) < smallest:
         raise ConfigError(f"{model} needs images shaped (channels, height, width) of at least {smallest}x{smallest}, "
-                          f"got samples shaped {tuple(input_shape)}; use an image data set (--dataset)")
+                          f"got samples shaped {tuple(input_shape)}; use an image data set", key="input_shape")
     channels, height, width = input_shape
     return channels, height, width
 

@@ -27,14 +27,14 @@ def make_activation(name: str) -> nn.Module:
     """A fresh activation module; one instance per use so that forward hooks see each layer separately."""
     if name not in ACTIVATIONS:
         choices = ", ".join(ACTIVATIONS)
-        raise ConfigError(f"unknown activation {name!r}; choose one of: {choices} (--activation)")
+        raise ConfigError(f"unknown activation {name!r}; choose one of: {choices}", key="activation")
     return ACTIVATIONS[name]()
 
 
 def check_positive_int(what: str, value: object, fix: str) -> None:
-    """Raise ConfigError unless ``value`` is an int >= 1 (bools rejected)."""
+    """Raise ConfigError (``key=what``, the parameter's name) unless ``value`` is an int >= 1 (bools rejected)."""
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigError(f"{what} must be a positive int, got {value!r}; {fix}")
+        raise ConfigError(f"{what} must be a positive int, got {value!r}; {fix}", key=what)
 
 
 class MLP(nn.Module):
@@ -53,8 +53,8 @@ class MLP(nn.Module):
         activation: str = "relu",
     ) -> None:
         super().__init__()
-        check_positive_int("width", width, "pass a width >= 1 (--width)")
-        check_positive_int("depth", depth, "pass a depth >= 1 (--depth)")
+        check_positive_int("width", width, "pass e.g. 128")
+        check_positive_int("depth", depth, "pass e.g. 2")
         check_positive_int("num_classes", num_classes, "pass num_classes >= 1")
         self.flatten = nn.Flatten()
         in_features = math.prod(input_shape)

@@ -81,9 +81,10 @@ class ViT(nn.Module):
         channels, height, width = image_shape(input_shape, "a vit")
         check_positive_int("num_classes", num_classes, "pass num_classes >= 1")
         patch = height // 8 if patch_size is None else patch_size
-        check_positive_int("patch_size", patch, "pass a positive --patch-size")
+        check_positive_int("patch_size", patch, "pass one that divides the image side")
         if height % patch or width % patch:
-            raise ConfigError(f"patch_size {patch} must divide the image size {height}x{width}; fix --patch-size")
+            raise ConfigError(f"patch_size {patch} must divide the image size {height}x{width}; fix it",
+                              key="patch_size")
         dim, mlp_dim = _dims(dim, heads, width_mult)
         self.patch_embed = nn.Conv2d(channels, dim, patch, stride=patch)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
@@ -128,9 +129,9 @@ class CausalLM(nn.Module):
         super().__init__()
         if len(input_shape) != 1:
             raise ConfigError(f"the lm needs token sequences shaped (length,), got samples shaped "
-                              f"{tuple(input_shape)}; use a text data set (--dataset text)")
+                              f"{tuple(input_shape)}; use the text data set", key="input_shape")
         check_positive_int("vocab_size", vocab_size, "pass the vocabulary size")
-        check_positive_int("depth", depth, "pass a depth >= 1 (--depth)")
+        check_positive_int("depth", depth, "pass e.g. 4")
         dim, mlp_dim = _dims(256, heads, width_mult)
         self.embed = nn.Embedding(vocab_size, dim)
         self.pos_embed = nn.Parameter(torch.zeros(1, input_shape[0], dim))

@@ -19,7 +19,7 @@ from dynamics.probes.interference import Interference, gradient_interference, re
 from dynamics.probes.loss import LossAccuracy
 from dynamics.probes.parameters import DistanceFromInit, GradNorm, ParamNorm, UpdateNorm
 from dynamics.probes.per_sample_gram import Moments, per_sample_gram, per_sample_gram_with_moments
-from dynamics.probes.presets import PRESETS, PROBES, resolve_probes
+from dynamics.probes.presets import PRESETS, PROBES, register_probe, resolve_probes
 from dynamics.probes.probe_set import ProbeSet, make_probe_set, side_pass
 from dynamics.probes.representation import (
     Representation,
@@ -34,7 +34,8 @@ from dynamics.probes.trajectory import SKETCH_MODES, Sketch, sketch_directions
 
 __all__ = [
     "PRESETS", "PROBES", "ActivationStats", "Context", "DistanceFromInit", "FlatRule", "GradNorm",
-    "LossAccuracy", "ParamNorm", "Probe", "StepData", "UpdateNorm", "Variable", "flat_rule", "resolve_probes",
+    "LossAccuracy", "ParamNorm", "Probe", "StepData", "UpdateNorm", "Variable", "flat_rule", "register_probe",
+    "resolve_probes",
     "FisherTrace", "GeometricCadence", "ProbeSet", "Representation", "SparseProbe", "fisher_trace", "knn_accuracy",
     "last_linear", "linear_cka", "load_features", "make_probe_set", "nc1", "ridge_accuracy", "side_pass",
     "SKETCH_MODES", "Sketch", "sketch_directions",

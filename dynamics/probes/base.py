@@ -8,7 +8,6 @@ the recorder flushes, so a probe never synchronises with the device.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,7 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from dynamics import native
+from dynamics.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -41,6 +40,22 @@ class StepData:
     target: torch.Tensor | None = None
     inputs: torch.Tensor | None = None
 
+    def check(self) -> None:
+        """Raise ConfigError when the loss is not one value or the output and target do not fit together."""
+        if self.loss.numel() != 1:
+            raise ConfigError(f"loss must be one value, got a tensor of shape {tuple(self.loss.shape)}; reduce it "
+                              "(e.g. loss.mean()) before Recorder.step")
+        output, target = self.output, self.target
+        if output is None or target is None:
+            return
+        if output.dim() < 1 or not (target.shape == output.shape[:-1] or target.shape == output.shape):
+            raise ConfigError(f"output of shape {tuple(output.shape)} and target of shape {tuple(target.shape)} do "
+                              "not fit: give class indices of shape output.shape[:-1] or soft targets of the "
+                              "output's shape")
+        if target.shape == output.shape[:-1] and target.is_floating_point():
+            raise ConfigError(f"target holds class indices of shape {tuple(target.shape)} but is "
+                              f"{target.dtype}; give integer class indices (e.g. target.long())")
+
 
 class Context:
     """State shared by the probes of one recorder: the model, its trainable parameters, the cadence flag."""
@@ -55,29 +70,8 @@ class Context:
         """True while the current optimizer step is one the recorder will record (hooks check it)."""
         self.paused = False
         """True while another computation (an evaluation, a probe's extra pass) must not be recorded."""
-        self.next_recorded = False
-        """While probes measure a recorded step: whether the step after it is recorded too."""
-        self.kernels = native.kernels()
-        """The native CPU kernels (``dynamics.native``), or None where they are off or cannot be built."""
-        self.param_list = native.TensorList(self.params)
-        self.param_kernels: Any = None
-        """For the step being measured (``prepare_step``): the kernels where they can read the parameters."""
-        self.param_pointers = 0
-        """For the step being measured: the address of the parameters' data pointers (``param_list``)."""
-        self.measured_steps = 0
-        """Steps prepared for measuring so far (``prepare_step``): tells probes sharing one pass whether it ran."""
-        self.shared: dict[str, Any] = {}
-        """State several probes of one recorder share, by name (e.g. one native pass serving several probes)."""
-
-    def prepare_step(self) -> None:
-        """Check the parameters and read their addresses once for all probes measuring this step."""
-        self.measured_steps += 1
-        self.param_pointers = self.param_list.supported_pointers() if self.kernels is not None else 0
-        self.param_kernels = self.kernels if self.param_pointers else None
-
-    def native_for(self, tensors: Sequence[torch.Tensor]) -> Any:
-        """The native kernels when they can read ``tensors`` in place (float32, contiguous, CPU), else None."""
-        return self.kernels if self.kernels is not None and native.supports(tensors) else None
+        self.step = 0
+        """The optimizer step being measured (set by the recorder before the probes measure)."""
 
     @property
     def capturing(self) -> bool:
@@ -110,12 +104,6 @@ class Probe(ABC):
     @abstractmethod
     def measure(self, context: Context, data: StepData) -> dict[str, torch.Tensor]:
         """Values of this step's variables as device tensors shaped like their non-step dimensions."""
-
-    def measure_into(self, context: Context, data: StepData, address: int) -> bool:
-        """Write this step's values as float32, in ``variables()`` order, at host memory ``address``; say whether
-        it did. CPU recording asks this first (native kernels write there directly, no tensor per value) and
-        calls ``measure`` where a probe returns False, as this default does."""
-        return False
 
     def before_recorded_step(self, context: Context) -> None:  # noqa: B027 - optional preparation
         """Called after the step preceding a recorded step, e.g. to keep a copy of the parameters."""

@@ -37,12 +37,12 @@ class GeometricCadence:
     def __post_init__(self) -> None:
         if isinstance(self.growth, bool) or not isinstance(self.growth, int | float) \
                 or not (math.isfinite(self.growth) and self.growth > 0):
-            raise ConfigError(f"cadence growth must be a finite number > 0, got {self.growth!r}; "
-                              "pass e.g. 0.1 (--probe-growth)")
+            raise ConfigError(f"growth must be a finite number > 0, got {self.growth!r}; pass e.g. 0.1",
+                              key="growth")
         if self.max_interval is not None and (isinstance(self.max_interval, bool)
                                               or not isinstance(self.max_interval, int) or self.max_interval < 1):
-            raise ConfigError(f"cadence max_interval must be a positive integer or None, got {self.max_interval!r}; "
-                              "fix --probe-max-interval")
+            raise ConfigError(f"max_interval must be a positive integer or None, got {self.max_interval!r}",
+                              key="max_interval")
 
     def interval(self, step: int) -> int:
         """Steps from a measurement at ``step`` to the next due one."""

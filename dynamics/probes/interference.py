@@ -144,8 +144,8 @@ class Interference(SparseProbe):
                  batch_size: int = 512, sample_alignment: bool = False) -> None:
         super().__init__(FixedCadence(interval), every)
         if not mixer.enabled:
-            raise ConfigError("the interference probe needs a mixer that mixes (alpha > 0, prob > 0); "
-                              "set --interference-alpha")
+            raise ConfigError("the interference probe needs a mixer that mixes: give it mixup_alpha > 0 (or "
+                              "cutmix_alpha > 0) and prob > 0", key="mixup_alpha")
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
         self.mixer = mixer

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import torch
 
-from dynamics import native
 from dynamics.probes.base import Context, Probe, StepData, Variable
 
 
@@ -14,14 +13,11 @@ def batch_accuracy(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     target = target.detach()
     if target.is_floating_point() and target.shape == output.shape:
         target = target.argmax(-1)
-    return (output.argmax(-1) == target).float().mean()
+    return (output.argmax(-1) == target).to(output.dtype if output.is_floating_point() else torch.float32).mean()
 
 
 class LossAccuracy(Probe):
-    """``loss(step)`` and ``accuracy(step)``; accuracy is NaN when no output/target is given.
-
-    With float32 CPU outputs and integer labels, one native call reads both straight into the row.
-    """
+    """``loss(step)`` and ``accuracy(step)``; accuracy is NaN when no output/target is given."""
 
     name = "loss"
 
@@ -31,21 +27,8 @@ class LossAccuracy(Probe):
             Variable("accuracy", (), {"units": "1", "long_name": "training accuracy (batch)"}),
         ]
 
-    def measure_into(self, context: Context, data: StepData, address: int) -> bool:
-        output, target, library = data.output, data.target, context.kernels
-        if library is None or output is None or target is None or target.dtype is not torch.int64 \
-                or output.dim() < 1 or not target.is_cpu or not target.is_contiguous() \
-                or output.shape[:-1] != target.shape or data.loss.numel() != 1:
-            return False
-        pointers = native.readable_pointers((data.loss, output))
-        if pointers is None:
-            return False
-        library.loss_accuracy_f32(pointers[0], pointers[1], target.numel(), output.shape[-1], target.data_ptr(),
-                                  address)
-        return True
-
     def measure(self, context: Context, data: StepData) -> dict[str, torch.Tensor]:
-        loss = data.loss.detach().float()
+        loss = data.loss.detach()
         if data.output is None or data.target is None:
             accuracy = torch.full((), float("nan"), device=loss.device)
         else:

@@ -29,11 +29,25 @@ PRESETS: dict[str, tuple[str, ...]] = {
 }
 
 
+def register_probe(name: str) -> Callable[[type[Probe]], type[Probe]]:
+    """Class decorator listing a probe under ``name``, so that ``probes=["loss", name]`` (and the capture's
+    ``probes`` setting, with the probe's module in ``probe_modules``) records it. The class must build with no
+    arguments; built-in probes are listed in ``PROBES`` above."""
+
+    def register(cls: type[Probe]) -> type[Probe]:
+        if name in PROBES or name in PRESETS:
+            raise ValueError(f"probe name {name!r} is taken by a built-in probe or preset; choose another")
+        PROBES[name] = cls
+        return cls
+
+    return register
+
+
 def resolve_probes(spec: str | Sequence[str | Probe]) -> list[Probe]:
     """Turn a preset name, or a list of probe names and instances, into fresh probe instances."""
     if isinstance(spec, str):
         if spec not in PRESETS:
-            raise ConfigError(f"unknown probe preset {spec!r}; choose one of: {', '.join(PRESETS)} (--probes)")
+            raise ConfigError(f"unknown probe preset {spec!r}; choose one of: {', '.join(PRESETS)}", key="probes")
         spec = PRESETS[spec]
     probes: list[Probe] = []
     for item in spec:

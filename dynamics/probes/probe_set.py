@@ -68,10 +68,11 @@ def make_probe_set(data: Dataset, samples: int = 256, seed: int = 0,
     normalisation of image bytes, without augmentation); tensors stay on the device of ``data``.
     """
     if isinstance(samples, bool) or not isinstance(samples, int) or samples < 2:
-        raise ConfigError(f"probe set size must be an integer >= 2, got {samples!r}; fix --probe-samples")
+        raise ConfigError(f"samples must be an integer >= 2 (the probe set's size), got {samples!r}", key="samples")
     if data.kind == "sequence":
         raise ConfigError(f"the probe set needs one class label per sample, but {data.name} is sequence data; "
-                          "drop --representation, --fisher and --interference")
+                          "drop representation, fisher and interference",
+                          key=("representation", "fisher", "interference"))
     parts = []
     for x, y in ((data.x_train, data.y_train), (data.x_test, data.y_test)):
         labels = y.cpu()

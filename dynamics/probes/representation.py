@@ -29,7 +29,7 @@ the probe set, ``test`` on the held-out part. All arithmetic is float64 on the d
 (n x d, float32), ``labels``, ``samples``), written through a temporary file and a rename; read them
 back with :func:`load_features`. Files are written at measurement steps only, so this costs one
 device-to-host transfer per measurement. The directory is the run's (``<run>/features``): replacing a run
-(``--overwrite``) clears it, and a resumed run deletes the files written after its checkpoint.
+(``overwrite``) clears it, and a resumed run deletes the files written after its checkpoint.
 """
 
 from __future__ import annotations

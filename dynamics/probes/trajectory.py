@@ -6,10 +6,8 @@ order of the tensor); ``traj_proj_total(step, proj)`` the same for ``k`` unit di
 (the parameters concatenated in ``named_parameters`` order). Norms and distances say how far parameters
 moved; the sketch keeps *where* they went, at a cost that can stay on. It projects theta_t itself and
 subtracts the projection of theta_0 taken at ``attach``: in float64 the cancellation costs nothing measurable
-(relative error about 1e-16 sqrt(n) |theta| / |theta_t - theta_0|), and no copy of theta_0 is needed. For
-float32 CPU parameters one native call (``dynamics.native``) does every tensor and the whole-model sum and
-writes the row; elsewhere one float64 matrix-vector product (or ``index_add_``) per tensor on the device, no
-host synchronisation.
+(relative error about 1e-16 sqrt(n) |theta| / |theta_t - theta_0|), and no copy of theta_0 is needed. One
+float64 matrix-vector product (or ``index_add_``) per tensor on the device, no host synchronisation.
 
 **Directions are regenerated, never stored.** Parameter ``i`` (index in the recorder's trainable-parameter
 list) gets its own CPU generator, ``torch.Generator("cpu").manual_seed(param_seed(seed, i))`` with
@@ -22,11 +20,10 @@ stored as float32 like every recorded variable.
 - ``mode="sign"`` (default): ``b_i = torch.randint(0, 2, (k, n_i), generator, dtype=uint8)``; ``d_ij = (2 b_ij
   - 1) / sqrt(n_i)``, a random sign (Rademacher) direction: every element in every direction, like a Gaussian
   sketch, with the same Johnson-Lindenstrauss guarantees. Memory: ``k`` bits per parameter element (one byte
-  with k = 8: a quarter of a float32 model). Natively the elements are summed by their byte of signs (256
-  bins) and each direction signs the bin sums, so the cost hardly grows with ``k``.
+  with k = 8: a quarter of a float32 model) kept, and the float64 unit rows made from them on first use.
 - ``mode="dense"``: ``g_i = torch.randn((k, n_i), generator)``; ``d_ij = g_ij / |g_ij|``, uniform on the unit
-  sphere. Memory: ``4 k`` bytes per parameter element (float32 draws), and ``8 k`` more on first use where
-  the native kernels are not used (float64 unit rows: 0.7 GB for ResNet-18); read in full at every step.
+  sphere. Memory: ``4 k`` bytes per parameter element (float32 draws), and ``8 k`` more on first use (float64
+  unit rows: 0.7 GB for ResNet-18); read in full at every step.
 - ``mode="hashed"``: a sparse sign sketch for large models. ``b_i = torch.randint(0, 2k, (n_i,), generator,
   dtype=int32)`` puts each element in one direction ``b mod k`` with sign ``+`` (``b < k``) or ``-``;
   ``d_ij`` is that sign pattern over its ``c_ij`` elements divided by ``sqrt(c_ij)`` (a zero vector, and a
@@ -46,12 +43,10 @@ sign and dense directions ``E[traj_proj[i, j]^2] = dist_from_init[i]^2 / n_i``.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 import numpy as np
 import torch
 
-from dynamics import native
 from dynamics.errors import ConfigError
 from dynamics.probes.base import Context, Probe, StepData, Variable
 
@@ -91,11 +86,11 @@ def _row_weights(raw: torch.Tensor, k: int, mode: str) -> torch.Tensor:
 
 def _check(k: int, seed: int, mode: str) -> None:
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-        raise ConfigError(f"sketch dimension k must be a positive integer, got {k!r}; fix --sketch-dim")
+        raise ConfigError(f"k must be a positive integer (sketch directions), got {k!r}", key="k")
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise ConfigError(f"sketch seed must be an integer >= 0, got {seed!r}; fix --sketch-seed")
+        raise ConfigError(f"seed must be an integer >= 0 (sketch directions), got {seed!r}", key="seed")
     if mode not in SKETCH_MODES:
-        raise ConfigError(f"unknown sketch mode {mode!r}; choose one of: {', '.join(SKETCH_MODES)} (--sketch-mode)")
+        raise ConfigError(f"unknown sketch mode {mode!r}; choose one of: {', '.join(SKETCH_MODES)}", key="mode")
 
 
 def sketch_directions(numels: Sequence[int], k: int = 8, seed: int = 0,
@@ -154,11 +149,9 @@ class Sketch(Probe):
         """``1 / w_ij`` as ``(P, k)`` float64 (0 for an empty hashed direction): raw sums to unit projections."""
         self._weights: torch.Tensor | None = None
         """``w_ij / sqrt(sum_i w_ij^2)`` as ``(P, k)``: the whole-model combination."""
-        self._native: tuple[Any, int, tuple[Any, ...]] | None = None
-        """The native sketch function, the tensor count and its fixed arguments (``_run_native``)."""
 
     def attach(self, context: Context) -> None:
-        self._tables, self._rows64, self._native = [], None, None
+        self._tables, self._rows64 = [], None
         weights = []
         for index, param in enumerate(context.params):
             raw = _draw(param.numel(), self.k, self.seed, index, self.mode)
@@ -171,20 +164,9 @@ class Sketch(Probe):
         norm = w.square().sum(0).sqrt()
         self._weights = (w / torch.where(norm > 0, norm, 1.0)).to(device)
         self._scale = torch.where(w > 0, 1.0 / w, 0.0).to(device)
-        self._context_params = context.param_list
-        self._table_list = native.TensorList(self._tables)
-        self._table_pointers = self._table_list.address
-        """The tables are the probe's own tensors: their addresses never change."""
-        self._raw = torch.empty((len(context.params), 2 * self.k), dtype=torch.float64)
-        """Scratch of the native kernels (CPU only, as they are)."""
         self._origin = None
         with torch.no_grad():
             self._origin = self._project(context)[0].clone()
-        self._native = None  # prepared again with the origin
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        super().load_state_dict(state)
-        self._native = None  # the restored origin is another tensor
 
     def _unit_rows(self) -> list[torch.Tensor]:
         """Dense and sign directions as float64 unit rows ``(k, n_i)`` (for the torch operations), made once."""
@@ -217,9 +199,6 @@ class Sketch(Probe):
     def _project(self, context: Context) -> tuple[torch.Tensor, torch.Tensor]:
         """``d_ij . theta_i`` minus the origin once set, ``(P, k)`` float64, and the whole-model ``(k,)`` float64."""
         params = context.params
-        library = context.native_for(params)
-        if library is not None:
-            return self._project_native(library)
         if self.mode == "hashed":
             sums = torch.zeros((len(params), 2 * self.k), dtype=torch.float64, device=self._weights.device)
             for row, bins, p in zip(sums, self._tables, params, strict=True):
@@ -231,34 +210,6 @@ class Sketch(Probe):
         proj = proj if self._origin is None else proj.sub_(self._origin)
         return proj, (proj * self._weights).sum(0)
 
-    def _project_native(self, library: object) -> tuple[torch.Tensor, torch.Tensor]:
-        """``_project`` in one native call: the dot products, scaling, origin and whole-model sum."""
-        params = self._context_params
-        projection = torch.empty((params.count, self.k), dtype=torch.float64)
-        total = torch.empty(self.k, dtype=torch.float64)
-        self._run_native(library, params.pointers(), projection.data_ptr(), total.data_ptr(), None)
-        return projection, total
-
-    def _run_native(self, library: Any, pointers: int, projection: int | None, total: int | None,
-                    out: int | None) -> None:
-        """The native sketch of the parameters at ``pointers``, writing float64 ``projection`` (P, k) and ``total``
-        (k,) and/or float32 ``out`` = [traj_proj, traj_proj_total] at the given addresses (None: not written)."""
-        if self._native is None:  # the function and its fixed arguments, prepared once (a call per recorded step)
-            params = self._context_params
-            self._native = (getattr(library, f"{self.mode}_sketch_f32"), params.count, (
-                self._table_pointers, params.numel_address, self.k, self._scale.data_ptr(),
-                None if self._origin is None else self._origin.data_ptr(), self._weights.data_ptr(),
-                self._raw.data_ptr()))
-        sketch, count, fixed = self._native
-        sketch(count, pointers, *fixed, projection, total, out, torch.get_num_threads())
-
     def measure(self, context: Context, data: StepData) -> dict[str, torch.Tensor]:
         proj, total = self._project(context)
         return {"traj_proj": proj, "traj_proj_total": total}
-
-    def measure_into(self, context: Context, data: StepData, address: int) -> bool:
-        library = context.param_kernels
-        if library is None:
-            return False
-        self._run_native(library, context.param_pointers, None, None, address)
-        return True

@@ -22,9 +22,9 @@ from dynamics.errors import ConfigError
 def cyclical_eta(epoch: int, epochs: int, factor: float = 2.0) -> float:
     """The schedule's interpolation weight of ``min`` at ``epoch`` (1 at the start)."""
     if epochs < 1 or not 0 <= epoch < epochs:
-        raise ConfigError(f"epoch {epoch} is outside 0..{epochs - 1}; pass 0 <= epoch < epochs")
+        raise ConfigError(f"epoch {epoch} is outside 0..{epochs - 1}; pass 0 <= epoch < epochs", key="epoch")
     if not (math.isfinite(factor) and factor >= 1):
-        raise ConfigError(f"cyclical factor must be >= 1, got {factor}; fix --cyclical-factor")
+        raise ConfigError(f"factor must be a finite number >= 1, got {factor}; fix it", key="factor")
     if epochs == 1:
         return 1.0
     if factor * epoch < epochs:
@@ -48,20 +48,23 @@ class Range:
     high: float
 
     @classmethod
-    def parse(cls, text: str, flag: str, *, positive: bool = False) -> Range:
-        """Parse ``"MIN:MAX"``; MIN > MAX, a missing part or (with ``positive``) a value <= 0 is an error."""
+    def parse(cls, text: str, name: str, *, positive: bool = False) -> Range:
+        """Parse ``"MIN:MAX"``, the value of the parameter ``name`` (named in errors, and their ``key``).
+
+        MIN > MAX, a missing part or (with ``positive``) a value <= 0 is an error.
+        """
         parts = str(text).split(":")
         try:
             low, high = (float(part) for part in parts)
         except ValueError:
-            raise ConfigError(f"{flag} takes MIN:MAX (e.g. 1e-5:8e-5), got {text!r}") from None
+            raise ConfigError(f"{name} takes MIN:MAX (e.g. 1e-5:8e-5), got {text!r}; fix it", key=name) from None
         if not (math.isfinite(low) and math.isfinite(high)):
-            raise ConfigError(f"{flag} takes finite numbers MIN:MAX, got {text!r}")
+            raise ConfigError(f"{name} takes finite numbers MIN:MAX, got {text!r}; fix it", key=name)
         if low > high:
-            raise ConfigError(f"{flag} MIN {low} exceeds MAX {high}; give MIN:MAX with MIN <= MAX")
+            raise ConfigError(f"{name} MIN {low} exceeds MAX {high}; give MIN:MAX with MIN <= MAX", key=name)
         if low < 0 or (positive and low <= 0):
             bound = "> 0" if positive else ">= 0"
-            raise ConfigError(f"{flag} values must be {bound}, got {text!r}; fix {flag}")
+            raise ConfigError(f"{name} values must be {bound}, got {text!r}; fix them", key=name)
         return cls(low, high)
 
     def at(self, epoch: int, epochs: int, factor: float) -> float:

@@ -1,6 +1,6 @@
 """The Enlightenment Period as training sees it, and the strategies that act only during it.
 
-The period is ``[0, end)``: given in epochs (``--enp-epochs N``), or detected online (``auto``) as the first
+The period is ``[0, end)``: given in epochs (``enp_epochs=N``), or detected online (``auto``) as the first
 step at which the exponential moving average of the training accuracy (time constant ``tau`` steps, the
 same smoothing as :func:`analyses.enlightenment.smooth_ema` with unit spacing) reaches ``threshold``.
 The accuracy is that of the step's batch against its clean labels: the batch is clean during the period
@@ -26,9 +26,11 @@ class EnlightenmentTracker:
 
     def __init__(self, epochs: int | str, tau: float = 10.0, threshold: float = 0.5) -> None:
         if epochs != "auto" and (isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0):
-            raise ConfigError(f"--enp-epochs takes a number of epochs >= 0 or 'auto', got {epochs!r}")
-        if not tau > 0 or not 0 < threshold <= 1:
-            raise ConfigError("--enp-tau must be > 0 and --enp-threshold in (0, 1]")
+            raise ConfigError(f"epochs must be an int >= 0 or 'auto', got {epochs!r}; fix it", key="epochs")
+        if not tau > 0:
+            raise ConfigError(f"tau must be > 0, got {tau}; pass e.g. 10", key="tau")
+        if not 0 < threshold <= 1:
+            raise ConfigError(f"threshold must lie in (0, 1], got {threshold}; pass e.g. 0.5", key="threshold")
         self.epochs = epochs
         self.alpha = 1.0 - math.exp(-1.0 / tau)
         self.threshold = threshold
@@ -76,7 +78,7 @@ class EnlightenmentTracker:
 def high_loss_keep_mask(per_sample_loss: torch.Tensor, fraction: float) -> torch.Tensor:
     """Float mask (B,) that is 0 for the ``floor(fraction * B)`` largest losses and 1 elsewhere."""
     if not 0 <= fraction < 1:
-        raise ConfigError(f"--high-loss-removal takes a fraction in [0, 1), got {fraction}")
+        raise ConfigError(f"fraction must lie in [0, 1), got {fraction}; fix it", key="fraction")
     batch = per_sample_loss.shape[0]
     removed = int(math.floor(fraction * batch))
     keep = torch.ones(batch, device=per_sample_loss.device)

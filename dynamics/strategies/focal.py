@@ -36,11 +36,13 @@ class CyclicalFocalLoss(nn.Module):
                  label_smoothing: float = 0.1, reduction: str = "mean") -> None:
         super().__init__()
         if not all(math.isfinite(g) and g >= 0 for g in (gamma_hc, gamma_pos, gamma_neg)):
-            raise ConfigError("focal exponents must be >= 0; fix --focal-gamma-hc/--focal-gamma-pos/--focal-gamma-neg")
+            raise ConfigError(f"gamma_hc, gamma_pos and gamma_neg must be finite numbers >= 0, got {gamma_hc}, "
+                              f"{gamma_pos}, {gamma_neg}; fix them", key=("gamma_hc", "gamma_pos", "gamma_neg"))
         if not 0 <= label_smoothing < 1:
-            raise ConfigError(f"label_smoothing must lie in [0, 1), got {label_smoothing}; fix it")
+            raise ConfigError(f"label_smoothing must lie in [0, 1), got {label_smoothing}; fix it",
+                              key="label_smoothing")
         if reduction not in ("mean", "none"):
-            raise ConfigError(f"reduction must be 'mean' or 'none', got {reduction!r}")
+            raise ConfigError(f"reduction must be 'mean' or 'none', got {reduction!r}", key="reduction")
         self.gamma_hc, self.gamma_pos, self.gamma_neg = gamma_hc, gamma_pos, gamma_neg
         self.label_smoothing = label_smoothing
         self.reduction = reduction

@@ -65,14 +65,17 @@ class Mixup:
     def __init__(self, num_classes: int, mixup_alpha: float = 1.0, cutmix_alpha: float = 0.0, prob: float = 1.0,
                  switch_prob: float = 0.5, mode: str = "batch", label_smoothing: float = 0.0, seed: int = 0) -> None:
         if not all(math.isfinite(a) and a >= 0 for a in (mixup_alpha, cutmix_alpha)):
-            raise ConfigError(f"mixup/cutmix alpha must be >= 0, got {mixup_alpha}/{cutmix_alpha}; "
-                              "fix --mixup-alpha/--cutmix-alpha")
-        if not 0 <= prob <= 1 or not 0 <= switch_prob <= 1:
-            raise ConfigError("--mix-prob and --switch-prob must lie in [0, 1]")
+            bad = "mixup_alpha" if not (math.isfinite(mixup_alpha) and mixup_alpha >= 0) else "cutmix_alpha"
+            value = mixup_alpha if bad == "mixup_alpha" else cutmix_alpha
+            raise ConfigError(f"{bad} must be a finite number >= 0, got {value}; fix it", key=bad)
+        for name, value in (("prob", prob), ("switch_prob", switch_prob)):
+            if not 0 <= value <= 1:
+                raise ConfigError(f"{name} must lie in [0, 1], got {value}; fix it", key=name)
         if mode not in MODES:
-            raise ConfigError(f"unknown mix mode {mode!r}; choose one of: {', '.join(MODES)} (--mix-mode)")
+            raise ConfigError(f"unknown mode {mode!r}; choose one of: {', '.join(MODES)}", key="mode")
         if not 0 <= label_smoothing < 1:
-            raise ConfigError(f"label smoothing must lie in [0, 1), got {label_smoothing}; fix --label-smoothing")
+            raise ConfigError(f"label_smoothing must lie in [0, 1), got {label_smoothing}; fix it",
+                              key="label_smoothing")
         self.num_classes = num_classes
         self.mixup_alpha = mixup_alpha
         self.cutmix_alpha = cutmix_alpha
@@ -107,13 +110,15 @@ class Mixup:
             return x, targets, MixInfo(0.0, 0.0, "none")
         kind = self._kind()
         if kind == "cutmix" and x.ndim != 4:
-            raise ConfigError(f"CutMix needs images shaped (N, C, H, W), got {tuple(x.shape)}; use --mixup-alpha")
+            raise ConfigError(f"CutMix needs images shaped (N, C, H, W), got {tuple(x.shape)}; mix with mixup_alpha "
+                              "instead of cutmix_alpha", key=("cutmix_alpha", "mixup_alpha"))
         used_alpha = (self.cutmix_alpha if kind == "cutmix" else self.mixup_alpha) if alpha is None else alpha
         if self.mode == "batch":
             lam = np.full(batch, self._lams(1, used_alpha)[0])
         elif self.mode == "pair":
             if batch % 2:
-                raise ConfigError(f"--mix-mode pair needs an even batch size, got {batch}; change --batch-size")
+                raise ConfigError(f"mode='pair' needs an even batch size, got {batch}; mix an even batch or choose "
+                                  "another mode", key="mode")
             half = self._lams(batch // 2, used_alpha)
             lam = np.concatenate([half, half[::-1]])
         else:

@@ -12,76 +12,106 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dynamics.config import RunConfig
-from dynamics.errors import ConfigError
+from dynamics.errors import ConfigError, parameters_as
 from dynamics.strategies.cyclical import Range, cyclical_eta
 from dynamics.strategies.enlightenment import EnlightenmentTracker, high_loss_keep_mask
 from dynamics.strategies.focal import CyclicalFocalLoss
 from dynamics.strategies.mixup import MixInfo, Mixup, soft_targets
 from dynamics.strategies.plp import PLP
 
+if TYPE_CHECKING:  # dynamics.config imports the strategies' choices
+    from dynamics.config import RunConfig
 
-def _range(text: str | None, flag: str, *, positive: bool = False) -> Range | None:
-    return None if text is None else Range.parse(text, flag, positive=positive)
+MIXUP_KEYS = {"prob": "mix_prob", "mode": "mix_mode"}
+"""Mixup's arguments that RunConfig names otherwise (the others have the same names)."""
+TRACKER_KEYS = {"epochs": "enp_epochs", "tau": "enp_tau", "threshold": "enp_threshold"}
+FOCAL_KEYS = {"gamma_hc": "focal_gamma_hc", "gamma_pos": "focal_gamma_pos", "gamma_neg": "focal_gamma_neg",
+              "label_smoothing": "focal_label_smoothing"}
+PLP_KEYS = {"k": "plp_k", "unit": "plp_unit", "weights_only": "plp_weights_only"}
+
+
+def _range(text: str | None, name: str, *, positive: bool = False) -> Range | None:
+    return None if text is None else Range.parse(text, name, positive=positive)
+
+
+def _mixer(config: RunConfig, num_classes: int, seed: int = 0) -> Mixup:
+    with parameters_as(MIXUP_KEYS):
+        return Mixup(num_classes, config.mixup_alpha, config.cutmix_alpha, config.mix_prob, config.switch_prob,
+                     config.mix_mode, config.label_smoothing, seed=seed)
 
 
 def validate_strategies(config: RunConfig) -> None:
-    """Raise ConfigError for a strategy setting or combination that cannot run, before any data is loaded."""
+    """Raise ConfigError for a strategy setting or combination that cannot run, before any data is loaded.
+
+    Errors name RunConfig keys (``enp_epochs``), also those raised by the strategies' own classes.
+    """
     mixing = config.mixup_alpha > 0 or config.cutmix_alpha > 0
-    Mixup(2, config.mixup_alpha, config.cutmix_alpha, config.mix_prob, config.switch_prob, config.mix_mode,
-          config.label_smoothing)
-    period_strategies = [name for name, on in (("--mixup-pause", config.mixup_pause),
-                                               ("--alpha-boost", config.alpha_boost is not None),
-                                               ("--high-loss-removal", config.high_loss_removal is not None)) if on]
+    _mixer(config, 2)
+    period_strategies = [name for name, on in (("mixup_pause", config.mixup_pause),
+                                               ("alpha_boost", config.alpha_boost is not None),
+                                               ("high_loss_removal", config.high_loss_removal is not None)) if on]
     if period_strategies and config.enp_epochs is None:
-        raise ConfigError(f"{period_strategies[0]} acts during the Enlightenment Period; give --enp-epochs N or auto")
+        raise ConfigError(f"{period_strategies[0]} acts during the Enlightenment Period; set enp_epochs to a "
+                          "number of epochs or 'auto'", key=(period_strategies[0], "enp_epochs"))
     if config.enp_epochs is not None:
-        EnlightenmentTracker(config.enp_epochs, config.enp_tau, config.enp_threshold)
+        with parameters_as(TRACKER_KEYS):
+            EnlightenmentTracker(config.enp_epochs, config.enp_tau, config.enp_threshold)
         if config.enp_epochs != "auto" and config.enp_epochs > config.epochs:
-            raise ConfigError(f"--enp-epochs {config.enp_epochs} exceeds --epochs {config.epochs}; shorten it")
+            raise ConfigError(f"enp_epochs {config.enp_epochs} exceeds epochs {config.epochs}; shorten enp_epochs",
+                              key=("enp_epochs", "epochs"))
     if config.mixup_pause and not mixing:
-        raise ConfigError("--mixup-pause pauses Mixup, but no Mixup is configured; add --mixup-alpha (e.g. 0.4)")
+        raise ConfigError("mixup_pause pauses Mixup, but no Mixup is configured; set mixup_alpha (e.g. 0.4)",
+                          key=("mixup_pause", "mixup_alpha"))
     if config.mixup_pause and config.alpha_boost is not None:
-        raise ConfigError("--mixup-pause and --alpha-boost contradict each other; choose one")
-    if config.alpha_boost is not None and not config.alpha_boost > 0:
-        raise ConfigError(f"--alpha-boost must be > 0, got {config.alpha_boost}")
+        raise ConfigError("mixup_pause and alpha_boost contradict each other; choose one",
+                          key=("mixup_pause", "alpha_boost"))
+    if config.alpha_boost is not None and not (math.isfinite(config.alpha_boost) and config.alpha_boost > 0):
+        raise ConfigError(f"alpha_boost must be a finite number > 0, got {config.alpha_boost}; fix it",
+                          key="alpha_boost")
     if config.high_loss_removal is not None and not 0 <= config.high_loss_removal < 1:
-        raise ConfigError(f"--high-loss-removal takes a fraction in [0, 1), got {config.high_loss_removal}")
+        raise ConfigError(f"high_loss_removal takes a fraction in [0, 1), got {config.high_loss_removal}; fix it",
+                          key="high_loss_removal")
     if not (math.isfinite(config.cyclical_factor) and config.cyclical_factor >= 1):
-        raise ConfigError(f"--cyclical-factor must be >= 1, got {config.cyclical_factor}")
-    _range(config.cyclical_wd, "--cyclical-wd")
-    _range(config.cyclical_temperature, "--cyclical-temperature", positive=True)
-    _range(config.cyclical_clip, "--cyclical-clip", positive=True)
-    _range(config.cyclical_aug, "--cyclical-aug")
+        raise ConfigError(f"cyclical_factor must be a finite number >= 1, got {config.cyclical_factor}; fix it",
+                          key="cyclical_factor")
+    _range(config.cyclical_wd, "cyclical_wd")
+    _range(config.cyclical_temperature, "cyclical_temperature", positive=True)
+    _range(config.cyclical_clip, "cyclical_clip", positive=True)
+    _range(config.cyclical_aug, "cyclical_aug")
     if config.cyclical_wd is not None and config.weight_decay > 0:
-        raise ConfigError("--weight-decay and --cyclical-wd both set the weight decay; keep one")
-    sizes = _range(config.cyclical_batch_size, "--cyclical-batch-size", positive=True)
+        raise ConfigError("weight_decay and cyclical_wd both set the weight decay; keep one",
+                          key=("weight_decay", "cyclical_wd"))
+    sizes = _range(config.cyclical_batch_size, "cyclical_batch_size", positive=True)
     if sizes is not None and (sizes.low != int(sizes.low) or sizes.high != int(sizes.high)):
-        raise ConfigError(f"--cyclical-batch-size takes integers MIN:MAX, got {config.cyclical_batch_size}")
-    CyclicalFocalLoss(config.focal_gamma_hc, config.focal_gamma_pos, config.focal_gamma_neg,
-                      config.focal_label_smoothing)
-    if config.plp:
-        if config.plp_unit not in ("iteration", "epoch"):
-            raise ConfigError(f"unknown --plp-unit {config.plp_unit!r}; choose iteration or epoch")
-        if not config.plp_k > 0:
-            raise ConfigError(f"--plp-k must be > 0, got {config.plp_k}")
+        raise ConfigError(f"cyclical_batch_size takes integers MIN:MAX, got {config.cyclical_batch_size}; fix it",
+                          key="cyclical_batch_size")
+    mixes = mixing or config.alpha_boost is not None or config.cyclical_aug is not None
+    if mixes and config.mix_mode == "pair" and config.cyclical_batch_size is None and config.batch_size % 2:
+        raise ConfigError(f"mix_mode='pair' mixes pairs of samples and needs an even batch_size, got "
+                          f"{config.batch_size}; make batch_size even or choose another mix_mode",
+                          key=("mix_mode", "batch_size"))
+    with parameters_as(FOCAL_KEYS):
+        CyclicalFocalLoss(config.focal_gamma_hc, config.focal_gamma_pos, config.focal_gamma_neg,
+                          config.focal_label_smoothing)
+    if config.plp and not config.plp_k > 0:
+        raise ConfigError(f"plp_k must be > 0, got {config.plp_k}; pass e.g. 1.0", key="plp_k")
 
 
 def check_strategies_fit_data(config: RunConfig, input_shape: Sequence[int], train_samples: int) -> None:
     """Raise ConfigError for a strategy that the loaded data cannot support (CutMix, batch sizes)."""
     if config.cutmix_alpha > 0 and len(input_shape) != 3:
         raise ConfigError(f"CutMix needs image data (C, H, W), but samples are shaped {tuple(input_shape)}; "
-                          "use --mixup-alpha instead of --cutmix-alpha")
-    sizes = _range(config.cyclical_batch_size, "--cyclical-batch-size", positive=True)
+                          "mix with mixup_alpha instead of cutmix_alpha", key=("cutmix_alpha", "mixup_alpha"))
+    sizes = _range(config.cyclical_batch_size, "cyclical_batch_size", positive=True)
     if sizes is not None and sizes.high > train_samples:
-        raise ConfigError(f"--cyclical-batch-size MAX {int(sizes.high)} exceeds the {train_samples} training "
-                          "samples; lower it")
+        raise ConfigError(f"cyclical_batch_size MAX {int(sizes.high)} exceeds the {train_samples} training "
+                          "samples; lower it", key="cyclical_batch_size")
 
 
 def per_sample_cross_entropy(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -102,20 +132,22 @@ class StrategyPlan:
         self.optimizer = optimizer
         self.num_classes = num_classes
         self.epochs = config.epochs
-        self.mixer = Mixup(num_classes, config.mixup_alpha, config.cutmix_alpha, config.mix_prob,
-                           config.switch_prob, config.mix_mode, config.label_smoothing, seed=seed + 7919)
-        self.tracker = (None if config.enp_epochs is None
-                        else EnlightenmentTracker(config.enp_epochs, config.enp_tau, config.enp_threshold))
-        self.plp = (PLP(model.parameters(), config.plp_k, config.plp_unit, config.plp_weights_only)
-                    if config.plp else None)
-        self.focal = (CyclicalFocalLoss(config.focal_gamma_hc, config.focal_gamma_pos, config.focal_gamma_neg,
-                                        config.focal_label_smoothing, reduction="none")
-                      if config.cyclical_focal else None)
-        self.wd_range = _range(config.cyclical_wd, "--cyclical-wd")
-        self.temperature_range = _range(config.cyclical_temperature, "--cyclical-temperature", positive=True)
-        self.clip_range = _range(config.cyclical_clip, "--cyclical-clip", positive=True)
-        self.batch_range = _range(config.cyclical_batch_size, "--cyclical-batch-size", positive=True)
-        self.aug_range = _range(config.cyclical_aug, "--cyclical-aug")
+        self.mixer = _mixer(config, num_classes, seed + 7919)
+        with parameters_as(TRACKER_KEYS):
+            self.tracker = (None if config.enp_epochs is None
+                            else EnlightenmentTracker(config.enp_epochs, config.enp_tau, config.enp_threshold))
+        with parameters_as(PLP_KEYS):
+            self.plp = (PLP(model.parameters(), config.plp_k, config.plp_unit, config.plp_weights_only)
+                        if config.plp else None)
+        with parameters_as(FOCAL_KEYS):
+            self.focal = (CyclicalFocalLoss(config.focal_gamma_hc, config.focal_gamma_pos, config.focal_gamma_neg,
+                                            config.focal_label_smoothing, reduction="none")
+                          if config.cyclical_focal else None)
+        self.wd_range = _range(config.cyclical_wd, "cyclical_wd")
+        self.temperature_range = _range(config.cyclical_temperature, "cyclical_temperature", positive=True)
+        self.clip_range = _range(config.cyclical_clip, "cyclical_clip", positive=True)
+        self.batch_range = _range(config.cyclical_batch_size, "cyclical_batch_size", positive=True)
+        self.aug_range = _range(config.cyclical_aug, "cyclical_aug")
         self.eta = 1.0
         self.temperature = 1.0
         self.clip_norm: float | None = None
@@ -127,7 +159,7 @@ class StrategyPlan:
         self._step_in_period = False
 
     def batch_size(self, epoch: int) -> int:
-        """Samples per step in ``epoch`` (cyclical when ``--cyclical-batch-size`` is set)."""
+        """Samples per step in ``epoch`` (cyclical when ``cyclical_batch_size`` is set)."""
         if self.batch_range is None:
             return self.config.batch_size
         return int(round(self.batch_range.at(epoch, self.epochs, self.config.cyclical_factor)))
@@ -167,7 +199,8 @@ class StrategyPlan:
         self._step_in_period = self.in_period
         alpha = self._mix_alpha()
         if y.ndim == 1 and alpha != 0.0 and (self.mixer.enabled or alpha is not None):
-            x, target, self._mix = self.mixer(x, y, alpha)
+            with parameters_as(MIXUP_KEYS):
+                x, target, self._mix = self.mixer(x, y, alpha)
             return x, target
         self._mix = MixInfo(0.0, 0.0, "none")
         if self.config.label_smoothing > 0 and y.ndim == 1:

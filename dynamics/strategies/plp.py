@@ -21,17 +21,9 @@ from typing import Any
 import torch
 
 from dynamics.errors import ConfigError
+from dynamics.plp_formula import plp_prediction as plp_prediction  # the formula, re-exported
 
 UNITS = ("iteration", "epoch")
-
-
-def plp_prediction(first: Any, second: Any, third: Any, k: Any = 1.0) -> Any:
-    """The three-point prediction ``m23 + k s`` = ``(theta2 + theta3)/2 + k (theta3 - theta1)/2``.
-
-    For tensors or numpy arrays (``k`` may broadcast, e.g. one factor per window); :meth:`PLP.observe`
-    applies the same formula with foreach kernels, and ``analyses.trajectory`` measures its error.
-    """
-    return (second + third) / 2 + k * (third - first) / 2
 
 
 class PLP:
@@ -43,12 +35,13 @@ class PLP:
     def __init__(self, params: Iterable[torch.nn.Parameter], k: float = 1.0, unit: str = "iteration",
                  weights_only: bool = False) -> None:
         if unit not in UNITS:
-            raise ConfigError(f"unknown PLP unit {unit!r}; choose one of: {', '.join(UNITS)} (--plp-unit)")
+            raise ConfigError(f"unknown unit {unit!r}; choose one of: {', '.join(UNITS)}", key="unit")
         if not k > 0:
-            raise ConfigError(f"PLP k must be > 0, got {k}; fix --plp-k")
+            raise ConfigError(f"k must be > 0, got {k}; pass e.g. 1.0", key="k")
         self.params = [p for p in params if p.requires_grad and (p.ndim > 1 or not weights_only)]
         if not self.params:
-            raise ConfigError("PLP found no parameters to predict; drop --plp-weights-only or check the model")
+            raise ConfigError("PLP found no parameters to predict; set weights_only=False or check the model",
+                              key="weights_only")
         self.k = k
         self.unit = unit
         self._points: list[list[torch.Tensor]] = []
