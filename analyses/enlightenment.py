@@ -70,8 +70,11 @@ def _check_tau(tau: float) -> float:
 
 def check_arguments(threshold: float, tau: float) -> tuple[float, float]:
     """``(threshold, tau)`` as floats, or a ConfigError naming the fix: threshold in (0, 1], tau > 0."""
-    if isinstance(threshold, bool) or not isinstance(threshold, int | float | np.floating | np.integer) \
-            or not 0 < threshold <= 1:
+    if (
+        isinstance(threshold, bool)
+        or not isinstance(threshold, int | float | np.floating | np.integer)
+        or not 0 < threshold <= 1
+    ):
         raise ConfigError(f"threshold must be an accuracy in (0, 1], got {threshold!r}; pass e.g. threshold=0.5")
     return float(threshold), _check_tau(tau)
 
@@ -87,8 +90,10 @@ def smooth_ema(steps: np.ndarray, values: np.ndarray, tau: float) -> np.ndarray:
     s = np.asarray(steps, dtype=np.float64)
     v = np.asarray(values, dtype=np.float64)
     if s.ndim != 1 or v.shape != s.shape:
-        raise ConfigError(f"steps and values must be 1-D arrays of one length, got shapes {s.shape} and {v.shape}; "
-                          "pass one value per step")
+        raise ConfigError(
+            f"steps and values must be 1-D arrays of one length, got shapes {s.shape} and {v.shape}; "
+            "pass one value per step"
+        )
     if s.size > 1 and not np.all(np.diff(s) > 0):
         raise ConfigError("steps must be strictly increasing; sort the samples by step and drop duplicates")
     out = np.empty_like(v)
@@ -118,16 +123,20 @@ def enlightenment_period(ds: xr.Dataset, threshold: float = 0.5, tau: float = 10
     if ds.sizes.get("step", 0) == 0:  # nothing committed yet (a run that just started): not reached
         return EnlightenmentPeriod(None, None, threshold, tau, METHOD)
     if "accuracy" not in ds.variables:
-        raise ConfigError("the run has no 'accuracy' variable; record it with the 'loss' probe "
-                          "(probes='loss', 'minimal' or 'default')")
+        raise ConfigError(
+            "the run has no 'accuracy' variable; record it with the 'loss' probe "
+            "(probes='loss', 'minimal' or 'default')"
+        )
     accuracy = ds["accuracy"]
     if accuracy.dims != ("step",):
         raise ConfigError(f"'accuracy' must have dims ('step',), got {accuracy.dims}; pass a run from open_run")
     values = np.asarray(accuracy.values, dtype=np.float64)
     steps = np.asarray(accuracy["step"].values if "step" in accuracy.coords else np.arange(values.size))
     if np.isnan(values).all():
-        raise ConfigError("training accuracy is NaN at every recorded step; pass output= and target= to "
-                          "Recorder.step() so that accuracy is measured")
+        raise ConfigError(
+            "training accuracy is NaN at every recorded step; pass output= and target= to "
+            "Recorder.step() so that accuracy is measured"
+        )
     smoothed = smooth_ema(steps, values, tau)
     reached = np.flatnonzero(smoothed >= threshold)
     if reached.size == 0:

@@ -147,16 +147,27 @@ def measure_pair(runs: dict[str, Path], key: tuple[int, int, int]) -> RunPair:
     end = period.end_step if period.reached else int(steps[-1])
     inside = steps <= end
     ratio = np.asarray(mixup["interference_ratio_model"].values, dtype=np.float64)[inside]
-    strong = (np.asarray(mixup["mix_strength"].values, dtype=np.float64)[inside] >= STRONG_MIX
-              if "mix_strength" in mixup.variables else np.ones(len(ratio), dtype=bool))
+    strong = (
+        np.asarray(mixup["mix_strength"].values, dtype=np.float64)[inside] >= STRONG_MIX
+        if "mix_strength" in mixup.variables
+        else np.ones(len(ratio), dtype=bool)
+    )
     cos = np.asarray(mixup["interference_cos_model"].values, dtype=np.float64)[inside]
     revival = np.asarray(mixup["revival_frac"].values, dtype=np.float64)[inside]
     with np.errstate(invalid="ignore"):
         per_step_revival = np.array([_mean_finite(row) for row in revival])
-    return RunPair(*key, enp_end_step=end, enp_reached=period.reached, interference=_mean_finite(ratio[strong]),
-                   interference_all=_mean_finite(ratio), cos=_mean_finite(cos), revival=_mean_finite(per_step_revival),
-                   measurements=int(np.isfinite(ratio[strong]).sum()),
-                   accuracy_mixup=final_accuracy(runs["mixup"]), accuracy_pause=final_accuracy(runs["pause"]))
+    return RunPair(
+        *key,
+        enp_end_step=end,
+        enp_reached=period.reached,
+        interference=_mean_finite(ratio[strong]),
+        interference_all=_mean_finite(ratio),
+        cos=_mean_finite(cos),
+        revival=_mean_finite(per_step_revival),
+        measurements=int(np.isfinite(ratio[strong]).sum()),
+        accuracy_mixup=final_accuracy(runs["mixup"]),
+        accuracy_pause=final_accuracy(runs["pause"]),
+    )
 
 
 def spearman(x: Sequence[float], y: Sequence[float]) -> tuple[float, float]:
@@ -171,6 +182,7 @@ def spearman(x: Sequence[float], y: Sequence[float]) -> tuple[float, float]:
 
 def conclusion(by_size: tuple[float, float], by_width: tuple[float, float], runs: int) -> str:
     """The sentence that answers the claim, from the two rank correlations (rho, p)."""
+
     def trend(rho: float) -> str:
         return "does not vary measurably" if math.isnan(rho) else "falls" if rho < 0 else "rises"
 
@@ -178,36 +190,54 @@ def conclusion(by_size: tuple[float, float], by_width: tuple[float, float], runs
         return rho < 0 and p < ALPHA_SIGNIFICANCE
 
     size_ok, width_ok = supports(*by_size), supports(*by_width)
-    verdict = ("supported" if size_ok and width_ok else "supported for size only" if size_ok
-               else "supported for width only" if width_ok else "not supported")
-    return (f"Over {runs} runs, the interference ratio of strongly mixed batches during the Enlightenment Period "
-            f"{trend(by_size[0])} with training-set size (Spearman rho = {by_size[0]:+.2f}, p = {by_size[1]:.2g}) "
-            f"and {trend(by_width[0])} with CNN width (rho = {by_width[0]:+.2f}, p = {by_width[1]:.2g}): "
-            f"the claim that interference shrinks with scale is {verdict} by these runs.")
+    verdict = (
+        "supported"
+        if size_ok and width_ok
+        else "supported for size only"
+        if size_ok
+        else "supported for width only"
+        if width_ok
+        else "not supported"
+    )
+    return (
+        f"Over {runs} runs, the interference ratio of strongly mixed batches during the Enlightenment Period "
+        f"{trend(by_size[0])} with training-set size (Spearman rho = {by_size[0]:+.2f}, p = {by_size[1]:.2g}) "
+        f"and {trend(by_width[0])} with CNN width (rho = {by_width[0]:+.2f}, p = {by_width[1]:.2g}): "
+        f"the claim that interference shrinks with scale is {verdict} by these runs."
+    )
 
 
 def summarise(root: str | os.PathLike[str]) -> dict[str, Any]:
     """The JSON summary of the study runs under ``root``: per run, per cell, correlations and the conclusion."""
     pairs = find_pairs(Path(root))
     if not pairs:
-        raise ConfigError(f"no finished always-Mixup/Mixup Pause run pairs under {root}; train them with "
-                          f"{STUDY_COMMAND}, or pass the folder holding them (--runs)")
-    measured = [measure_pair(runs, key) for key, runs in tqdm(sorted(pairs.items()), desc="reading runs",
-                                                              unit="pair", disable=None, dynamic_ncols=True)]
+        raise ConfigError(
+            f"no finished always-Mixup/Mixup Pause run pairs under {root}; train them with "
+            f"{STUDY_COMMAND}, or pass the folder holding them (--runs)"
+        )
+    measured = [
+        measure_pair(runs, key)
+        for key, runs in tqdm(sorted(pairs.items()), desc="reading runs", unit="pair", disable=None, dynamic_ncols=True)
+    ]
     cells = []
     for size, width in sorted({(p.size, p.width) for p in measured}):
         group = [p for p in measured if (p.size, p.width) == (size, width)]
         diff, half = mean_ci([p.accuracy_diff for p in group])
-        cells.append({
-            "size": size, "width": width, "seeds": len(group),
-            "interference": mean_ci([p.interference for p in group])[0],
-            "interference_ci": mean_ci([p.interference for p in group])[1],
-            "revival": mean_ci([p.revival for p in group])[0],
-            "accuracy_mixup": float(np.mean([p.accuracy_mixup for p in group])),
-            "accuracy_pause": float(np.mean([p.accuracy_pause for p in group])),
-            "accuracy_diff": diff, "accuracy_diff_ci": half,
-            "significant": bool(half > 0 and abs(diff) > half),
-        })
+        cells.append(
+            {
+                "size": size,
+                "width": width,
+                "seeds": len(group),
+                "interference": mean_ci([p.interference for p in group])[0],
+                "interference_ci": mean_ci([p.interference for p in group])[1],
+                "revival": mean_ci([p.revival for p in group])[0],
+                "accuracy_mixup": float(np.mean([p.accuracy_mixup for p in group])),
+                "accuracy_pause": float(np.mean([p.accuracy_pause for p in group])),
+                "accuracy_diff": diff,
+                "accuracy_diff_ci": half,
+                "significant": bool(half > 0 and abs(diff) > half),
+            }
+        )
     interference = [p.interference for p in measured]
     by_size = spearman([p.size for p in measured], interference)
     by_width = spearman([p.width for p in measured], interference)
@@ -234,12 +264,20 @@ def _lines(ax: Axes, summary: dict[str, Any], x_key: str, hue_key: str, y_key: s
     colors = colormaps["viridis"](np.linspace(0.0, 0.85, max(len(hues), 1)))
     for index, (color, hue) in enumerate(zip(colors, hues, strict=True)):
         row = sorted((c for c in cells if c[hue_key] == hue), key=lambda c: c[x_key])
-        ax.plot([c[x_key] for c in row], [c[y_key] for c in row], color=color, marker="o", markersize=4,
-                linewidth=1.5, label=f"{hue_key} {hue}")
+        ax.plot(
+            [c[x_key] for c in row],
+            [c[y_key] for c in row],
+            color=color,
+            marker="o",
+            markersize=4,
+            linewidth=1.5,
+            label=f"{hue_key} {hue}",
+        )
         seeds = [r for r in runs if r[hue_key] == hue]
         shift = 1.0 + 0.03 * (index - (len(hues) - 1) / 2)  # side by side on the log axis
-        ax.scatter([r[x_key] * shift for r in seeds], [r[y_key] for r in seeds], color=color, s=10, alpha=0.5,
-                   linewidths=0)
+        ax.scatter(
+            [r[x_key] * shift for r in seeds], [r[y_key] for r in seeds], color=color, s=10, alpha=0.5, linewidths=0
+        )
     ticks = sorted({c[x_key] for c in cells})
     ax.set_xscale("log")
     ax.set_xticks(ticks, labels=[f"{v:g}" for v in ticks])
@@ -263,8 +301,16 @@ def _heat_map(fig: Figure, ax: Axes, cells: list[dict[str, Any]]) -> None:
         half = f"\n±{100 * c['accuracy_diff_ci']:.1f}" if c["accuracy_diff_ci"] == c["accuracy_diff_ci"] else ""
         star = "*" if c["significant"] else ""
         dark = abs(grid[i, j]) > 0.6 * limit  # white text on the saturated ends of the colour map
-        ax.text(j, i, f"{100 * c['accuracy_diff']:+.1f}{star}{half}", ha="center", va="center", fontsize="small",
-                fontweight="bold" if star else "normal", color="white" if dark else "black")
+        ax.text(
+            j,
+            i,
+            f"{100 * c['accuracy_diff']:+.1f}{star}{half}",
+            ha="center",
+            va="center",
+            fontsize="small",
+            fontweight="bold" if star else "normal",
+            color="white" if dark else "black",
+        )
     ax.set_xticks(range(len(widths)), labels=[str(w) for w in widths])
     ax.set_yticks(range(len(sizes)), labels=[str(s) for s in sizes])
     ax.set_xlabel("CNN width (channels)")
@@ -288,14 +334,23 @@ def study_figure(summary: dict[str, Any]) -> Figure:
         _lines(axes[0, 1], summary, "width", "size", "interference", ratio)
         _lines(axes[1, 0], summary, "size", "width", "revival", "revival fraction (EnP mean)")
         _heat_map(fig, axes[1, 1], cells)
-        for ax, title in zip(axes.flat, ("a  interference vs size", "b  interference vs width",
-                                         "c  activation revival vs size",
-                                         f"d  accuracy difference, mean ± {int(100 * summary['level'])}% t-CI "
-                                         "(* excludes 0)"), strict=True):
+        for ax, title in zip(
+            axes.flat,
+            (
+                "a  interference vs size",
+                "b  interference vs width",
+                "c  activation revival vs size",
+                f"d  accuracy difference, mean ± {int(100 * summary['level'])}% t-CI (* excludes 0)",
+            ),
+            strict=True,
+        ):
             ax.set_title(title, loc="left", fontsize="medium")
-        fig.suptitle(f"MNIST-1D CNN, always-Mixup vs Mixup Pause; n = {'/'.join(map(str, seeds))} seeds per cell; "
-                     f"a-c: lines = mean over seeds, dots = single seeds\n{summary['conclusion']}",
-                     fontsize="medium", wrap=True)
+        fig.suptitle(
+            f"MNIST-1D CNN, always-Mixup vs Mixup Pause; n = {'/'.join(map(str, seeds))} seeds per cell; "
+            f"a-c: lines = mean over seeds, dots = single seeds\n{summary['conclusion']}",
+            fontsize="medium",
+            wrap=True,
+        )
     return fig
 
 
@@ -312,8 +367,9 @@ def write_study(summary: dict[str, Any], out_dir: str | os.PathLike[str]) -> tup
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     """The command line; a usage error raises ConfigError (one line, exit status 2, from :func:`main`)."""
     parser = UsageParser(prog="python -m analyses.interference", description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=Path, metavar="DIR", required=True,
-                        help="summarise and draw the finished study runs under DIR")
+    parser.add_argument(
+        "--runs", type=Path, metavar="DIR", required=True, help="summarise and draw the finished study runs under DIR"
+    )
     parser.add_argument("--out", type=Path, default=None, help="folder of the JSON and figure (default: DIR)")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     return parser.parse_args(argv)
@@ -322,8 +378,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def _study_moved(argv: Sequence[str]) -> str:
     """The one line that sends ``--study`` (training, which analyses never do) to the dynamics command."""
     rest = [a for a in argv if a != "--study"]
-    return (f"analyses only read runs: train the study with {' '.join([STUDY_COMMAND, *rest])} (it then "
-            "summarises and draws it), or summarise existing runs with python -m analyses.interference --runs DIR")
+    return (
+        f"analyses only read runs: train the study with {' '.join([STUDY_COMMAND, *rest])} (it then "
+        "summarises and draws it), or summarise existing runs with python -m analyses.interference --runs DIR"
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

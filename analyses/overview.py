@@ -50,8 +50,11 @@ def aggregate_by_module(grad_norm: xr.DataArray) -> xr.DataArray:
     """
     if "param" not in grad_norm.dims:
         raise ConfigError(f"grad_norm needs a 'param' dim, got dims {grad_norm.dims}; pass run['grad_norm']")
-    params = [str(p) for p in grad_norm["param"].values] if "param" in grad_norm.coords else \
-        [str(i) for i in range(grad_norm.sizes["param"])]
+    params = (
+        [str(p) for p in grad_norm["param"].values]
+        if "param" in grad_norm.coords
+        else [str(i) for i in range(grad_norm.sizes["param"])]
+    )
     groups: dict[str, list[int]] = {}
     for index, name in enumerate(params):
         groups.setdefault(module_of(name), []).append(index)
@@ -61,13 +64,17 @@ def aggregate_by_module(grad_norm: xr.DataArray) -> xr.DataArray:
         combined = xr.concat(parts, dim=xr.DataArray(list(groups), dims="module", name="module"))
     else:
         sizes = {d: n for d, n in grad_norm.sizes.items() if d != "param"}
-        combined = xr.DataArray(np.zeros((*sizes.values(), 0)), dims=(*sizes, "module"),
-                                coords={"module": np.array([], dtype=str)})
+        combined = xr.DataArray(
+            np.zeros((*sizes.values(), 0)), dims=(*sizes, "module"), coords={"module": np.array([], dtype=str)}
+        )
     dims = [("module" if d == "param" else d) for d in grad_norm.dims]
     result = np.sqrt(combined).transpose(*dims)
     result.name = "grad_norm_module"
-    result.attrs = {"long_name": "gradient L2 norm per module", "units": grad_norm.attrs.get("units", ""),
-                    "description": "sqrt of the sum of squared grad_norm over the parameters of each module"}
+    result.attrs = {
+        "long_name": "gradient L2 norm per module",
+        "units": grad_norm.attrs.get("units", ""),
+        "description": "sqrt of the sum of squared grad_norm over the parameters of each module",
+    }
     return result
 
 
@@ -93,8 +100,17 @@ def _describe_run(ds: xr.Dataset) -> str:
 
 def _note(ax: Axes, text: str) -> None:
     """Mark a panel whose data is absent instead of failing."""
-    ax.text(0.5, 0.5, text, transform=ax.transAxes, ha="center", va="center", color="0.4", fontsize="medium",
-            bbox={"boxstyle": "round", "facecolor": "white", "edgecolor": "0.8"})
+    ax.text(
+        0.5,
+        0.5,
+        text,
+        transform=ax.transAxes,
+        ha="center",
+        va="center",
+        color="0.4",
+        fontsize="medium",
+        bbox={"boxstyle": "round", "facecolor": "white", "edgecolor": "0.8"},
+    )
     ax.set_yticks([])
 
 
@@ -143,8 +159,16 @@ def _legend(ax: Axes) -> None:
     if not handles:
         return
     ncol = 1 if len(handles) <= 10 else 2
-    ax.legend(handles, labels, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0, frameon=False,
-              fontsize="small", ncol=ncol)
+    ax.legend(
+        handles,
+        labels,
+        loc="upper left",
+        bbox_to_anchor=(1.01, 1.0),
+        borderaxespad=0.0,
+        frameon=False,
+        fontsize="small",
+        ncol=ncol,
+    )
 
 
 def _per_group(ax: Axes, data: xr.DataArray, dim: str, tau: float) -> None:
@@ -170,8 +194,7 @@ def _panel_loss(ax: Axes, ds: xr.Dataset, tau: float, palette: list[Any]) -> Non
     arrays = [loss]
     if "val_loss" in ds.variables and ds["val_loss"].size:
         val = np.asarray(ds["val_loss"].values, dtype=np.float64)
-        ax.plot(ds["eval_step"].values, val, "o-", color=palette[1], markersize=3.5, linewidth=1.2,
-                label="validation")
+        ax.plot(ds["eval_step"].values, val, "o-", color=palette[1], markersize=3.5, linewidth=1.2, label="validation")
         arrays.append(val)
     _log_if_positive(ax, *arrays)
     _legend(ax)
@@ -185,11 +208,17 @@ def _panel_accuracy(ax: Axes, ds: xr.Dataset, tau: float, palette: list[Any], th
         _note(ax, note)
         return
     steps = np.asarray(ds["step"].values)
-    _raw_and_smoothed(ax, steps, np.asarray(ds["accuracy"].values, dtype=np.float64), tau, palette[0],
-                      "train (batch)")
+    _raw_and_smoothed(ax, steps, np.asarray(ds["accuracy"].values, dtype=np.float64), tau, palette[0], "train (batch)")
     if "val_accuracy" in ds.variables and ds["val_accuracy"].size:
-        ax.plot(ds["eval_step"].values, ds["val_accuracy"].values, "o-", color=palette[1], markersize=3.5,
-                linewidth=1.2, label="validation")
+        ax.plot(
+            ds["eval_step"].values,
+            ds["val_accuracy"].values,
+            "o-",
+            color=palette[1],
+            markersize=3.5,
+            linewidth=1.2,
+            label="validation",
+        )
     ax.axhline(threshold, color="0.35", linestyle="--", linewidth=1.0, label=f"threshold {threshold:g}")
     ax.set_ylim(-0.02, 1.02)
     _legend(ax)
@@ -269,8 +298,7 @@ def overview_figure(ds: xr.Dataset, *, threshold: float = 0.5, tau: float = 10.0
             summary = "Enlightenment Period unknown (no training accuracy)"
         elif enp.reached:
             enp_label = f"Enlightenment Period (smoothed acc ≥ {threshold:.0%})"
-            summary = (f"Enlightenment Period: steps 0–{enp.end_step}, {enp.fraction:.1%} of the "
-                       f"{last_step + 1} steps")
+            summary = f"Enlightenment Period: steps 0–{enp.end_step}, {enp.fraction:.1%} of the {last_step + 1} steps"
         else:
             enp_label = f"Enlightenment Period, not ended (smoothed acc < {threshold:.0%})"
             summary = f"smoothed accuracy never reached {threshold:.0%} in {last_step + 1} steps"
@@ -295,8 +323,9 @@ def save_figure(fig: Figure, out_stem: str | os.PathLike[str]) -> tuple[Path, Pa
     return png, pdf
 
 
-def plot_overview(ds: xr.Dataset, out_stem: str | os.PathLike[str], *, threshold: float = 0.5,
-                  tau: float = 10.0) -> tuple[Path, Path]:
+def plot_overview(
+    ds: xr.Dataset, out_stem: str | os.PathLike[str], *, threshold: float = 0.5, tau: float = 10.0
+) -> tuple[Path, Path]:
     """Write the overview figure of run ``ds`` to ``<out_stem>.png`` (150 dpi) and ``<out_stem>.pdf``.
 
     Returns the two paths (PNG, PDF). ``out_stem`` gets the suffixes appended (``run/overview`` ->

@@ -91,6 +91,7 @@ _CONFIG_KEYS_IGNORED = ("seed", "device", "flush_seconds")
 
 # ---------------------------------------------------------------------------------------------- models
 
+
 class _Model(ABC):
     """A four-parameter curve in normalised time u = t / T: value, Jacobian, starting grid, natural units.
 
@@ -137,7 +138,7 @@ class _Logistic(_Model):
     time_bounds = ((-1.0, math.log(1e-4)), (2.0, math.log(10.0)))
 
     def evaluate(self, theta: np.ndarray, u: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        p0, amp, centre, log_w = (theta[:, i:i + 1] for i in range(4))
+        p0, amp, centre, log_w = (theta[:, i : i + 1] for i in range(4))
         width = np.exp(log_w)
         z = (u[None, :] - centre) / width
         s = expit(z)
@@ -148,8 +149,11 @@ class _Logistic(_Model):
     def starts(self, u: np.ndarray, y: np.ndarray) -> np.ndarray:
         first, last = _levels(u, y)
         lo, hi = float(u.min()), float(u.max())
-        grid = [(first, last - first, lo + f * (hi - lo), math.log(s * (hi - lo) or 1.0))
-                for f in (0.05, 0.15, 0.3, 0.5, 0.75) for s in (0.01, 0.05, 0.2)]
+        grid = [
+            (first, last - first, lo + f * (hi - lo), math.log(s * (hi - lo) or 1.0))
+            for f in (0.05, 0.15, 0.3, 0.5, 0.75)
+            for s in (0.01, 0.05, 0.2)
+        ]
         return np.asarray(grid)
 
     def natural(self, theta: np.ndarray, scale: float) -> np.ndarray:
@@ -162,21 +166,25 @@ class _StretchedExponential(_Model):
     time_bounds = ((math.log(1e-4), math.log(0.05)), (math.log(100.0), math.log(20.0)))
 
     def evaluate(self, theta: np.ndarray, u: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        p0, amp, log_tau, log_beta = (theta[:, i:i + 1] for i in range(4))
+        p0, amp, log_tau, log_beta = (theta[:, i : i + 1] for i in range(4))
         beta = np.exp(log_beta)
         positive = u > 0
         log_v = np.where(positive, np.log(np.where(positive, u, 1.0)), 0.0)[None, :] - log_tau
         q = np.where(positive[None, :], np.exp(np.minimum(beta * log_v, 700.0)), 0.0)
         e = np.exp(-q)
-        jac = np.stack(np.broadcast_arrays(np.ones_like(e), 1.0 - e, -amp * e * q * beta,
-                                           amp * e * q * beta * log_v), axis=-1)
+        jac = np.stack(
+            np.broadcast_arrays(np.ones_like(e), 1.0 - e, -amp * e * q * beta, amp * e * q * beta * log_v), axis=-1
+        )
         return p0 + amp * (1.0 - e), jac
 
     def starts(self, u: np.ndarray, y: np.ndarray) -> np.ndarray:
         first, last = _levels(u, y)
         hi = float(u.max()) or 1.0
-        grid = [(first, last - first, math.log(f * hi), math.log(b))
-                for f in (0.05, 0.15, 0.3, 0.5, 0.8) for b in (0.5, 1.0, 2.0, 4.0)]
+        grid = [
+            (first, last - first, math.log(f * hi), math.log(b))
+            for f in (0.05, 0.15, 0.3, 0.5, 0.8)
+            for b in (0.5, 1.0, 2.0, 4.0)
+        ]
         return np.asarray(grid)
 
     def natural(self, theta: np.ndarray, scale: float) -> np.ndarray:
@@ -193,14 +201,21 @@ def logistic(t: np.ndarray, psi_0: float, psi_inf: float, t_c: float, w: float) 
 
 def stretched_exponential(t: np.ndarray, psi_0: float, amplitude: float, tau: float, beta: float) -> np.ndarray:
     """psi_0 + amplitude (1 - exp(-(t/tau)^beta)) for t >= 0."""
-    return psi_0 + amplitude * -np.expm1(-(np.asarray(t, dtype=np.float64) / tau) ** beta)
+    return psi_0 + amplitude * -np.expm1(-((np.asarray(t, dtype=np.float64) / tau) ** beta))
 
 
 _CURVES: dict[str, Callable[..., np.ndarray]] = {"logistic": logistic, "stretched_exp": stretched_exponential}
 
 
-def _levenberg_marquardt(model: _Model, theta: np.ndarray, u: np.ndarray, y: np.ndarray, weights: np.ndarray,
-                         iterations: int = 100, rtol: float = 1e-7) -> tuple[np.ndarray, np.ndarray]:
+def _levenberg_marquardt(
+    model: _Model,
+    theta: np.ndarray,
+    u: np.ndarray,
+    y: np.ndarray,
+    weights: np.ndarray,
+    iterations: int = 100,
+    rtol: float = 1e-7,
+) -> tuple[np.ndarray, np.ndarray]:
     """Minimise sum_i weights[b, i] (y_i - f(u_i; theta_b))^2 for every row b at once.
 
     Marquardt's damping (lambda * diag(J^T W J)) makes the steps invariant to parameter scales; each trial
@@ -212,7 +227,7 @@ def _levenberg_marquardt(model: _Model, theta: np.ndarray, u: np.ndarray, y: np.
     weights = np.broadcast_to(weights, (len(theta), len(u)))
     value, jac = model.evaluate(theta, u)
     residual = y[None, :] - value
-    cost = np.einsum("bn,bn->b", weights, residual ** 2)
+    cost = np.einsum("bn,bn->b", weights, residual**2)
     cost = np.where(np.isfinite(cost), cost, np.inf)
     damping = np.full(len(theta), 1e-3)
     active = np.ones(len(theta), dtype=bool)
@@ -232,7 +247,7 @@ def _levenberg_marquardt(model: _Model, theta: np.ndarray, u: np.ndarray, y: np.
         trial = np.clip(theta[idx] + step, low, high)
         trial_value, trial_jac = model.evaluate(trial, u)
         trial_residual = y[None, :] - trial_value
-        trial_cost = np.einsum("bn,bn->b", weights[idx], trial_residual ** 2)
+        trial_cost = np.einsum("bn,bn->b", weights[idx], trial_residual**2)
         better = np.isfinite(trial_cost) & (trial_cost <= cost[idx])
         improvement = np.where(better, cost[idx] - trial_cost, 0.0)
         accepted = idx[better]
@@ -249,6 +264,7 @@ def _levenberg_marquardt(model: _Model, theta: np.ndarray, u: np.ndarray, y: np.
 
 
 # ------------------------------------------------------------------------------------------- fitting
+
 
 @dataclass(frozen=True)
 class ModelFit:
@@ -347,9 +363,17 @@ def _check_bootstrap(n_boot: int, level: float) -> None:
         raise ConfigError(f"level must lie in (0, 1), got {level!r}; pass e.g. level=0.95 (--level)")
 
 
-def fit_transition(t: np.ndarray, psi: np.ndarray, *, groups: np.ndarray | None = None,
-                   weights: np.ndarray | None = None, n_boot: int = 200, level: float = 0.95, seed: int = 0,
-                   scheme: str | None = None) -> Transition:
+def fit_transition(
+    t: np.ndarray,
+    psi: np.ndarray,
+    *,
+    groups: np.ndarray | None = None,
+    weights: np.ndarray | None = None,
+    n_boot: int = 200,
+    level: float = 0.95,
+    seed: int = 0,
+    scheme: str | None = None,
+) -> Transition:
     """Fit the logistic and the stretched-exponential models to points (t, psi); bootstrap t_c and w.
 
     ``groups`` labels the run (seed) of each point (two-stage bootstrap when there are several);
@@ -362,8 +386,10 @@ def fit_transition(t: np.ndarray, psi: np.ndarray, *, groups: np.ndarray | None 
     groups = np.zeros(len(t), dtype=np.int64) if groups is None else np.asarray(groups).ravel()
     weights = np.ones(len(t)) if weights is None else np.asarray(weights, dtype=np.float64).ravel()
     if not len(t) == len(psi) == len(groups) == len(weights):
-        raise ConfigError(f"t, psi, groups and weights differ in length ({len(t)}, {len(psi)}, {len(groups)}, "
-                          f"{len(weights)}); pass one value per point")
+        raise ConfigError(
+            f"t, psi, groups and weights differ in length ({len(t)}, {len(psi)}, {len(groups)}, "
+            f"{len(weights)}); pass one value per point"
+        )
     keep = np.isfinite(t) & np.isfinite(psi) & np.isfinite(weights) & (weights > 0)
     t, psi, groups, weights = t[keep], psi[keep], groups[keep], weights[keep]
     scheme = scheme or ("runs+points" if len(np.unique(groups)) > 1 else "points")
@@ -392,6 +418,7 @@ def fit_transition(t: np.ndarray, psi: np.ndarray, *, groups: np.ndarray | None 
 
 # ---------------------------------------------------------------------------------- reading the runs
 
+
 def _check_runs(runs: Sequence[xr.Dataset]) -> None:
     """Several runs must be seeds of one configuration: configs equal up to seed, device, flush settings."""
     configs = [run.attrs.get("config") for run in runs]
@@ -402,8 +429,10 @@ def _check_runs(runs: Sequence[xr.Dataset]) -> None:
         other = {k: v for k, v in config.items() if k not in _CONFIG_KEYS_IGNORED}
         differing = sorted(k for k in set(first) | set(other) if first.get(k) != other.get(k))
         if differing:
-            raise ConfigError(f"run {run.attrs.get('run_dir', '?')} differs from the first in {', '.join(differing)}; "
-                              "pass seeds of one configuration")
+            raise ConfigError(
+                f"run {run.attrs.get('run_dir', '?')} differs from the first in {', '.join(differing)}; "
+                "pass seeds of one configuration"
+            )
 
 
 def num_classes_of(ds: xr.Dataset) -> int | None:
@@ -514,7 +543,7 @@ def _online_end(ds: xr.Dataset) -> float:
     on = np.flatnonzero(active == 1)
     if not on.size:
         return math.nan
-    off = np.flatnonzero(active[on[0]:] == 0)
+    off = np.flatnonzero(active[on[0] :] == 0)
     return float(steps[on[0] + off[0]]) if off.size else math.nan
 
 
@@ -533,9 +562,19 @@ def _on_grid(grid: np.ndarray, steps: np.ndarray, values: np.ndarray) -> np.ndar
 
 # ------------------------------------------------------------------------------------------ analysis
 
-def analyse_phase(runs: xr.Dataset | Sequence[xr.Dataset], *, num_classes: int | None = None,
-                  threshold: float = 0.5, tau: float = 10.0, n_boot: int = 200, level: float = 0.95,
-                  max_points: int = 1000, seed: int = 0, progress: bool = False) -> xr.Dataset:
+
+def analyse_phase(
+    runs: xr.Dataset | Sequence[xr.Dataset],
+    *,
+    num_classes: int | None = None,
+    threshold: float = 0.5,
+    tau: float = 10.0,
+    n_boot: int = 200,
+    level: float = 0.95,
+    max_points: int = 1000,
+    seed: int = 0,
+    progress: bool = False,
+) -> xr.Dataset:
     """Phase-transition analysis of one run or several seeds of one configuration (from ``open_run``).
 
     Returns an ``xarray.Dataset`` (units in attributes) with the order parameters ``psi(run, order_parameter,
@@ -578,28 +617,51 @@ def analyse_phase(runs: xr.Dataset | Sequence[xr.Dataset], *, num_classes: int |
         psi = _binned(values, edges)
         counts = np.diff(edges).astype(np.float64)
         scheme = ("runs+points" if len(datasets) > 1 else "points") + (" (blocks)" if len(grid) < len(steps) else "")
-        transitions[name] = fit_transition(np.tile(grid, len(datasets)), psi.ravel(),
-                                           groups=np.repeat(np.arange(len(datasets)), len(grid)),
-                                           weights=np.tile(counts, len(datasets)), n_boot=n_boot, level=level,
-                                           seed=seed + index, scheme=scheme)
+        transitions[name] = fit_transition(
+            np.tile(grid, len(datasets)),
+            psi.ravel(),
+            groups=np.repeat(np.arange(len(datasets)), len(grid)),
+            weights=np.tile(counts, len(datasets)),
+            n_boot=n_boot,
+            level=level,
+            seed=seed + index,
+            scheme=scheme,
+        )
         if len(datasets) > 1:
             smooth = np.stack([smooth_ema(steps, row, tau) for row in values]) if name == "accuracy" else values
             chi = _binned(np.var(smooth, axis=0, ddof=1), edges)
         else:
             boot = transitions[name].boot
             boot = boot[np.isfinite(boot).all(1)]
-            chi = np.var(logistic(grid[None, :], *boot.T[:, :, None]), axis=0, ddof=1) if len(boot) > 1 \
+            chi = (
+                np.var(logistic(grid[None, :], *boot.T[:, :, None]), axis=0, ddof=1)
+                if len(boot) > 1
                 else np.full(len(grid), np.nan)
+            )
         prepared[name] = (grid, psi, chi)
 
-    extra = {name: [_measured(ds, name) for ds in needed] for name in ("fisher_trace", "rep_cka")
-             if all(name in ds.variables for ds in needed)}
-    t = reduce(np.union1d, [grid for grid, _, _ in prepared.values()]
-               + [steps for series in extra.values() for steps, _ in series])
+    extra = {
+        name: [_measured(ds, name) for ds in needed]
+        for name in ("fisher_trace", "rep_cka")
+        if all(name in ds.variables for ds in needed)
+    }
+    t = reduce(
+        np.union1d,
+        [grid for grid, _, _ in prepared.values()] + [steps for series in extra.values() for steps, _ in series],
+    )
     result = _assemble(t, labels, datasets, needed, prepared, transitions, extra, threshold, tau)
-    result.attrs.update({"num_classes": num_classes, "n_boot": n_boot, "level": level, "tau": tau,
-                         "threshold": threshold, "max_points": max_points, "seed": seed,
-                         "bootstrap": "; ".join(f"{name}: {tr.scheme}" for name, tr in transitions.items())})
+    result.attrs.update(
+        {
+            "num_classes": num_classes,
+            "n_boot": n_boot,
+            "level": level,
+            "tau": tau,
+            "threshold": threshold,
+            "max_points": max_points,
+            "seed": seed,
+            "bootstrap": "; ".join(f"{name}: {tr.scheme}" for name, tr in transitions.items()),
+        }
+    )
     result.attrs["summary"] = summary(result)
     return result
 
@@ -612,9 +674,17 @@ def _measured(ds: xr.Dataset, name: str) -> tuple[np.ndarray, np.ndarray]:
     return steps[np.isfinite(values)], values[np.isfinite(values)]
 
 
-def _assemble(t: np.ndarray, labels: list[str], datasets: list[xr.Dataset], needed: list[xr.Dataset],
-              prepared: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]], transitions: dict[str, Transition],
-              extra: dict[str, list[tuple[np.ndarray, np.ndarray]]], threshold: float, tau: float) -> xr.Dataset:
+def _assemble(
+    t: np.ndarray,
+    labels: list[str],
+    datasets: list[xr.Dataset],
+    needed: list[xr.Dataset],
+    prepared: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]],
+    transitions: dict[str, Transition],
+    extra: dict[str, list[tuple[np.ndarray, np.ndarray]]],
+    threshold: float,
+    tau: float,
+) -> xr.Dataset:
     names = list(prepared)
     psi = np.stack([np.stack([_on_grid(t, grid, row) for row in values]) for grid, values, _ in prepared.values()], 1)
     fit_curves = np.stack([[tr.fits[m].curve(t) for m in MODELS] for tr in transitions.values()])
@@ -626,48 +696,92 @@ def _assemble(t: np.ndarray, labels: list[str], datasets: list[xr.Dataset], need
         "psi_fit": (("order_parameter", "model", "t"), fit_curves, {"units": "1", "long_name": "fitted psi"}),
         "chi": (("order_parameter", "t"), chi, {"units": "1", "long_name": "susceptibility (variance of psi)"}),
         "chi_peak": (("order_parameter",), chi_peak, {**step_attrs, "long_name": "step where chi peaks"}),
-        "t_c": (("order_parameter",), [tr.t_c for tr in transitions.values()],
-                {**step_attrs, "long_name": "transition step (logistic t_c)"}),
-        "t_c_interval": (("order_parameter", "bound"), [tr.t_c_interval for tr in transitions.values()],
-                         {**step_attrs, "long_name": "bootstrap interval of t_c"}),
-        "w": (("order_parameter",), [tr.w for tr in transitions.values()],
-              {**step_attrs, "long_name": "transition width (logistic w)"}),
-        "w_interval": (("order_parameter", "bound"), [tr.w_interval for tr in transitions.values()],
-                       {**step_attrs, "long_name": "bootstrap interval of w"}),
-        "logistic_params": (("order_parameter", "logistic_param"),
-                            [[tr.fits["logistic"].params[p] for p in LOGISTIC_PARAMS] for tr in transitions.values()],
-                            {"units": "1 (psi_0, psi_inf), step (t_c, w)"}),
-        "stretched_params": (("order_parameter", "stretched_param"),
-                             [[tr.fits["stretched_exp"].params[p] for p in STRETCHED_PARAMS]
-                              for tr in transitions.values()], {"units": "1 (psi_0, amplitude, beta), step (tau)"}),
-        "r2": (("order_parameter", "model"), [[tr.fits[m].r2 for m in MODELS] for tr in transitions.values()],
-               {"units": "1", "long_name": "R^2 of the fit"}),
-        "aic": (("order_parameter", "model"), [[tr.fits[m].aic for m in MODELS] for tr in transitions.values()],
-                {"units": "1", "long_name": "Akaike information criterion"}),
-        "delta_aic": (("order_parameter",), [tr.delta_aic for tr in transitions.values()],
-                      {"units": "1", "long_name": "AIC(stretched_exp) - AIC(logistic); > 0 favours logistic"}),
+        "t_c": (
+            ("order_parameter",),
+            [tr.t_c for tr in transitions.values()],
+            {**step_attrs, "long_name": "transition step (logistic t_c)"},
+        ),
+        "t_c_interval": (
+            ("order_parameter", "bound"),
+            [tr.t_c_interval for tr in transitions.values()],
+            {**step_attrs, "long_name": "bootstrap interval of t_c"},
+        ),
+        "w": (
+            ("order_parameter",),
+            [tr.w for tr in transitions.values()],
+            {**step_attrs, "long_name": "transition width (logistic w)"},
+        ),
+        "w_interval": (
+            ("order_parameter", "bound"),
+            [tr.w_interval for tr in transitions.values()],
+            {**step_attrs, "long_name": "bootstrap interval of w"},
+        ),
+        "logistic_params": (
+            ("order_parameter", "logistic_param"),
+            [[tr.fits["logistic"].params[p] for p in LOGISTIC_PARAMS] for tr in transitions.values()],
+            {"units": "1 (psi_0, psi_inf), step (t_c, w)"},
+        ),
+        "stretched_params": (
+            ("order_parameter", "stretched_param"),
+            [[tr.fits["stretched_exp"].params[p] for p in STRETCHED_PARAMS] for tr in transitions.values()],
+            {"units": "1 (psi_0, amplitude, beta), step (tau)"},
+        ),
+        "r2": (
+            ("order_parameter", "model"),
+            [[tr.fits[m].r2 for m in MODELS] for tr in transitions.values()],
+            {"units": "1", "long_name": "R^2 of the fit"},
+        ),
+        "aic": (
+            ("order_parameter", "model"),
+            [[tr.fits[m].aic for m in MODELS] for tr in transitions.values()],
+            {"units": "1", "long_name": "Akaike information criterion"},
+        ),
+        "delta_aic": (
+            ("order_parameter",),
+            [tr.delta_aic for tr in transitions.values()],
+            {"units": "1", "long_name": "AIC(stretched_exp) - AIC(logistic); > 0 favours logistic"},
+        ),
         "best_model": (("order_parameter",), [tr.best for tr in transitions.values()], {}),
     }
     periods = [_period(ds, threshold, tau) for ds in needed]
-    variables["t_50"] = (("run",), [math.nan if p.end_step is None else float(p.end_step) for p in periods],
-                         {**step_attrs, "long_name": "end of the Enlightenment Period (smoothed acc >= threshold)"})
-    variables["t_50_fraction"] = (("run",), [math.nan if p.fraction is None else p.fraction for p in periods],
-                                  {"units": "1", "long_name": "t_50 as a fraction of the recorded steps"})
-    variables["online_end"] = (("run",), [_online_end(ds) for ds in needed],
-                               {**step_attrs, "long_name": "end of the period as recorded online (enp_active)"})
-    variables["steps"] = (("run",), [int(ds["step"].values[-1]) + 1 if ds.sizes.get("step") else 0 for ds in needed],
-                          {**step_attrs, "long_name": "steps trained (last recorded step + 1)"})
+    variables["t_50"] = (
+        ("run",),
+        [math.nan if p.end_step is None else float(p.end_step) for p in periods],
+        {**step_attrs, "long_name": "end of the Enlightenment Period (smoothed acc >= threshold)"},
+    )
+    variables["t_50_fraction"] = (
+        ("run",),
+        [math.nan if p.fraction is None else p.fraction for p in periods],
+        {"units": "1", "long_name": "t_50 as a fraction of the recorded steps"},
+    )
+    variables["online_end"] = (
+        ("run",),
+        [_online_end(ds) for ds in needed],
+        {**step_attrs, "long_name": "end of the period as recorded online (enp_active)"},
+    )
+    variables["steps"] = (
+        ("run",),
+        [int(ds["step"].values[-1]) + 1 if ds.sizes.get("step") else 0 for ds in needed],
+        {**step_attrs, "long_name": "steps trained (last recorded step + 1)"},
+    )
     for name, series in extra.items():
         attrs = dict(datasets[0][name].attrs)
         if name == "rep_cka":
             attrs["split"] = "train"
         variables[name] = (("run", "t"), np.stack([_on_grid(t, steps, values) for steps, values in series]), attrs)
-    seeds = [ds.attrs.get("config", {}).get("seed") if isinstance(ds.attrs.get("config"), dict) else None
-             for ds in datasets]
-    coords = {"t": ("t", t, {"units": "step", "long_name": "optimizer step (bin mean when binned)"}),
-              "run": labels, "order_parameter": names, "model": list(MODELS), "bound": ["low", "high"],
-              "logistic_param": list(LOGISTIC_PARAMS), "stretched_param": list(STRETCHED_PARAMS),
-              "seed": ("run", [math.nan if s is None else s for s in seeds])}
+    seeds = [
+        ds.attrs.get("config", {}).get("seed") if isinstance(ds.attrs.get("config"), dict) else None for ds in datasets
+    ]
+    coords = {
+        "t": ("t", t, {"units": "step", "long_name": "optimizer step (bin mean when binned)"}),
+        "run": labels,
+        "order_parameter": names,
+        "model": list(MODELS),
+        "bound": ["low", "high"],
+        "logistic_param": list(LOGISTIC_PARAMS),
+        "stretched_param": list(STRETCHED_PARAMS),
+        "seed": ("run", [math.nan if s is None else s for s in seeds]),
+    }
     result = xr.Dataset({k: xr.Variable(*v) for k, v in variables.items()}, coords=coords)
     result["order_parameter"].attrs["description"] = "; ".join(f"{k}: {ORDER_PARAMETERS[k]}" for k in names)
     config = datasets[0].attrs.get("config")
@@ -685,17 +799,20 @@ def summary(result: xr.Dataset) -> str:
     runs = result.sizes["run"]
     seeds = [s for s in result["seed"].values.tolist() if np.isfinite(s)]
     plural = "s" if runs > 1 else ""
-    who = f"{runs} run{plural}" + (f" (seed{plural} {', '.join(str(int(s)) for s in seeds)})"
-                                   if len(seeds) == runs else "")
+    who = f"{runs} run{plural}" + (
+        f" (seed{plural} {', '.join(str(int(s)) for s in seeds)})" if len(seeds) == runs else ""
+    )
     steps = int(result["steps"].max())
     t50 = result["t_50"].values
     fraction = result["t_50_fraction"].values
     threshold, tau, level = result.attrs["threshold"], result.attrs["tau"], result.attrs["level"]
     if np.isfinite(t50).any():
         spread = f" (runs: {', '.join(_fmt(v) for v in t50)})" if runs > 1 else ""
-        enp = (f"The Enlightenment Period ends at t_50 = {_fmt(np.nanmean(t50))} steps{spread}, "
-               f"{np.nanmean(fraction):.1%} of training (first step with EMA-smoothed training accuracy, "
-               f"tau = {tau:g} steps, >= {threshold:.0%})")
+        enp = (
+            f"The Enlightenment Period ends at t_50 = {_fmt(np.nanmean(t50))} steps{spread}, "
+            f"{np.nanmean(fraction):.1%} of training (first step with EMA-smoothed training accuracy, "
+            f"tau = {tau:g} steps, >= {threshold:.0%})"
+        )
     else:
         enp = f"Smoothed training accuracy never reached {threshold:.0%}, so the Enlightenment Period has not ended"
     online = result["online_end"].values
@@ -712,14 +829,18 @@ def summary(result: xr.Dataset) -> str:
             f"[{_fmt(low)}, {_fmt(high)}], w = {_fmt(float(row['w']), 1)} [{_fmt(w_low, 1)}, {_fmt(w_high, 1)}], "
             f"R^2 = {_fmt(float(row['r2'].sel(model='logistic')), 3)}; AIC prefers "
             f"{'the logistic' if best == 'logistic' else 'the stretched exponential'} "
-            f"(delta AIC = {_fmt(float(row['delta_aic']), 1)}); chi peaks at step {_fmt(float(row['chi_peak']))}.")
-    parts.append(f"Intervals: {level:.0%} percentile bootstrap over {result.attrs['bootstrap']}, "
-                 f"{result.attrs['n_boot']} resamples; chi is the variance of psi across "
-                 f"{'runs' if runs > 1 else 'bootstrap resamples of the fit'}.")
+            f"(delta AIC = {_fmt(float(row['delta_aic']), 1)}); chi peaks at step {_fmt(float(row['chi_peak']))}."
+        )
+    parts.append(
+        f"Intervals: {level:.0%} percentile bootstrap over {result.attrs['bootstrap']}, "
+        f"{result.attrs['n_boot']} resamples; chi is the variance of psi across "
+        f"{'runs' if runs > 1 else 'bootstrap resamples of the fit'}."
+    )
     return " ".join(parts)
 
 
 # -------------------------------------------------------------------------------------------- figure
+
 
 def _shade_period(ax: Axes, result: xr.Dataset) -> None:
     t50 = result["t_50"].values
@@ -747,12 +868,25 @@ def phase_figure(result: xr.Dataset, *, log_time: bool = False) -> Figure:
             for run in range(runs):
                 values = row["psi"].isel(run=run).values
                 finite = np.isfinite(values)
-                ax.plot(t[finite], values[finite], color=color, alpha=0.35, linewidth=0.8,
-                        marker="." if finite.sum() < 300 else None, markersize=3,
-                        label="psi per run" if run == 0 else None)
+                ax.plot(
+                    t[finite],
+                    values[finite],
+                    color=color,
+                    alpha=0.35,
+                    linewidth=0.8,
+                    marker="." if finite.sum() < 300 else None,
+                    markersize=3,
+                    label="psi per run" if run == 0 else None,
+                )
             ax.plot(t, row["psi_fit"].sel(model="logistic").values, color="0.1", linewidth=1.6, label="logistic fit")
-            ax.plot(t, row["psi_fit"].sel(model="stretched_exp").values, color="0.45", linewidth=1.2,
-                    linestyle="--", label="stretched exp.")
+            ax.plot(
+                t,
+                row["psi_fit"].sel(model="stretched_exp").values,
+                color="0.45",
+                linewidth=1.2,
+                linestyle="--",
+                label="stretched exp.",
+            )
             low, high = row["t_c_interval"].values
             if np.isfinite([low, high]).all():
                 ax.axvspan(low, high, color=color, alpha=0.25, linewidth=0, label=f"t_c {result.attrs['level']:.0%} CI")
@@ -760,9 +894,13 @@ def phase_figure(result: xr.Dataset, *, log_time: bool = False) -> Figure:
                 ax.axvline(float(row["t_c"]), color=color, linewidth=1.2)
             _shade_period(ax, result)
             ax.set_ylabel("psi")
-            ax.set_title(f"({chr(97 + index)}) {name}: {ORDER_PARAMETERS[name]} — t_c = {_fmt(float(row['t_c']))}, "
-                         f"R² = {_fmt(float(row['r2'].sel(model='logistic')), 3)}, "
-                         f"best: {row['best_model'].values}", loc="left", fontsize="medium")
+            ax.set_title(
+                f"({chr(97 + index)}) {name}: {ORDER_PARAMETERS[name]} — t_c = {_fmt(float(row['t_c']))}, "
+                f"R² = {_fmt(float(row['r2'].sel(model='logistic')), 3)}, "
+                f"best: {row['best_model'].values}",
+                loc="left",
+                fontsize="medium",
+            )
             ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False, fontsize="small")
         ax = axes[len(names)]
         for index, name in enumerate(names):
@@ -774,33 +912,46 @@ def phase_figure(result: xr.Dataset, *, log_time: bool = False) -> Figure:
                 ax.axvline(peak, color=palette[index % len(palette)], linestyle=":", linewidth=1.0)
         _shade_period(ax, result)
         ax.set_ylabel("χ = Var ψ")
-        ax.set_title(f"({chr(97 + len(names))}) susceptibility: variance of ψ across "
-                     f"{'runs' if runs > 1 else 'bootstrap resamples'} (dotted: peak)", loc="left", fontsize="medium")
+        ax.set_title(
+            f"({chr(97 + len(names))}) susceptibility: variance of ψ across "
+            f"{'runs' if runs > 1 else 'bootstrap resamples'} (dotted: peak)",
+            loc="left",
+            fontsize="medium",
+        )
         ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False, fontsize="small")
         ax = axes[-1]
-        ax.set_title(f"({chr(98 + len(names))}) Fisher trace (labels sampled from the model)", loc="left",
-                     fontsize="medium")
+        ax.set_title(
+            f"({chr(98 + len(names))}) Fisher trace (labels sampled from the model)", loc="left", fontsize="medium"
+        )
         ax.set_ylabel("tr F")
         if "fisher_trace" in result.variables:
             for run in range(runs):
                 values = result["fisher_trace"].isel(run=run).values
                 finite = np.isfinite(values)
-                ax.plot(t[finite], values[finite], color=palette[0], alpha=0.8, linewidth=1.0, marker=".",
-                        markersize=3)
+                ax.plot(t[finite], values[finite], color=palette[0], alpha=0.8, linewidth=1.0, marker=".", markersize=3)
             if (result["fisher_trace"].values > 0).any():
                 ax.set_yscale("log")
         else:
-            ax.text(0.5, 0.5, "fisher_trace not recorded (run with --fisher)", transform=ax.transAxes,
-                    ha="center", va="center", color="0.4")
+            ax.text(
+                0.5,
+                0.5,
+                "fisher_trace not recorded (run with --fisher)",
+                transform=ax.transAxes,
+                ha="center",
+                va="center",
+                color="0.4",
+            )
         _shade_period(ax, result)
         axes[-1].set_xlabel("optimizer step" + (" (symmetric log scale)" if log_time else ""))
         if log_time:
             axes[-1].set_xscale("symlog", linthresh=1.0)
         axes[-1].set_xlim(0, max(float(t.max()), 1.0))
         band = f"{result.attrs['level']:.0%} percentile bootstrap, {result.attrs['n_boot']} resamples"
-        fig.suptitle(f"Phase transition of the early phase — n = {runs} run{'s' if runs > 1 else ''}\n"
-                     f"shaded: Enlightenment Period [0, t_50] (orange, mean over runs) and t_c interval ({band})",
-                     fontsize="medium")
+        fig.suptitle(
+            f"Phase transition of the early phase — n = {runs} run{'s' if runs > 1 else ''}\n"
+            f"shaded: Enlightenment Period [0, t_50] (orange, mean over runs) and t_c interval ({band})",
+            fontsize="medium",
+        )
     return fig
 
 
@@ -811,11 +962,13 @@ def plot_phase(result: xr.Dataset, out_stem: str | os.PathLike[str], *, log_time
 
 # ----------------------------------------------------------------------------------------------- CLI
 
+
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m analyses.phase RUN_DIR [RUN_DIR ...]``: print the summary, write the figure; exit status."""
     parser = UsageParser(prog="python -m analyses.phase", description=__doc__.splitlines()[0])
-    parser.add_argument("run_dirs", nargs="+", type=Path, metavar="RUN_DIR",
-                        help="one run, or several seeds of one configuration")
+    parser.add_argument(
+        "run_dirs", nargs="+", type=Path, metavar="RUN_DIR", help="one run, or several seeds of one configuration"
+    )
     parser.add_argument("--num-classes", type=int, default=None, help="class count, if the runs do not record it")
     parser.add_argument("--bootstrap", type=int, default=200, help="bootstrap resamples (default: 200)")
     parser.add_argument("--level", type=float, default=0.95, help="interval level (default: 0.95)")
@@ -825,9 +978,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     try:
         args = parser.parse_args(argv)
-        result = analyse_phase([open_run(path) for path in distinct_runs(args.run_dirs)], num_classes=args.num_classes,
-                               n_boot=args.bootstrap, level=args.level, seed=args.seed,
-                               progress=not args.no_progress)
+        result = analyse_phase(
+            [open_run(path) for path in distinct_runs(args.run_dirs)],
+            num_classes=args.num_classes,
+            n_boot=args.bootstrap,
+            level=args.level,
+            seed=args.seed,
+            progress=not args.no_progress,
+        )
         png, pdf = plot_phase(result, args.out or args.run_dirs[0] / "phase", log_time=args.log_time)
     except (DynamicsError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)

@@ -99,8 +99,10 @@ def load_trajectory(ds: xr.Dataset, *, progress: bool = False) -> Trajectory:
     snapshot = ds["snapshot"]
     count = snapshot.sizes["snap_step"]
     if count < 2:
-        raise ConfigError(f"the run has {count} parameter snapshot(s); trajectories need at least two "
-                          "(let the run go on, or raise --snapshot-budget-mb)")
+        raise ConfigError(
+            f"the run has {count} parameter snapshot(s); trajectories need at least two "
+            "(let the run go on, or raise --snapshot-budget-mb)"
+        )
     modules = list(dict.fromkeys(module_of(s.name) for s in layout))
     group_of = [1 + modules.index(module_of(s.name)) for s in layout]
     gram = np.zeros((1 + len(modules), count, count))
@@ -112,16 +114,23 @@ def load_trajectory(ds: xr.Dataset, *, progress: bool = False) -> Trajectory:
         for index, piece in enumerate(layout):
             low, high = max(piece.offset, start), min(piece.offset + piece.numel, stop)
             if low < high:
-                moved = block[:, low - start:high - start].astype(np.float64)
+                moved = block[:, low - start : high - start].astype(np.float64)
                 moved = moved - moved[0]
                 gram[group_of[index]] += moved @ moved.T
     gram[0] = gram[1:].sum(0)
-    return Trajectory(np.asarray(ds["snap_step"].values, dtype=np.int64),
-                      np.asarray(ds["snap_epoch"].values, dtype=np.int64) if "snap_epoch" in ds.variables else
-                      np.zeros(count, dtype=np.int64), (WHOLE, *modules), gram, tuple(layout))
+    return Trajectory(
+        np.asarray(ds["snap_step"].values, dtype=np.int64),
+        np.asarray(ds["snap_epoch"].values, dtype=np.int64)
+        if "snap_epoch" in ds.variables
+        else np.zeros(count, dtype=np.int64),
+        (WHOLE, *modules),
+        gram,
+        tuple(layout),
+    )
 
 
 # ------------------------------------------------------------------------------------------------ PCA
+
 
 def _centred(gram: np.ndarray) -> np.ndarray:
     """The Gram matrix of the points centred on their mean: H G H with H = I - 11^T/S."""
@@ -139,7 +148,7 @@ def _ratios(values: np.ndarray, n: int) -> np.ndarray:
     total = values.sum()
     if total > 0:
         kept = values[:n] / total
-        out[:kept.size] = kept
+        out[: kept.size] = kept
     return out
 
 
@@ -153,10 +162,10 @@ def _prefix_explained(gram: np.ndarray, ends: np.ndarray, n_components: int, bat
     size = len(gram)
     out = np.full((len(ends), n_components), np.nan)
     for first in range(0, len(ends), batch):
-        chunk = ends[first:first + batch]
+        chunk = ends[first : first + batch]
         stack = np.zeros((len(chunk), size, size))
         for row, end in enumerate(chunk):
-            stack[row, :end + 1, :end + 1] = _centred(gram[:end + 1, :end + 1])
+            stack[row, : end + 1, : end + 1] = _centred(gram[: end + 1, : end + 1])
         values = np.clip(np.linalg.eigvalsh(stack)[:, ::-1], 0.0, None)
         for row, vals in enumerate(values):
             ratios = _ratios(vals, n_components)
@@ -188,17 +197,29 @@ def trajectory_pca(traj: Trajectory, n_components: int = 10, *, max_points: int 
         scores[g, :, :n] = vectors[:, :n] * np.sqrt(values[:n])
         over_time[g, ends] = _prefix_explained(gram, ends, n_components)
     coords = {"group": list(traj.groups), "component": np.arange(1, n_components + 1), "snap_step": traj.steps}
-    return xr.Dataset({
-        "explained_ratio": (("group", "component"), ratio, {"long_name": "explained variance ratio"}),
-        "scores": (("group", "snap_step", "component"), scores, {"long_name": "principal coordinates",
-                                                                 "units": "param"}),
-        "explained_over_time": (("group", "snap_step", "component"), over_time, {
-            "long_name": "cumulative explained variance of the path so far",
-            "description": "PCA of the snapshots up to snap_step; first `component` components"}),
-    }, coords=coords)
+    return xr.Dataset(
+        {
+            "explained_ratio": (("group", "component"), ratio, {"long_name": "explained variance ratio"}),
+            "scores": (
+                ("group", "snap_step", "component"),
+                scores,
+                {"long_name": "principal coordinates", "units": "param"},
+            ),
+            "explained_over_time": (
+                ("group", "snap_step", "component"),
+                over_time,
+                {
+                    "long_name": "cumulative explained variance of the path so far",
+                    "description": "PCA of the snapshots up to snap_step; first `component` components",
+                },
+            ),
+        },
+        coords=coords,
+    )
 
 
 # ------------------------------------------------------------------------------------------ linearity
+
 
 def _windows(steps: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Windows of four consecutive points: indices ``(W, 4)``, error and span coefficients ``(W, 4)``, ``k``.
@@ -236,16 +257,26 @@ def linearity_error(traj: Trajectory) -> xr.DataArray:
     """
     index, error, span, k = _windows(traj.steps)
     with np.errstate(invalid="ignore", divide="ignore"):  # a group that does not move: NaN
-        values = np.stack([np.sqrt(_quadratic(g, index, error)) / np.sqrt(_quadratic(g, index, span))
-                           for g in traj.gram], axis=1) if len(index) else np.zeros((0, len(traj.groups)))
+        values = (
+            np.stack(
+                [np.sqrt(_quadratic(g, index, error)) / np.sqrt(_quadratic(g, index, span)) for g in traj.gram], axis=1
+            )
+            if len(index)
+            else np.zeros((0, len(traj.groups)))
+        )
     values = np.where(np.isfinite(values), values, np.nan)
     steps = traj.steps[index[:, 2]] if len(index) else np.zeros(0, dtype=np.int64)
     spans = traj.steps[index[:, 3]] - traj.steps[index[:, 0]] if len(index) else np.zeros(0, dtype=np.int64)
-    return xr.DataArray(values, dims=("window", "group"), name="linearity_error",
-                        coords={"group": list(traj.groups), "step": ("window", steps), "span": ("window", spans),
-                                "k": ("window", k)},
-                        attrs={"long_name": "relative error of the PLP three-point prediction",
-                               "description": "|m23 + k s - m34| / |m34 - m23| over four consecutive snapshots"})
+    return xr.DataArray(
+        values,
+        dims=("window", "group"),
+        name="linearity_error",
+        coords={"group": list(traj.groups), "step": ("window", steps), "span": ("window", spans), "k": ("window", k)},
+        attrs={
+            "long_name": "relative error of the PLP three-point prediction",
+            "description": "|m23 + k s - m34| / |m34 - m23| over four consecutive snapshots",
+        },
+    )
 
 
 def sketch_linearity(ds: xr.Dataset, *, window: int = 25) -> xr.DataArray:
@@ -256,8 +287,10 @@ def sketch_linearity(ds: xr.Dataset, *, window: int = 25) -> xr.DataArray:
     sliding window of ``window`` windows.
     """
     if "traj_proj" not in ds.variables:
-        raise ConfigError("the run has no trajectory sketch (traj_proj); record it with the 'sketch' probe "
-                          "(probes='default' or 'trajectory')")
+        raise ConfigError(
+            "the run has no trajectory sketch (traj_proj); record it with the 'sketch' probe "
+            "(probes='default' or 'trajectory')"
+        )
     if isinstance(window, bool) or not isinstance(window, int) or window < 1:
         raise ConfigError(f"window must be a positive integer, got {window!r}")
     proj = np.asarray(ds["traj_proj"].transpose("step", "param", "proj").values, dtype=np.float64)
@@ -280,18 +313,33 @@ def sketch_linearity(ds: xr.Dataset, *, window: int = 25) -> xr.DataArray:
     spans = np.column_stack([squares(total, span), squares(proj, span) @ weights.T])
     kernel = np.ones(window)
     with np.errstate(invalid="ignore", divide="ignore"):  # a group that does not move: NaN
-        values = np.stack([np.sqrt(np.convolve(e, kernel, "same") / np.convolve(s, kernel, "same"))
-                           for e, s in zip(err.T, spans.T, strict=True)], axis=1) if len(index) else \
-            np.zeros((0, 1 + len(modules)))
+        values = (
+            np.stack(
+                [
+                    np.sqrt(np.convolve(e, kernel, "same") / np.convolve(s, kernel, "same"))
+                    for e, s in zip(err.T, spans.T, strict=True)
+                ],
+                axis=1,
+            )
+            if len(index)
+            else np.zeros((0, 1 + len(modules)))
+        )
     values = np.where(np.isfinite(values), values, np.nan)
-    return xr.DataArray(values, dims=("step", "group"), name="sketch_linearity_error",
-                        coords={"step": steps[index[:, 2]] if len(index) else np.zeros(0, dtype=np.int64),
-                                "group": [WHOLE, *modules]},
-                        attrs={"long_name": "relative error of the PLP three-point prediction (sketch estimate)",
-                               "window": window, "k": int(ds["traj_proj"].attrs.get("k", proj.shape[-1]))})
+    return xr.DataArray(
+        values,
+        dims=("step", "group"),
+        name="sketch_linearity_error",
+        coords={"step": steps[index[:, 2]] if len(index) else np.zeros(0, dtype=np.int64), "group": [WHOLE, *modules]},
+        attrs={
+            "long_name": "relative error of the PLP three-point prediction (sketch estimate)",
+            "window": window,
+            "k": int(ds["traj_proj"].attrs.get("k", proj.shape[-1])),
+        },
+    )
 
 
 # ------------------------------------------------------------------------------------------- movement
+
 
 @dataclass(frozen=True)
 class Movement:
@@ -327,39 +375,57 @@ def movement_share(ds: xr.Dataset, period: EnlightenmentPeriod, traj: Trajectory
     if "update_norm" in ds.variables and ds.sizes.get("step", 0):
         steps = np.asarray(ds["step"].values)
         params = [str(p) for p in ds["param"].values]
-        groups, norms = _grouped_norm(np.asarray(ds["update_norm"].transpose("step", "param").values,
-                                                 dtype=np.float64), params)
+        groups, norms = _grouped_norm(
+            np.asarray(ds["update_norm"].transpose("step", "param").values, dtype=np.float64), params
+        )
         gaps = np.diff(np.append(steps, steps[-1] + (steps[-1] - steps[-2] if len(steps) > 1 else 1)))
         lengths = np.nancumsum(norms * gaps[:, None], axis=0)
         source = "update_norm"
     elif traj is not None:
         steps = traj.steps
         groups = list(traj.groups)
-        chords = np.stack([np.sqrt(np.clip(np.diagonal(g)[1:] + np.diagonal(g)[:-1] - 2 * np.diagonal(g, 1), 0, None))
-                           for g in traj.gram], axis=1)
+        chords = np.stack(
+            [
+                np.sqrt(np.clip(np.diagonal(g)[1:] + np.diagonal(g)[:-1] - 2 * np.diagonal(g, 1), 0, None))
+                for g in traj.gram
+            ],
+            axis=1,
+        )
         lengths = np.concatenate([np.zeros((1, len(groups))), np.cumsum(chords, axis=0)])
         source = "snapshots"
     else:
         raise ConfigError("the run has neither update_norm nor snapshots; record the 'update_norm' probe")
     with np.errstate(invalid="ignore", divide="ignore"):
         fraction = lengths / lengths[-1]
-    cumulative = xr.DataArray(fraction, dims=("step", "group"), coords={"step": steps, "group": groups},
-                              name="path_fraction")
+    cumulative = xr.DataArray(
+        fraction, dims=("step", "group"), coords={"step": steps, "group": groups}, name="path_fraction"
+    )
     if not period.reached:
         return Movement(None, math.nan, math.nan, dict.fromkeys(groups[1:], math.nan), source, cumulative)
     at_end = np.flatnonzero(steps <= period.end_step)
     row = fraction[at_end[-1]] if at_end.size else np.zeros(len(groups))
     displacement = math.nan
     if "dist_from_init" in ds.variables:
-        _, dist = _grouped_norm(np.asarray(ds["dist_from_init"].sel(step=[period.end_step, int(ds["step"][-1])])
-                                           .transpose("step", "param").values, dtype=np.float64),
-                                [str(p) for p in ds["param"].values])
+        _, dist = _grouped_norm(
+            np.asarray(
+                ds["dist_from_init"].sel(step=[period.end_step, int(ds["step"][-1])]).transpose("step", "param").values,
+                dtype=np.float64,
+            ),
+            [str(p) for p in ds["param"].values],
+        )
         displacement = float(dist[0, 0] / dist[1, 0]) if dist[1, 0] > 0 else math.nan
-    return Movement(period.end_step, float(row[0]), displacement, dict(zip(groups[1:], map(float, row[1:]),
-                                                                              strict=True)), source, cumulative)
+    return Movement(
+        period.end_step,
+        float(row[0]),
+        displacement,
+        dict(zip(groups[1:], map(float, row[1:]), strict=True)),
+        source,
+        cumulative,
+    )
 
 
 # -------------------------------------------------------------------------------------- loss surface
+
 
 @dataclass(frozen=True)
 class LossSurface:
@@ -382,17 +448,27 @@ class LossSurface:
 
     def to_json(self) -> dict[str, Any]:
         """The JSON object of ``loss_surface.json`` (float64 values round-trip exactly; NaN as ``NaN``)."""
-        return {"format": SURFACE_FORMAT, "version": 1, "a": self.a.tolist(), "b": self.b.tolist(),
-                "loss": self.loss.tolist(), "accuracy": self.accuracy.tolist(), "path": self.path.tolist(),
-                "steps": self.steps.tolist(), "samples": int(self.samples),
-                "explained": [float(v) for v in self.explained], "settings": dict(self.settings)}
+        return {
+            "format": SURFACE_FORMAT,
+            "version": 1,
+            "a": self.a.tolist(),
+            "b": self.b.tolist(),
+            "loss": self.loss.tolist(),
+            "accuracy": self.accuracy.tolist(),
+            "path": self.path.tolist(),
+            "steps": self.steps.tolist(),
+            "samples": int(self.samples),
+            "explained": [float(v) for v in self.explained],
+            "settings": dict(self.settings),
+        }
 
     @classmethod
     def from_json(cls, payload: Mapping[str, Any]) -> LossSurface:
         """The surface held by a ``loss_surface.json`` object (:meth:`to_json`)."""
         if payload.get("format") != SURFACE_FORMAT:
-            raise StoreError(f"the loss surface file does not hold a {SURFACE_FORMAT} object; rerun "
-                             f"{SURFACE_COMMAND} RUN_DIR")
+            raise StoreError(
+                f"the loss surface file does not hold a {SURFACE_FORMAT} object; rerun {SURFACE_COMMAND} RUN_DIR"
+            )
         try:
             a, b = np.asarray(payload["a"], dtype=np.float64), np.asarray(payload["b"], dtype=np.float64)
             loss = np.asarray(payload["loss"], dtype=np.float64).reshape(len(b), len(a))
@@ -400,8 +476,17 @@ class LossSurface:
             path = np.asarray(payload["path"], dtype=np.float64).reshape(-1, 2)
             steps = np.asarray(payload["steps"], dtype=np.int64)
             first, second = (float(v) for v in payload["explained"])
-            return cls(a, b, loss, accuracy, path, steps, int(payload["samples"]), (first, second),
-                       dict(payload.get("settings") or {}))
+            return cls(
+                a,
+                b,
+                loss,
+                accuracy,
+                path,
+                steps,
+                int(payload["samples"]),
+                (first, second),
+                dict(payload.get("settings") or {}),
+            )
         except (KeyError, TypeError, ValueError) as err:
             raise StoreError(f"the loss surface file is damaged ({err}); rerun {SURFACE_COMMAND} RUN_DIR") from None
 
@@ -452,12 +537,15 @@ def read_loss_surface(ds: xr.Dataset, traj: Trajectory | None = None) -> LossSur
         return None
     surface = LossSurface.from_json(read_json(path))
     if traj is not None and not np.array_equal(surface.steps, traj.steps):
-        raise ConfigError(f"{path} was computed from {len(surface.steps)} snapshots, the run now holds "
-                          f"{len(traj.steps)}; rerun {SURFACE_COMMAND} {path.parent}")
+        raise ConfigError(
+            f"{path} was computed from {len(surface.steps)} snapshots, the run now holds "
+            f"{len(traj.steps)}; rerun {SURFACE_COMMAND} {path.parent}"
+        )
     return surface
 
 
 # ----------------------------------------------------------------------------------------- the report
+
 
 @dataclass(frozen=True)
 class TrajectoryReport:
@@ -475,8 +563,15 @@ class TrajectoryReport:
     """Why there is no loss surface (not computed, or stale), when ``surface`` was asked for and is None."""
 
 
-def analyse_trajectory(ds: xr.Dataset, *, surface: bool = True, threshold: float = 0.5, tau: float = 10.0,
-                       window: int = 25, progress: bool = False) -> TrajectoryReport:
+def analyse_trajectory(
+    ds: xr.Dataset,
+    *,
+    surface: bool = True,
+    threshold: float = 0.5,
+    tau: float = 10.0,
+    window: int = 25,
+    progress: bool = False,
+) -> TrajectoryReport:
     """PCA, linearity (snapshots and sketch), movement during the Enlightenment Period; with ``surface`` the
     loss surface stored in the run directory by ``python -m dynamics.surface``, if there is one (read only)."""
     threshold, tau = check_arguments(threshold, tau)
@@ -496,8 +591,9 @@ def analyse_trajectory(ds: xr.Dataset, *, surface: bool = True, threshold: float
         if stored is None and note is None:
             where = ds.attrs.get("run_dir") or "RUN_DIR"
             note = f"not computed; {SURFACE_COMMAND} {where} evaluates it (it rebuilds the model)"
-    return TrajectoryReport(ds, traj, trajectory_pca(traj), linearity_error(traj), sketch, period, movement, stored,
-                            note)
+    return TrajectoryReport(
+        ds, traj, trajectory_pca(traj), linearity_error(traj), sketch, period, movement, stored, note
+    )
 
 
 def _median(values: np.ndarray) -> float:
@@ -517,44 +613,58 @@ def summary(report: TrajectoryReport) -> str:
     """The text summary printed by the CLI."""
     traj, pca = report.trajectory, report.pca
     numel = sum(s.numel for s in traj.layout)
-    lines = [f"snapshots            {len(traj.steps)} (steps {traj.steps[0]}..{traj.steps[-1]}; -1 = initial), "
-             f"{numel:,} parameters in {len(traj.groups) - 1} modules"]
+    lines = [
+        f"snapshots            {len(traj.steps)} (steps {traj.steps[0]}..{traj.steps[-1]}; -1 = initial), "
+        f"{numel:,} parameters in {len(traj.groups) - 1} modules"
+    ]
     ratio = pca["explained_ratio"].sel(group=WHOLE).values
     modules = ", ".join(f"{g} {float(pca['explained_ratio'].sel(group=g, component=1)):.0%}" for g in traj.groups[1:])
-    lines.append(f"PCA (whole model)    PC1 {ratio[0]:.1%}, PC2 {ratio[1]:.1%}, PC3 {ratio[2]:.1%} "
-                 f"of the path's variance; PC1 per module: {modules}")
+    lines.append(
+        f"PCA (whole model)    PC1 {ratio[0]:.1%}, PC2 {ratio[1]:.1%}, PC3 {ratio[2]:.1%} "
+        f"of the path's variance; PC1 per module: {modules}"
+    )
     lin = report.linearity
     during, after = _during(report, lin["step"].values)
-    lines.append(f"linearity            relative error of PLP's prediction over snapshot windows (whole model): "
-                 f"median {_median(lin.sel(group=WHOLE).values[during]):.3f} during the Enlightenment Period, "
-                 f"{_median(lin.sel(group=WHOLE).values[after]):.3f} after")
+    lines.append(
+        f"linearity            relative error of PLP's prediction over snapshot windows (whole model): "
+        f"median {_median(lin.sel(group=WHOLE).values[during]):.3f} during the Enlightenment Period, "
+        f"{_median(lin.sel(group=WHOLE).values[after]):.3f} after"
+    )
     if report.sketch_linearity is not None:
         sketch = report.sketch_linearity.sel(group=WHOLE)
         during, after = _during(report, sketch["step"].values)
-        lines.append(f"                     iteration unit (sketch, k = {sketch.attrs['k']}): median "
-                     f"{_median(sketch.values[during]):.3f} during, {_median(sketch.values[after]):.3f} after")
+        lines.append(
+            f"                     iteration unit (sketch, k = {sketch.attrs['k']}): median "
+            f"{_median(sketch.values[during]):.3f} during, {_median(sketch.values[after]):.3f} after"
+        )
     period, movement = report.period, report.movement
     if period is None or movement is None:
         lines.append("Enlightenment Period unknown (no training accuracy recorded)")
     elif not period.reached:
-        lines.append(f"Enlightenment Period not ended (smoothed accuracy < {period.threshold:.0%}): "
-                     "all movement is in it")
+        lines.append(
+            f"Enlightenment Period not ended (smoothed accuracy < {period.threshold:.0%}): all movement is in it"
+        )
     else:
-        lines.append(f"Enlightenment Period ends at step {period.end_step} ({period.fraction:.1%} of training): "
-                     f"{movement.path_share:.1%} of the path length ({movement.source}) and "
-                     f"{movement.displacement_share:.1%} of the final distance from init")
+        lines.append(
+            f"Enlightenment Period ends at step {period.end_step} ({period.fraction:.1%} of training): "
+            f"{movement.path_share:.1%} of the path length ({movement.source}) and "
+            f"{movement.displacement_share:.1%} of the final distance from init"
+        )
     surface = report.surface
     if surface is not None:
         center = surface.loss[np.argmin(np.abs(surface.b)), np.argmin(np.abs(surface.a))]
-        lines.append(f"loss surface         {len(surface.a)}x{len(surface.b)} grid on the PC1-PC2 plane through the "
-                     f"final point, {surface.samples} training samples: loss {center:.4f} at the final point, "
-                     f"min {np.nanmin(surface.loss):.4f}")
+        lines.append(
+            f"loss surface         {len(surface.a)}x{len(surface.b)} grid on the PC1-PC2 plane through the "
+            f"final point, {surface.samples} training samples: loss {center:.4f} at the final point, "
+            f"min {np.nanmin(surface.loss):.4f}"
+        )
     elif report.surface_note is not None:
         lines.append(f"loss surface         {report.surface_note}")
     return "\n".join(lines)
 
 
 # --------------------------------------------------------------------------------------------- figure
+
 
 def _steps_axis(ax: Axes, report: TrajectoryReport) -> None:
     """Symmetric-log axis of steps taken (snap_step + 1), with the Enlightenment Period shaded."""
@@ -579,8 +689,15 @@ def _panel_spectrum(ax: Axes, report: TrajectoryReport, colors: Mapping[str, Any
     components = ratio["component"].values
     ax.bar(components, ratio.sel(group=WHOLE).values, color="0.75", label=WHOLE)
     for group in report.trajectory.groups[1:]:
-        ax.plot(components, ratio.sel(group=group).values, "o-", markersize=3, linewidth=1.0, color=colors[group],
-                label=group)
+        ax.plot(
+            components,
+            ratio.sel(group=group).values,
+            "o-",
+            markersize=3,
+            linewidth=1.0,
+            color=colors[group],
+            label=group,
+        )
     ax.set_yscale("log")
     ax.set_xticks(components)
     ax.set_xlabel("principal component")
@@ -608,8 +725,15 @@ def _panel_plane(ax: Axes, report: TrajectoryReport) -> None:
     if period is not None and period.reached:
         index = int(np.searchsorted(report.trajectory.steps, period.end_step))
         index = min(index, len(path) - 1)
-        ax.plot(*path[index], "o", color=ENP_COLOR, markeredgecolor="black", markersize=8, zorder=4,
-                label=f"end of the Enlightenment Period (snapshot at step {report.trajectory.steps[index]})")
+        ax.plot(
+            *path[index],
+            "o",
+            color=ENP_COLOR,
+            markeredgecolor="black",
+            markersize=8,
+            zorder=4,
+            label=f"end of the Enlightenment Period (snapshot at step {report.trajectory.steps[index]})",
+        )
     ax.set_xlabel(f"PC1 ({ratio[0]:.0%} of the path's variance)")
     ax.set_ylabel(f"PC2 ({ratio[1]:.0%})")
     ax.legend(loc="best", fontsize="small", framealpha=0.8)
@@ -621,8 +745,15 @@ def _panel_explained(ax: Axes, report: TrajectoryReport, palette: Sequence[Any])
     for n in (1, 2, 3):
         values = over_time.sel(component=n).values
         finite = np.isfinite(values)
-        ax.plot(x[finite], values[finite], "o-", markersize=2.5, linewidth=1.2, color=palette[n - 1],
-                label=f"first {n} PC{'s' if n > 1 else ''}")
+        ax.plot(
+            x[finite],
+            values[finite],
+            "o-",
+            markersize=2.5,
+            linewidth=1.2,
+            color=palette[n - 1],
+            label=f"first {n} PC{'s' if n > 1 else ''}",
+        )
     ax.set_ylim(0, 1.02)
     ax.set_ylabel("explained variance of the path so far")
     ax.set_title("(c) how low-dimensional the path is, over time (whole model)", loc="left")
@@ -634,17 +765,34 @@ def _panel_movement(ax: Axes, report: TrajectoryReport, colors: Mapping[str, Any
     movement = report.movement
     ax.set_title("(d) share of the path length travelled", loc="left")
     if movement is None:
-        ax.text(0.5, 0.5, "no training accuracy: Enlightenment Period unknown", transform=ax.transAxes,
-                ha="center", va="center", color="0.4")
+        ax.text(
+            0.5,
+            0.5,
+            "no training accuracy: Enlightenment Period unknown",
+            transform=ax.transAxes,
+            ha="center",
+            va="center",
+            color="0.4",
+        )
         return
     cumulative = movement.cumulative
     x = cumulative["step"].values + 1
     for group in cumulative["group"].values:
-        ax.plot(x, cumulative.sel(group=group).values, color=colors[str(group)],
-                linewidth=2.0 if group == WHOLE else 1.0, label=str(group))
+        ax.plot(
+            x,
+            cumulative.sel(group=group).values,
+            color=colors[str(group)],
+            linewidth=2.0 if group == WHOLE else 1.0,
+            label=str(group),
+        )
     if movement.end_step is not None:
-        ax.annotate(f"{movement.path_share:.0%} of the path", (movement.end_step + 1, movement.path_share),
-                    xytext=(8, -14), textcoords="offset points", fontsize="small")
+        ax.annotate(
+            f"{movement.path_share:.0%} of the path",
+            (movement.end_step + 1, movement.path_share),
+            xytext=(8, -14),
+            textcoords="offset points",
+            fontsize="small",
+        )
     ax.set_ylim(0, 1.02)
     ax.set_ylabel(f"cumulative path length / total ({movement.source})")
     _steps_axis(ax, report)
@@ -657,15 +805,27 @@ def _panel_linearity(ax: Axes, report: TrajectoryReport, colors: Mapping[str, An
     for group in lin["group"].values:
         values = lin.sel(group=group).values
         finite = np.isfinite(values) & (values > 0)
-        ax.plot(x[finite], values[finite], "o-" if group == WHOLE else "-", markersize=3,
-                linewidth=2.0 if group == WHOLE else 0.9, color=colors[str(group)],
-                label=f"{group} (snapshot windows)" if group == WHOLE else str(group))
+        ax.plot(
+            x[finite],
+            values[finite],
+            "o-" if group == WHOLE else "-",
+            markersize=3,
+            linewidth=2.0 if group == WHOLE else 0.9,
+            color=colors[str(group)],
+            label=f"{group} (snapshot windows)" if group == WHOLE else str(group),
+        )
     if report.sketch_linearity is not None:
         sketch = report.sketch_linearity.sel(group=WHOLE)
         values = sketch.values
         finite = np.isfinite(values) & (values > 0)
-        ax.plot(sketch["step"].values[finite] + 1, values[finite], "--", color=palette[3], linewidth=1.4,
-                label=f"{WHOLE}, iteration unit (sketch, window {report.sketch_linearity.attrs['window']})")
+        ax.plot(
+            sketch["step"].values[finite] + 1,
+            values[finite],
+            "--",
+            color=palette[3],
+            linewidth=1.4,
+            label=f"{WHOLE}, iteration unit (sketch, window {report.sketch_linearity.attrs['window']})",
+        )
     ax.axhline(1.0, color="0.4", linestyle=":", linewidth=1.0)
     ax.set_yscale("log")
     ax.set_ylabel("|prediction − m34| / |m34 − m23|")
@@ -700,10 +860,15 @@ def trajectory_figure(report: TrajectoryReport) -> Figure:
         _panel_movement(axes["movement"], report, colors)
         _panel_linearity(axes["linearity"], report, colors, palette)
         period = report.period
-        shade = (f"shaded: Enlightenment Period, steps 0–{period.end_step}" if period is not None and period.reached
-                 else "Enlightenment Period not reached or unknown")
-        fig.suptitle(f"{_describe(report.ds)} — parameter trajectory from {len(report.trajectory.steps)} snapshots\n"
-                     f"{shade}", fontsize="large")
+        shade = (
+            f"shaded: Enlightenment Period, steps 0–{period.end_step}"
+            if period is not None and period.reached
+            else "Enlightenment Period not reached or unknown"
+        )
+        fig.suptitle(
+            f"{_describe(report.ds)} — parameter trajectory from {len(report.trajectory.steps)} snapshots\n{shade}",
+            fontsize="large",
+        )
     return fig
 
 
@@ -714,12 +879,14 @@ def plot_trajectory(report: TrajectoryReport, out_stem: str | os.PathLike[str]) 
 
 # ------------------------------------------------------------------------------------------------ CLI
 
+
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m analyses.trajectory RUN_DIR``: print the summary, write the figure; returns the exit status."""
     parser = UsageParser(prog="python -m analyses.trajectory", description=__doc__.splitlines()[0])
     parser.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="a run recorded with snapshots")
-    parser.add_argument("--no-surface", action="store_true",
-                        help=f"leave out the loss surface stored by {SURFACE_COMMAND}")
+    parser.add_argument(
+        "--no-surface", action="store_true", help=f"leave out the loss surface stored by {SURFACE_COMMAND}"
+    )
     parser.add_argument("--window", type=int, default=25, help="sliding window of the sketch estimate (default 25)")
     parser.add_argument("--out", type=Path, default=None, help="figure path stem (default RUN_DIR/trajectory)")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
@@ -730,11 +897,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         given = [flag for flag in _SURFACE_FLAGS if getattr(args, flag[2:].replace("-", "_")) is not None]
         if given:
             several = len(given) > 1
-            raise ConfigError(f"{'/'.join(given)} set{'' if several else 's'} how the loss surface is evaluated, "
-                              f"which rebuilds the model: pass {'them' if several else 'it'} to {SURFACE_COMMAND} "
-                              "RUN_DIR, which writes the surface and then runs this analysis")
-        report = analyse_trajectory(open_run(args.run_dir), surface=not args.no_surface, window=args.window,
-                                    progress=not args.no_progress)
+            raise ConfigError(
+                f"{'/'.join(given)} set{'' if several else 's'} how the loss surface is evaluated, "
+                f"which rebuilds the model: pass {'them' if several else 'it'} to {SURFACE_COMMAND} "
+                "RUN_DIR, which writes the surface and then runs this analysis"
+            )
+        report = analyse_trajectory(
+            open_run(args.run_dir), surface=not args.no_surface, window=args.window, progress=not args.no_progress
+        )
         png, pdf = plot_trajectory(report, args.out or args.run_dir / "trajectory")
     except (DynamicsError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)

@@ -84,18 +84,21 @@ class Case:
         self.device = device
         if name == "cnn-cpu" and synthetic:  # MNIST-1D shapes without generating the data set
             self.x, self.y = torch.randn(4 * BATCH, 1, 40, device=device), torch.randint(0, 10, (4 * BATCH,))
-            self.model = build_model("cnn", input_shape=(1, 40), num_classes=10, width=32, depth=3,
-                                     activation="relu").to(device)
+            self.model = build_model(
+                "cnn", input_shape=(1, 40), num_classes=10, width=32, depth=3, activation="relu"
+            ).to(device)
         elif name == "cnn-cpu":
             data = load_dataset("mnist1d", seed=seed)
             self.x, self.y = data.x_train.to(device), data.y_train.to(device)
-            self.model = build_model("cnn", input_shape=data.input_shape, num_classes=data.num_classes, width=32,
-                                     depth=3, activation="relu").to(device)
+            self.model = build_model(
+                "cnn", input_shape=data.input_shape, num_classes=data.num_classes, width=32, depth=3, activation="relu"
+            ).to(device)
         else:
             self.x = torch.randn(4 * BATCH, 3, 32, 32, device=device)
             self.y = torch.randint(0, 10, (4 * BATCH,), device=device)
-            self.model = build_model("resnet18", input_shape=(3, 32, 32), num_classes=10, width=1, depth=1,
-                                     activation="relu").to(device)
+            self.model = build_model(
+                "resnet18", input_shape=(3, 32, 32), num_classes=10, width=1, depth=1, activation="relu"
+            ).to(device)
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=0.01, momentum=0.9)
         self.generator = torch.Generator().manual_seed(seed)
 
@@ -171,7 +174,7 @@ def measure(case: Case, rounds: int, calls: int, cpu_peaks_mib: dict[str, float]
     times: dict[str, list[float]] = {v: [] for v in VARIANTS}
     ratios: dict[str, list[float]] = {v: [] for v in VARIANTS[1:]}
     for r in range(rounds):
-        order = VARIANTS[r % 3:] + VARIANTS[:r % 3]
+        order = VARIANTS[r % 3 :] + VARIANTS[: r % 3]
         seconds = {variant: block(case, timer, variant, calls) for variant in order}
         for variant in VARIANTS:
             times[variant].append(seconds[variant])
@@ -190,10 +193,19 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=15, help="rounds of one block per variant (default 15)")
     parser.add_argument("--calls", type=int, default=10, help="calls per block (default 10)")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch intra-op threads (default: the cores available to this process)")
-    parser.add_argument("--out", type=Path, default=None, help="CPU JSON result (default "
-                        "benchmarks/results/interference-cpu.json; the CUDA case writes interference-cuda.json)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch intra-op threads (default: the cores available to this process)",
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="CPU JSON result (default "
+        "benchmarks/results/interference-cpu.json; the CUDA case writes interference-cuda.json)",
+    )
     parser.add_argument("--memory-child", choices=VARIANTS, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     threads = args.threads or available_cores()
@@ -217,21 +229,25 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
             "case": name,
             "machine": describe_machine(device, load_before),
             "config": {
-                "model": "cnn (width 32, depth 3, relu, kernel 5), mnist1d batches" if device.type == "cpu" else
-                         "resnet18 (width_mult 1) on random 3x32x32 images, 10 classes",
+                "model": "cnn (width 32, depth 3, relu, kernel 5), mnist1d batches"
+                if device.type == "cpu"
+                else "resnet18 (width_mult 1) on random 3x32x32 images, 10 classes",
                 "batch_size": BATCH,
-                "variants": {"step": "forward + backward + SGD(momentum 0.9) step of the mean cross-entropy",
-                             "per_sample_gram": "dynamics.probes.per_sample_gram, batchnorm='eval'",
-                             "torch_func": "vmap(grad(functional_call)) per-sample gradients, then P P^T per "
-                                           "parameter and the total (BatchNorm in eval mode)"},
-                "rounds": args.rounds, "calls_per_block": args.calls,
+                "variants": {
+                    "step": "forward + backward + SGD(momentum 0.9) step of the mean cross-entropy",
+                    "per_sample_gram": "dynamics.probes.per_sample_gram, batchnorm='eval'",
+                    "torch_func": "vmap(grad(functional_call)) per-sample gradients, then P P^T per "
+                    "parameter and the total (BatchNorm in eval mode)",
+                },
+                "rounds": args.rounds,
+                "calls_per_block": args.calls,
                 "order": "one block per variant per round, order rotating (ABC, BCA, CAB)",
                 "timing": "CUDA events per call" if device.type == "cuda" else "perf_counter per call (wall)",
                 "ratio": "per round: block median of the variant / block median of step; median over rounds",
                 "peak_memory": "CUDA: max_memory_allocated during one call minus memory allocated before it"
-                               if device.type == "cuda" else
-                               "CPU: growth of peak RSS (ru_maxrss) of a fresh process (model and a random "
-                               "MNIST-1D-shaped batch built) over 3 calls; includes allocator and page effects",
+                if device.type == "cuda"
+                else "CPU: growth of peak RSS (ru_maxrss) of a fresh process (model and a random "
+                "MNIST-1D-shaped batch built) over 3 calls; includes allocator and page effects",
             },
             **result,
             "target": f"per_sample_gram <= {TARGET}x step on cnn-cpu",
@@ -239,17 +255,24 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
         }
         if device.type == "cpu":
             report["meets_target"] = result["ratio_to_step_median"]["per_sample_gram"] <= TARGET
-        out = (args.out or RESULTS / "interference-cpu.json") if device.type == "cpu" else \
-            RESULTS / "interference-cuda.json"
+        out = (
+            (args.out or RESULTS / "interference-cpu.json")
+            if device.type == "cpu"
+            else RESULTS / "interference-cuda.json"
+        )
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(report, indent=2) + "\n")
         ms, ratio = result["ms_median"], result["ratio_to_step_median"]
-        print(f"{name} on {report['machine']['device_name']} ({threads} threads), batch {BATCH}, "
-              f"{args.rounds} rounds of {args.calls} calls")
+        print(
+            f"{name} on {report['machine']['device_name']} ({threads} threads), batch {BATCH}, "
+            f"{args.rounds} rounds of {args.calls} calls"
+        )
         print(f"  step            {ms['step']:.2f} ms")
         for variant in VARIANTS[1:]:
-            print(f"  {variant:<15} {ms[variant]:.2f} ms = {ratio[variant]:.2f}x step, "
-                  f"peak memory {result['peak_memory_mib'][variant]:.1f} MiB")
+            print(
+                f"  {variant:<15} {ms[variant]:.2f} ms = {ratio[variant]:.2f}x step, "
+                f"peak memory {result['peak_memory_mib'][variant]:.1f} MiB"
+            )
         print(f"  wrote {out}")
     return report
 

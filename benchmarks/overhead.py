@@ -46,10 +46,18 @@ TARGETS = {"cpu": 1.30, "cuda": 1.03}
 FLUSH_STEPS = 1000
 """The Recorder's default flush_steps: the amortised ratio spreads one flush over this many steps."""
 SETUPS = {
-    "cpu": {"model": "cnn (CNN1d defaults: width 32, depth 3, relu)", "data": "mnist1d (8000 train samples)",
-            "batch_size": 128, "precision": "fp32"},
-    "cuda": {"model": "resnet18", "data": "CIFAR-10-shaped batches (3x32x32, 10 classes) drawn on the GPU",
-             "batch_size": 512, "precision": "bf16 autocast"},
+    "cpu": {
+        "model": "cnn (CNN1d defaults: width 32, depth 3, relu)",
+        "data": "mnist1d (8000 train samples)",
+        "batch_size": 128,
+        "precision": "fp32",
+    },
+    "cuda": {
+        "model": "resnet18",
+        "data": "CIFAR-10-shaped batches (3x32x32, 10 classes) drawn on the GPU",
+        "batch_size": 512,
+        "precision": "bf16 autocast",
+    },
 }
 
 
@@ -61,14 +69,16 @@ class Bench:
         if device.type == "cuda":
             self.x = torch.randn(10 * batch_size, 3, 32, 32, device=device)
             self.y = torch.randint(0, 10, (len(self.x),), device=device)
-            self.model = build_model("resnet18", input_shape=(3, 32, 32), num_classes=10, width=32, depth=3,
-                                     activation="relu").to(device, memory_format=torch.channels_last)
+            self.model = build_model(
+                "resnet18", input_shape=(3, 32, 32), num_classes=10, width=32, depth=3, activation="relu"
+            ).to(device, memory_format=torch.channels_last)
             self.autocast: Callable[[], object] = lambda: torch.autocast("cuda", dtype=torch.bfloat16)
         else:
             data = load_dataset("mnist1d", seed=seed)
             self.x, self.y = data.x_train.to(device), data.y_train.to(device)
-            self.model = build_model("cnn", input_shape=data.input_shape, num_classes=data.num_classes, width=32,
-                                     depth=3, activation="relu").to(device)
+            self.model = build_model(
+                "cnn", input_shape=data.input_shape, num_classes=data.num_classes, width=32, depth=3, activation="relu"
+            ).to(device)
             self.autocast = nullcontext
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=0.01, momentum=0.9)
         self.batch_size = batch_size
@@ -82,8 +92,14 @@ class Bench:
         index = torch.randint(0, len(self.x), (steps, self.batch_size), generator=self.generator).to(self.device)
         return [(self.x[i], self.y[i]) for i in index]
 
-    def step(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
-             recorder: Recorder | None) -> None:
+    def step(
+        self,
+        model: torch.nn.Module,
+        optimizer: torch.optim.Optimizer,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        recorder: Recorder | None,
+    ) -> None:
         """One optimizer step (recorded when a recorder is given)."""
         with self.autocast():
             out = model(x)
@@ -94,8 +110,9 @@ class Bench:
         if recorder is not None:
             recorder.step(loss=loss, output=out, target=y)
 
-    def recorded_side(self, probes: str | list[str], label: str) -> tuple[torch.nn.Module, torch.optim.Optimizer,
-                                                                          Recorder]:
+    def recorded_side(
+        self, probes: str | list[str], label: str
+    ) -> tuple[torch.nn.Module, torch.optim.Optimizer, Recorder]:
         """A copy of the model (same weights and optimizer state) with one Recorder of ``probes``, kept per label."""
         if label not in self.sides:
             twin = copy.deepcopy(self.model)
@@ -108,8 +125,9 @@ class Bench:
     def block(self, steps: int, probes: str | list[str] | None, label: str = "") -> list[float]:
         """Seconds of each step of one block: plain when ``probes`` is None, else the recorded side ``label``."""
         batches = self.batches(steps)
-        model, optimizer, recorder = (self.model, self.optimizer, None) if probes is None else \
-            self.recorded_side(probes, label)
+        model, optimizer, recorder = (
+            (self.model, self.optimizer, None) if probes is None else self.recorded_side(probes, label)
+        )
         if self.device.type == "cuda":
             events = [torch.cuda.Event(enable_timing=True) for _ in range(steps + 1)]
             torch.cuda.synchronize()
@@ -152,9 +170,14 @@ def compare(bench: Bench, probes: str | list[str], steps: int, rounds: int, labe
     plain_ms = 1e3 * statistics.median(plain)
     flush_ms = 1e3 * bench.close(label)
     ratio = statistics.median(ratios)
-    return {"plain_ms_median": plain_ms, "recorded_ms_median": 1e3 * statistics.median(recorded),
-            "ratio_median": ratio, "ratios": ratios, "flush_ms": flush_ms,
-            "amortised_ratio": ratio + flush_ms / (FLUSH_STEPS * plain_ms)}
+    return {
+        "plain_ms_median": plain_ms,
+        "recorded_ms_median": 1e3 * statistics.median(recorded),
+        "ratio_median": ratio,
+        "ratios": ratios,
+        "flush_ms": flush_ms,
+        "amortised_ratio": ratio + flush_ms / (FLUSH_STEPS * plain_ms),
+    }
 
 
 def count_syncs(bench: Bench, probes: str | list[str], steps: int) -> dict[str, int]:
@@ -188,14 +211,22 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     parser.add_argument("--steps", type=int, default=100, help="optimizer steps per block (default 100)")
     parser.add_argument("--repeats", type=int, default=30, help="ABBA rounds (default 30)")
     parser.add_argument("--device", choices=("cpu", "cuda", "auto"), default="cpu")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch intra-op threads (default: the cores available to this process)")
-    parser.add_argument("--probes", default="default",
-                        help="probe preset recorded in the B blocks, or a comma-separated list of probe names")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch intra-op threads (default: the cores available to this process)",
+    )
+    parser.add_argument(
+        "--probes",
+        default="default",
+        help="probe preset recorded in the B blocks, or a comma-separated list of probe names",
+    )
     parser.add_argument("--per-probe", action="store_true", help="also measure each probe of the preset alone")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", type=Path, default=None,
-                        help="JSON result (default benchmarks/results/overhead-<device>.json)")
+    parser.add_argument(
+        "--out", type=Path, default=None, help="JSON result (default benchmarks/results/overhead-<device>.json)"
+    )
     args = parser.parse_args(argv)
     if args.steps < 10 or args.repeats < 1:
         parser.error("--steps must be >= 10 and --repeats >= 1")
@@ -218,12 +249,16 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     report = {
         "benchmark": "overhead",
         "machine": describe_machine(device, load_before),
-        "config": {**setup, "optimizer": "SGD lr 0.01 momentum 0.9",
-                   "recorder": {"every": 1, "probes": args.probes, "flush_steps": FLUSH_STEPS, "flush_seconds": 10.0},
-                   "steps_per_block": args.steps, "rounds": args.repeats,
-                   "order": "warmup AB, then ABBA per round; B is a copy of the model with one Recorder",
-                   "timing": "CUDA events per step" if device.type == "cuda" else "perf_counter per step",
-                   "ratio": "per round mean(B block medians) / mean(A block medians); median over rounds"},
+        "config": {
+            **setup,
+            "optimizer": "SGD lr 0.01 momentum 0.9",
+            "recorder": {"every": 1, "probes": args.probes, "flush_steps": FLUSH_STEPS, "flush_seconds": 10.0},
+            "steps_per_block": args.steps,
+            "rounds": args.repeats,
+            "order": "warmup AB, then ABBA per round; B is a copy of the model with one Recorder",
+            "timing": "CUDA events per step" if device.type == "cuda" else "perf_counter per step",
+            "ratio": "per round mean(B block medians) / mean(A block medians); median over rounds",
+        },
         **result,
         "per_probe": per_probe,
         "host_syncs": syncs,
@@ -234,19 +269,24 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n")
 
-    print(f"overhead on {report['machine']['device_name']} ({torch.get_num_threads()} torch threads), "
-          f"{setup['model']}, batch {setup['batch_size']}, {setup['precision']}; "
-          f"{args.repeats} ABBA rounds of {args.steps} steps")
+    print(
+        f"overhead on {report['machine']['device_name']} ({torch.get_num_threads()} torch threads), "
+        f"{setup['model']}, batch {setup['batch_size']}, {setup['precision']}; "
+        f"{args.repeats} ABBA rounds of {args.steps} steps"
+    )
     print(f"  plain    {result['plain_ms_median']:.3f} ms/step (median)")
     print(f"  recorded {result['recorded_ms_median']:.3f} ms/step (median), probes={args.probes!r}")
     verdict = "meets" if result["ratio_median"] <= target else "misses"
-    print(f"  ratio    {result['ratio_median']:.3f} (median over rounds; {verdict} target {target}); closing flush "
-          f"{result['flush_ms']:.1f} ms, amortised over {FLUSH_STEPS} steps {result['amortised_ratio']:.3f}")
+    print(
+        f"  ratio    {result['ratio_median']:.3f} (median over rounds; {verdict} target {target}); closing flush "
+        f"{result['flush_ms']:.1f} ms, amortised over {FLUSH_STEPS} steps {result['amortised_ratio']:.3f}"
+    )
     for name, single in per_probe.items():
         print(f"    {name:<15} alone: ratio {single['ratio_median']:.3f}")
     if syncs is not None:
-        print(f"  host synchronisations in {syncs['steps']} steps: plain {syncs['plain']}, "
-              f"recorded {syncs['recorded']}")
+        print(
+            f"  host synchronisations in {syncs['steps']} steps: plain {syncs['plain']}, recorded {syncs['recorded']}"
+        )
     print(f"  wrote {out}")
     return report
 

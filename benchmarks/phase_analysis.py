@@ -45,8 +45,11 @@ def write_store(run_dir: Path, steps: int, layers: int, chunk: int = 50_000) -> 
     rng = np.random.default_rng(0)
     layer_names = [f"blocks.{i}.act" for i in range(layers)]
     params = [f"blocks.{i}.conv.weight" for i in range(layers)]
-    writer = RunWriter(run_dir, {"param": params, "layer": layer_names, "split": ["train", "test"]},
-                       {"every": 1, "probes": ["synthetic"], "config": {"dataset": "synthetic", "seed": 0}})
+    writer = RunWriter(
+        run_dir,
+        {"param": params, "layer": layer_names, "split": ["train", "test"]},
+        {"every": 1, "probes": ["synthetic"], "config": {"dataset": "synthetic", "seed": 0}},
+    )
     for name in ("rep_linear_acc", "rep_knn_acc", "rep_nc1", "rep_cka", "fisher_trace"):
         writer.describe(name, {"num_classes": 10, "cadence": "geometric growth=0.1 max_interval=None every=1"})
     measured = np.zeros(steps, dtype=bool)
@@ -128,16 +131,24 @@ def main() -> None:
     payload = {
         "benchmark": "phase_analysis",
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "machine": {"platform": platform.platform(), "python": platform.python_version(),
-                    "processor": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
-                    "load_average_1min": round(os.getloadavg()[0], 2)},
-        "steps": args.steps, "layers": args.layers, "n_boot": int(result.attrs["n_boot"]),
+        "machine": {
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+            "processor": platform.processor() or platform.machine(),
+            "cpus": os.cpu_count(),
+            "load_average_1min": round(os.getloadavg()[0], 2),
+        },
+        "steps": args.steps,
+        "layers": args.layers,
+        "n_boot": int(result.attrs["n_boot"]),
         "store_mib": round(store_bytes / 2**20, 1),
-        "seconds": [round(t, 3) for t in times], "median_seconds": round(statistics.median(times), 3),
+        "seconds": [round(t, 3) for t in times],
+        "median_seconds": round(statistics.median(times), 3),
         "target_seconds": TARGET_SECONDS,
         "peak_traced_mib": round(peak / 2**20, 1),
-        "read_mib_per_analysis": {name: round(size / args.repeats / 2**20, 2)
-                                  for name, size in sorted(log.bytes.items())},
+        "read_mib_per_analysis": {
+            name: round(size / args.repeats / 2**20, 2) for name, size in sorted(log.bytes.items())
+        },
         "unneeded_arrays_read": unneeded,
         "t_c": round(float(result["t_c"].sel(order_parameter="accuracy")), 1),
         "t_c_true": 0.04 * args.steps,

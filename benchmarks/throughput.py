@@ -64,8 +64,15 @@ def hand_written(config: RunConfig, device: torch.device, mark: Callable[[], Non
     x_train, y_train = data.x_train.to(device), data.y_train.to(device)
     x_test, y_test = data.x_test.to(device), data.y_test.to(device)
     torch.manual_seed(config.seed)
-    model = build_model(config.model, input_shape=(3, 32, 32), num_classes=10, width=config.width,
-                        depth=config.depth, activation=config.activation, width_mult=config.width_mult).to(device)
+    model = build_model(
+        config.model,
+        input_shape=(3, 32, 32),
+        num_classes=10,
+        width=config.width,
+        depth=config.depth,
+        activation=config.activation,
+        width_mult=config.width_mult,
+    ).to(device)
     layout = torch.channels_last if config.channels_last else torch.contiguous_format
     model = model.to(memory_format=layout)
     if config.compile:
@@ -79,7 +86,7 @@ def hand_written(config: RunConfig, device: torch.device, mark: Callable[[], Non
     for _ in range(config.epochs):
         order = torch.randperm(len(x_train), device=device, generator=generator)
         for step in range(steps):
-            index = order[step * batch:(step + 1) * batch]
+            index = order[step * batch : (step + 1) * batch]
             offsets = torch.randint(0, 9, (2, batch), device=device, generator=generator)
             flip = torch.randint(0, 2, (batch,), device=device, generator=generator).bool()
             x = crop_flip(x_train[index], offsets[0], offsets[1], flip, 4).contiguous(memory_format=layout)
@@ -93,8 +100,8 @@ def hand_written(config: RunConfig, device: torch.device, mark: Callable[[], Non
         correct = torch.zeros((), dtype=torch.long, device=device)
         with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             for start in range(0, len(x_test), config.eval_batch_size):
-                x = x_test[start:start + config.eval_batch_size].contiguous(memory_format=layout)
-                correct += (model((x.float() - mean) / std).argmax(1) == y_test[start:start + len(x)]).sum()
+                x = x_test[start : start + config.eval_batch_size].contiguous(memory_format=layout)
+                correct += (model((x.float() - mean) / std).argmax(1) == y_test[start : start + len(x)]).sum()
         model.train()
         mark()
 
@@ -111,8 +118,9 @@ def engine(config: RunConfig, device: torch.device, mark: Callable[[], None], wo
         dynamics.engine.train(config, workdir / f"run-{time.monotonic_ns()}", progress=False)
 
 
-def run_once(variant: str, config: RunConfig, device: torch.device, workdir: Path,
-             train_images: int) -> tuple[float, float]:
+def run_once(
+    variant: str, config: RunConfig, device: torch.device, workdir: Path, train_images: int
+) -> tuple[float, float]:
     """Images per wall-clock second and per CPU second of this process (all threads), over epochs 2..E."""
     marks: list[tuple[float, float]] = []
 
@@ -136,8 +144,12 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     parser.add_argument("--batch-size", type=int, default=512)
     parser.add_argument("--epochs", type=int, default=4, help="epochs per run, >= 2 (default 4)")
     parser.add_argument("--rounds", type=int, default=3, help="rounds of the three variants (default 3)")
-    parser.add_argument("--train-images", type=int, default=50_000,
-                        help="size of the synthetic training split (a multiple of 10; default 50,000)")
+    parser.add_argument(
+        "--train-images",
+        type=int,
+        default=50_000,
+        help="size of the synthetic training split (a multiple of 10; default 50,000)",
+    )
     parser.add_argument("--data-dir", default=None, help="a real CIFAR-10 archive/folder instead of synthetic data")
     parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
     parser.add_argument("--channels-last", action="store_true")
@@ -155,14 +167,26 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
 
     with tempfile.TemporaryDirectory(prefix="dynamics-throughput-") as tmp:
         workdir = Path(tmp)
-        data_dir = args.data_dir or str(write_cifar(workdir, train_per_class=args.train_images // 10,
-                                                    test_per_class=100, extracted=True))
-        config = make_config({
-            "dataset": "cifar10", "data_dir": data_dir, "model": args.model, "width_mult": args.width_mult,
-            "batch_size": args.batch_size, "epochs": args.epochs, "lr": 0.05, "momentum": 0.9,
-            "eval_batch_size": 1000, "device": device_type, "precision": args.precision,
-            "channels_last": args.channels_last, "compile": args.compile,
-        })
+        data_dir = args.data_dir or str(
+            write_cifar(workdir, train_per_class=args.train_images // 10, test_per_class=100, extracted=True)
+        )
+        config = make_config(
+            {
+                "dataset": "cifar10",
+                "data_dir": data_dir,
+                "model": args.model,
+                "width_mult": args.width_mult,
+                "batch_size": args.batch_size,
+                "epochs": args.epochs,
+                "lr": 0.05,
+                "momentum": 0.9,
+                "eval_batch_size": 1000,
+                "device": device_type,
+                "precision": args.precision,
+                "channels_last": args.channels_last,
+                "compile": args.compile,
+            }
+        )
         data = load_dataset("cifar10", data_dir=data_dir)
         rates: dict[str, list[float]] = {variant: [] for variant in VARIANTS}
         cpu_rates: dict[str, list[float]] = {variant: [] for variant in VARIANTS}
@@ -172,31 +196,50 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
                 wall, cpu = run_once(variant, config, device, workdir, len(data.y_train))
                 rates[variant].append(wall)
                 cpu_rates[variant].append(cpu)
-                print(f"round {round_index + 1} {variant:<22} {wall:,.0f} images/s ({cpu:,.0f} per CPU second)",
-                      flush=True)
+                print(
+                    f"round {round_index + 1} {variant:<22} {wall:,.0f} images/s ({cpu:,.0f} per CPU second)",
+                    flush=True,
+                )
 
-    ratios = {variant: [r / base for r, base in zip(rates[variant], rates["loop"], strict=True)]
-              for variant in VARIANTS[1:]}
-    cpu_ratios = {variant: [r / base for r, base in zip(cpu_rates[variant], cpu_rates["loop"], strict=True)]
-                  for variant in VARIANTS[1:]}
+    ratios = {
+        variant: [r / base for r, base in zip(rates[variant], rates["loop"], strict=True)] for variant in VARIANTS[1:]
+    }
+    cpu_ratios = {
+        variant: [r / base for r, base in zip(cpu_rates[variant], cpu_rates["loop"], strict=True)]
+        for variant in VARIANTS[1:]
+    }
     medians = {variant: statistics.median(values) for variant, values in rates.items()}
     off_ratio = statistics.median(ratios["engine_probes_off"])
-    reference_setting = (args.model == "resnet18" and args.width_mult == 1.0 and args.batch_size == 512
-                         and args.precision == "bf16" and args.channels_last and device_type == "cuda")
+    reference_setting = (
+        args.model == "resnet18"
+        and args.width_mult == 1.0
+        and args.batch_size == 512
+        and args.precision == "bf16"
+        and args.channels_last
+        and device_type == "cuda"
+    )
     report = {
         "benchmark": "throughput",
         "machine": describe_machine(device, load_before),
         "config": {
-            "model": args.model, "width_mult": args.width_mult, "batch_size": args.batch_size,
-            "precision": args.precision, "channels_last": args.channels_last, "compile": args.compile,
+            "model": args.model,
+            "width_mult": args.width_mult,
+            "batch_size": args.batch_size,
+            "precision": args.precision,
+            "channels_last": args.channels_last,
+            "compile": args.compile,
             "data": "CIFAR-10 at " + args.data_dir if args.data_dir else "synthetic CIFAR-10 archive (exact format)",
-            "train_images": len(data.y_train), "test_images_evaluated_per_epoch": len(data.y_test),
-            "epochs_per_run": args.epochs, "timed_epochs_per_run": args.epochs - 1, "rounds": args.rounds,
-            "optimizer": "SGD lr 0.05 momentum 0.9", "augmentation": "random crop (pad 4) + flip, on the device",
+            "train_images": len(data.y_train),
+            "test_images_evaluated_per_epoch": len(data.y_test),
+            "epochs_per_run": args.epochs,
+            "timed_epochs_per_run": args.epochs - 1,
+            "rounds": args.rounds,
+            "optimizer": "SGD lr 0.05 momentum 0.9",
+            "augmentation": "random crop (pad 4) + flip, on the device",
             "engine_probes_off": "probes='loss' preset (loss, accuracy, lr, epoch)",
             "engine_probes_default": "probes='default', every=1",
             "timing": "training images of epochs 2..E / time from the end of epoch 1's evaluation to the end of "
-                      "epoch E's, after a device synchronisation; ABC order rotating per round",
+            "epoch E's, after a device synchronisation; ABC order rotating per round",
         },
         "images_per_s": rates,
         "images_per_s_median": medians,
@@ -205,19 +248,25 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
         "images_per_cpu_s": cpu_rates,
         "cpu_ratio_to_loop_median": {variant: statistics.median(values) for variant, values in cpu_ratios.items()},
         "cpu_time_note": "CPU seconds of this process, all threads: on a shared machine other processes' load "
-                         "inflates wall time but hardly the process's own CPU time (meaningful on CPU runs only)",
-        "targets": {"engine_probes_off_within_loop": WITHIN,
-                    "gpu_images_per_s": f"{GPU_TARGET} (H100, resnet18, batch 512, bf16, channels_last)"},
+        "inflates wall time but hardly the process's own CPU time (meaningful on CPU runs only)",
+        "targets": {
+            "engine_probes_off_within_loop": WITHIN,
+            "gpu_images_per_s": f"{GPU_TARGET} (H100, resnet18, batch 512, bf16, channels_last)",
+        },
         "meets_within_target": off_ratio >= 1 - WITHIN,
         "meets_gpu_target": (medians["engine_probes_off"] >= GPU_TARGET) if reference_setting else None,
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"throughput on {report['machine']['device_name']}: " + ", ".join(
-        f"{variant} {rate:,.0f}/s" for variant, rate in medians.items()))
-    print(f"engine/loop: probes off {off_ratio:.3f} (target >= {1 - WITHIN:.2f}), default probes "
-          f"{report['ratio_to_loop_median']['engine_probes_default']:.3f}; wrote {out}")
+    print(
+        f"throughput on {report['machine']['device_name']}: "
+        + ", ".join(f"{variant} {rate:,.0f}/s" for variant, rate in medians.items())
+    )
+    print(
+        f"engine/loop: probes off {off_ratio:.3f} (target >= {1 - WITHIN:.2f}), default probes "
+        f"{report['ratio_to_loop_median']['engine_probes_default']:.3f}; wrote {out}"
+    )
     return report
 
 

@@ -17,8 +17,9 @@ from dynamics.data import Dataset, channel_stats
 from dynamics.errors import ConfigError
 
 
-def crop_flip(images: torch.Tensor, top: torch.Tensor, left: torch.Tensor, flip: torch.Tensor,
-              padding: int) -> torch.Tensor:
+def crop_flip(
+    images: torch.Tensor, top: torch.Tensor, left: torch.Tensor, flip: torch.Tensor, padding: int
+) -> torch.Tensor:
     """Crop ``images`` ``(N, C, H, W)``, zero-padded by ``padding``, at per-sample offsets, flipping where asked.
 
     Sample ``i`` becomes ``pad(images[i])[:, top[i]:top[i] + H, left[i]:left[i] + W]``, mirrored left-right
@@ -45,11 +46,21 @@ class InputPipeline:
     are; ``channels_last`` needs image data.
     """
 
-    def __init__(self, data: Dataset, device: torch.device, *, augment: bool = True, channels_last: bool = False,
-                 seed: int = 0, padding: int = 4) -> None:
+    def __init__(
+        self,
+        data: Dataset,
+        device: torch.device,
+        *,
+        augment: bool = True,
+        channels_last: bool = False,
+        seed: int = 0,
+        padding: int = 4,
+    ) -> None:
         if channels_last and data.kind != "image":
-            raise ConfigError(f"channels_last needs image data; {data.name} is {data.kind} data, so set "
-                              "channels_last=False", key="channels_last")
+            raise ConfigError(
+                f"channels_last needs image data; {data.name} is {data.kind} data, so set channels_last=False",
+                key="channels_last",
+            )
         self.image = data.kind == "image"
         self.augment = augment and self.image
         self.padding = padding

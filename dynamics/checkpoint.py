@@ -31,9 +31,12 @@ _FILE = re.compile(r"step-(\d+)\.pt")
 
 def rng_states() -> dict[str, Any]:
     """The global generators: torch (CPU and every initialised CUDA device), NumPy and Python's ``random``."""
-    return {"torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None,
-            "numpy": np.random.get_state(), "python": random.getstate()}
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None,
+        "numpy": np.random.get_state(),
+        "python": random.getstate(),
+    }
 
 
 def set_rng_states(states: dict[str, Any]) -> None:
@@ -80,15 +83,19 @@ def load_checkpoint(run_dir: Path, device: torch.device) -> dict[str, Any]:
     """The newest readable checkpoint of ``run_dir``, its tensors on ``device``."""
     paths = checkpoint_paths(run_dir)
     if not paths:
-        raise ConfigError(f"{run_dir} holds no checkpoint to resume from; start it again in run_dir={run_dir} with "
-                          "overwrite=True", key=("run_dir", "overwrite"))
+        raise ConfigError(
+            f"{run_dir} holds no checkpoint to resume from; start it again in run_dir={run_dir} with overwrite=True",
+            key=("run_dir", "overwrite"),
+        )
     for path in reversed(paths):
         try:
             return torch.load(path, map_location=device, weights_only=False)
         except Exception:  # noqa: BLE001 - a damaged file (e.g. copied half-way): fall back to an older one
             continue
-    raise StoreError(f"every checkpoint in {run_dir / CHECKPOINT_DIR} is unreadable; start the run again in "
-                     f"run_dir={run_dir} with overwrite=True")
+    raise StoreError(
+        f"every checkpoint in {run_dir / CHECKPOINT_DIR} is unreadable; start the run again in "
+        f"run_dir={run_dir} with overwrite=True"
+    )
 
 
 class CheckpointCadence:

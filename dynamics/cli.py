@@ -16,8 +16,9 @@ class UsageParser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # type: ignore[override]
         raise ConfigError(f"{message}; see {self.prog} --help")
 
-    def parse_known_args(self, args: Sequence[str] | None = None,
-                         namespace: argparse.Namespace | None = None) -> tuple[argparse.Namespace, list[str]]:
+    def parse_known_args(
+        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> tuple[argparse.Namespace, list[str]]:
         """argparse's parse, refusing a single-value option that got a list (``--out=--`` gives ``[]``)."""
         parsed, extras = super().parse_known_args(args, namespace)
         for action in self._actions:

@@ -32,17 +32,21 @@ from dynamics.strategies import validate_strategies
 USAGE_ERROR = 2
 RUN_FAILED = 1
 
+
 def _flag(key: str) -> str:
     return "--" + key.replace("_", "-")
 
 
 FLAGS: dict[str, str] = {
     **{field.name: _flag(field.name) for field in fields(RunConfig)},
-    "config": "--config", "run_dir": "--out", "overwrite": "--overwrite",
+    "config": "--config",
+    "run_dir": "--out",
+    "overwrite": "--overwrite",
 }
 """The flag of each parameter the library's errors may name (RunConfig keys, train's run_dir and overwrite)."""
-SWITCHES: frozenset[str] = frozenset({"overwrite", *(field.name for field in fields(RunConfig)
-                                                      if str(field.type) == "bool")})
+SWITCHES: frozenset[str] = frozenset(
+    {"overwrite", *(field.name for field in fields(RunConfig) if str(field.type) == "bool")}
+)
 
 
 def usage_message(error: ConfigError) -> str:
@@ -55,20 +59,29 @@ def build_parser() -> argparse.ArgumentParser:
 
     Help texts, choices and sections come from the fields' metadata (:mod:`dynamics.config`).
     """
-    parser = UsageParser(prog="python -m dynamics.collect", description=__doc__.splitlines()[0],
-                         argument_default=argparse.SUPPRESS)
-    parser.add_argument("--config", help="TOML or JSON file of settings, flat or one table per section "
-                                         "([data], [optimisation], ...); flags override it")
+    parser = UsageParser(
+        prog="python -m dynamics.collect", description=__doc__.splitlines()[0], argument_default=argparse.SUPPRESS
+    )
+    parser.add_argument(
+        "--config",
+        help="TOML or JSON file of settings, flat or one table per section "
+        "([data], [optimisation], ...); flags override it",
+    )
     parser.add_argument("--out", help="run directory (default runs/<timestamp>-<dataset>-<model>-s<seed>)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing run in --out")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    parser.add_argument("--check", action="store_true",
-                        help="validate the settings, print them as JSON and exit without training")
-    parser.add_argument("--resume", metavar="RUN_DIR",
-                        help="continue the interrupted run in RUN_DIR from its newest checkpoint, with its own "
-                             "config.json (only --no-progress and --check may be added)")
-    groups = {name: parser.add_argument_group(f"{name} settings", description) for name, description in
-              SECTIONS.items()}
+    parser.add_argument(
+        "--check", action="store_true", help="validate the settings, print them as JSON and exit without training"
+    )
+    parser.add_argument(
+        "--resume",
+        metavar="RUN_DIR",
+        help="continue the interrupted run in RUN_DIR from its newest checkpoint, with its own "
+        "config.json (only --no-progress and --check may be added)",
+    )
+    groups = {
+        name: parser.add_argument_group(f"{name} settings", description) for name, description in SECTIONS.items()
+    }
     defaults = RunConfig()
     for field in fields(RunConfig):
         meta = field.metadata
@@ -78,8 +91,9 @@ def build_parser() -> argparse.ArgumentParser:
             group.add_argument(_flag(field.name), dest=field.name, action=argparse.BooleanOptionalAction, help=text)
             continue
         kind = {"int": int, "float": float}.get(str(field.type).removesuffix(" | None"), str)
-        metavar = ("{" + ",".join(meta["choices"]) + "}" if "choices" in meta
-                   else meta.get("metavar", field.name.upper()))
+        metavar = (
+            "{" + ",".join(meta["choices"]) + "}" if "choices" in meta else meta.get("metavar", field.name.upper())
+        )
         group.add_argument(_flag(field.name), dest=field.name, type=kind, help=text, metavar=metavar)
     return parser
 
@@ -103,8 +117,10 @@ def resume_config(args: argparse.Namespace) -> RunConfig:
     """The settings of the run ``--resume`` continues, read from its ``config.json``."""
     extra = [name for name in vars(args) if name not in RESUME_COMPANIONS]
     if extra:
-        raise ConfigError(f"--resume continues {args.resume} with its own config.json; drop "
-                          f"--{extra[0].replace('_', '-')} (other flags would change the run)")
+        raise ConfigError(
+            f"--resume continues {args.resume} with its own config.json; drop "
+            f"--{extra[0].replace('_', '-')} (other flags would change the run)"
+        )
     try:
         return make_config(read_json(Path(args.resume) / "config.json"))
     except StoreError as err:
@@ -117,15 +133,19 @@ def report(result: RunResult, figure: tuple[Path, Path]) -> str:
     if period.end_step is None:
         enp = f"not reached (smoothed training accuracy never reached {period.threshold:.0%})"
     else:
-        enp = (f"ended at step {period.end_step} of {result.steps} ({period.fraction:.1%} of training; "
-               f"first step with smoothed training accuracy >= {period.threshold:.0%})")
-    return "\n".join([
-        f"final accuracy       train {result.train_accuracy:.4f}   test {result.test_accuracy:.4f}",
-        f"Enlightenment Period {enp}",
-        f"run                  {result.run_dir.resolve()}",
-        f"overview figure      {figure[0].resolve()}",
-        f"                     {figure[1].resolve()}",
-    ])
+        enp = (
+            f"ended at step {period.end_step} of {result.steps} ({period.fraction:.1%} of training; "
+            f"first step with smoothed training accuracy >= {period.threshold:.0%})"
+        )
+    return "\n".join(
+        [
+            f"final accuracy       train {result.train_accuracy:.4f}   test {result.test_accuracy:.4f}",
+            f"Enlightenment Period {enp}",
+            f"run                  {result.run_dir.resolve()}",
+            f"overview figure      {figure[0].resolve()}",
+            f"                     {figure[1].resolve()}",
+        ]
+    )
 
 
 def _fail(error: BaseException | str) -> None:
@@ -149,8 +169,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         _fail(usage_message(err))
         return USAGE_ERROR
     try:
-        result = train(config, run_dir, overwrite="overwrite" in args, progress="no_progress" not in args,
-                       resume=resume)
+        result = train(
+            config, run_dir, overwrite="overwrite" in args, progress="no_progress" not in args, resume=resume
+        )
         figure = plot_overview(open_run(run_dir), run_dir / "overview")
         print(report(result, figure))
     except ConfigError as err:
@@ -163,8 +184,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         _fail(err)
         return RUN_FAILED
     except KeyboardInterrupt:
-        print(f"interrupted; the run is marked failed and keeps every recorded step in {run_dir} "
-              f"(continue it with --resume {run_dir})", file=sys.stderr)
+        print(
+            f"interrupted; the run is marked failed and keeps every recorded step in {run_dir} "
+            f"(continue it with --resume {run_dir})",
+            file=sys.stderr,
+        )
         return 130
     return 0
 

@@ -48,8 +48,9 @@ SECTIONS: dict[str, str] = {
 """The sections of :class:`RunConfig`, in order, with what each holds."""
 
 
-def _setting(default: Any, section: str, help: str, choices: Sequence[str] | None = None,
-             metavar: str | None = None) -> Any:
+def _setting(
+    default: Any, section: str, help: str, choices: Sequence[str] | None = None, metavar: str | None = None
+) -> Any:
     """A RunConfig field with its section, help text, fixed choices (if any) and metavar in its metadata."""
     metadata: dict[str, Any] = {"section": section, "help": help}
     if choices is not None:
@@ -62,7 +63,7 @@ def _setting(default: Any, section: str, help: str, choices: Sequence[str] | Non
 def _probes_help() -> str:
     """The probes setting's help, from the probe registry's own declarations."""
     presets = "; ".join(f"{name} = {', '.join(members)}" for name, members in PRESETS.items())
-    return (f"a probe preset ({presets}) or a comma-separated list of the probes: {', '.join(PROBES)}")
+    return f"a probe preset ({presets}) or a comma-separated list of the probes: {', '.join(PROBES)}"
 
 
 @dataclass(frozen=True)
@@ -78,32 +79,43 @@ class RunConfig:
     # data
     dataset: str = _setting("mnist1d", "data", "data set", DATASETS)
     num_samples: int | None = _setting(
-        None, "data", "samples to generate, train + test (mnist1d, gaussian, timeseries; None: the set's own)")
+        None, "data", "samples to generate, train + test (mnist1d, gaussian, timeseries; None: the set's own)"
+    )
     train_size: int | None = _setting(
-        None, "data", "keep a seeded class-stratified subset of this many training samples (text: windows); "
-                      "None keeps all")
-    data_seed: int = _setting(0, "data", "seed of the data itself, apart from seed, so that seeds vary the "
-                                         "training, not the data")
+        None,
+        "data",
+        "keep a seeded class-stratified subset of this many training samples (text: windows); None keeps all",
+    )
+    data_seed: int = _setting(
+        0, "data", "seed of the data itself, apart from seed, so that seeds vary the training, not the data"
+    )
     data_dir: str | None = _setting(
-        None, "data", "folder of cifar10/cifar100 (archive or extracted), tinyimagenet (zip or folder), "
-                      "imagefolder (train/, val/); for text a UTF-8 file (None: Python's reference docs)")
+        None,
+        "data",
+        "folder of cifar10/cifar100 (archive or extracted), tinyimagenet (zip or folder), "
+        "imagefolder (train/, val/); for text a UTF-8 file (None: Python's reference docs)",
+    )
     image_size: int | None = _setting(
-        None, "data", "side of the square images tinyimagenet/imagefolder are decoded to, once (None: 64)")
+        None, "data", "side of the square images tinyimagenet/imagefolder are decoded to, once (None: 64)"
+    )
     seq_len: int | None = _setting(
-        None, "data", "characters per text window, time steps per timeseries sample (None: 128)")
-    augment: bool = _setting(True, "data", "random crop (pad 4) and horizontal flip of image training batches, "
-                                           "on the device")
+        None, "data", "characters per text window, time steps per timeseries sample (None: 128)"
+    )
+    augment: bool = _setting(
+        True, "data", "random crop (pad 4) and horizontal flip of image training batches, on the device"
+    )
     # model
     model: str = _setting("cnn", "model", "architecture", MODELS)
     width: int = _setting(32, "model", "channels (cnn) or hidden units (mlp)")
     depth: int = _setting(3, "model", "number of hidden blocks (mlp, cnn) or transformer blocks (lm)")
-    activation: str = _setting("relu", "model", "activation function of every block, every model",
-                               tuple(ACTIVATIONS))
+    activation: str = _setting("relu", "model", "activation function of every block, every model", tuple(ACTIVATIONS))
     width_mult: float = _setting(
-        1.0, "model", "channel/embedding width multiplier of the reference architectures (resnets, vgg16_bn, "
-                      "googlenet, vits, lm, cnn_gru; mlp and cnn use width)")
-    patch_size: int | None = _setting(None, "model", "ViT patch size (None: image side / 8, so 4 at 32x32, "
-                                                     "8 at 64x64)")
+        1.0,
+        "model",
+        "channel/embedding width multiplier of the reference architectures (resnets, vgg16_bn, "
+        "googlenet, vits, lm, cnn_gru; mlp and cnn use width)",
+    )
+    patch_size: int | None = _setting(None, "model", "ViT patch size (None: image side / 8, so 4 at 32x32, 8 at 64x64)")
     # optimisation
     optimizer: str = _setting("sgd", "optimisation", "optimizer", OPTIMIZERS)
     lr: float = _setting(0.05, "optimisation", "base learning rate (> 0)")
@@ -122,103 +134,168 @@ class RunConfig:
     probes: str = _setting("default", "probes", _probes_help(), metavar="PRESET|PROBE,...")
     # run
     device: str = _setting("auto", "run", "auto (CUDA when present), cpu or cuda", DEVICES)
-    precision: str = _setting("fp32", "run", "fp32, or bf16 autocast of the forward pass and loss (weights and "
-                                             "optimizer state stay fp32)", PRECISIONS)
-    channels_last: bool = _setting(False, "run", "NHWC layout of image batches and convolution weights (faster "
-                                                 "on GPUs with tensor cores)")
-    compile: bool = _setting(False, "run", "torch.compile the model in place (module names and the Recorder's "
-                                           "hooks are kept)")
+    precision: str = _setting(
+        "fp32",
+        "run",
+        "fp32, or bf16 autocast of the forward pass and loss (weights and optimizer state stay fp32)",
+        PRECISIONS,
+    )
+    channels_last: bool = _setting(
+        False, "run", "NHWC layout of image batches and convolution weights (faster on GPUs with tensor cores)"
+    )
+    compile: bool = _setting(
+        False, "run", "torch.compile the model in place (module names and the Recorder's hooks are kept)"
+    )
     flush_seconds: float = _setting(10.0, "run", "longest time between writes to the store")
     checkpoint_steps: int = _setting(
-        0, "run", "checkpoint every this many optimizer steps (0: by time only); always before the first step "
-                  "and after the last")
-    checkpoint_seconds: float = _setting(300.0, "run", "checkpoint when this many seconds passed since the last "
-                                                       "one (0: by steps only)")
+        0,
+        "run",
+        "checkpoint every this many optimizer steps (0: by time only); always before the first step and after the last",
+    )
+    checkpoint_seconds: float = _setting(
+        300.0, "run", "checkpoint when this many seconds passed since the last one (0: by steps only)"
+    )
     checkpoint_keep: int = _setting(2, "run", "newest checkpoints kept in <run>/checkpoints (>= 1)")
-    deterministic: bool = _setting(False, "run", "deterministic kernels only (torch.use_deterministic_algorithms), "
-                                                 "for bit-identical reruns and resumes")
+    deterministic: bool = _setting(
+        False,
+        "run",
+        "deterministic kernels only (torch.use_deterministic_algorithms), for bit-identical reruns and resumes",
+    )
     on_nonfinite: str = _setting(
-        "stop", "run", "NaN/Inf loss or gradient: stop (run failed), skip (that step's update is not applied) "
-                       "or record", NONFINITE_POLICIES)
+        "stop",
+        "run",
+        "NaN/Inf loss or gradient: stop (run failed), skip (that step's update is not applied) or record",
+        NONFINITE_POLICIES,
+    )
     # probes: parameter trajectories (dynamics.probes.trajectory, dynamics.snapshots)
-    sketch_dim: int = _setting(8, "probes", "random unit directions of the trajectory sketch traj_proj, per "
-                                            "parameter tensor and for the model")
-    sketch_seed: int = _setting(0, "probes", "seed of the sketch's directions, apart from seed, so that runs of "
-                                             "different seeds share one sketch")
+    sketch_dim: int = _setting(
+        8, "probes", "random unit directions of the trajectory sketch traj_proj, per parameter tensor and for the model"
+    )
+    sketch_seed: int = _setting(
+        0,
+        "probes",
+        "seed of the sketch's directions, apart from seed, so that runs of different seeds share one sketch",
+    )
     sketch_mode: str = _setting(
-        "sign", "probes", "sign: random sign directions (sketch_dim bits per parameter); dense: Gaussian "
-                          "directions (sketch_dim floats per parameter); hashed: sparse signs (one int32 per "
-                          "parameter)", SKETCH_MODES)
-    snapshots: bool = _setting(True, "probes", "keep full parameter snapshots: dense early (geometric in steps), "
-                                               "at every epoch end and the last step")
-    snapshot_budget_mb: float = _setting(256.0, "probes", "most MiB all snapshots may take; beyond it the planned "
-                                                          "snapshots are thinned evenly")
+        "sign",
+        "probes",
+        "sign: random sign directions (sketch_dim bits per parameter); dense: Gaussian "
+        "directions (sketch_dim floats per parameter); hashed: sparse signs (one int32 per "
+        "parameter)",
+        SKETCH_MODES,
+    )
+    snapshots: bool = _setting(
+        True,
+        "probes",
+        "keep full parameter snapshots: dense early (geometric in steps), at every epoch end and the last step",
+    )
+    snapshot_budget_mb: float = _setting(
+        256.0, "probes", "most MiB all snapshots may take; beyond it the planned snapshots are thinned evenly"
+    )
     # probes: phase-transition probes on a fixed probe set (dynamics.probes.representation / .fisher)
-    representation: bool = _setting(False, "probes", "record order parameters of the penultimate features (NC1, "
-                                                     "ridge and k-NN probe accuracy, CKA) on the probe set")
-    fisher: bool = _setting(False, "probes", "record the Fisher-information trace (labels sampled from the "
-                                             "model) on the probe set")
-    probe_samples: int = _setting(256, "probes", "training and test samples, each, in the probe set (seeded by "
-                                                 "data_seed: the same for every seed)")
-    probe_growth: float = _setting(0.1, "probes", "probe-set measurements at step 0, then "
-                                                  "max(1, ceil(probe_growth * step)) steps after each one")
-    probe_max_interval: int | None = _setting(None, "probes", "longest gap between probe-set measurements in "
-                                                              "steps; None leaves it unbounded")
-    store_features: bool = _setting(False, "probes", "also keep the raw probe-set features of each measurement "
-                                                     "in <run>/features/ (needs representation)")
+    representation: bool = _setting(
+        False,
+        "probes",
+        "record order parameters of the penultimate features (NC1, "
+        "ridge and k-NN probe accuracy, CKA) on the probe set",
+    )
+    fisher: bool = _setting(
+        False, "probes", "record the Fisher-information trace (labels sampled from the model) on the probe set"
+    )
+    probe_samples: int = _setting(
+        256,
+        "probes",
+        "training and test samples, each, in the probe set (seeded by data_seed: the same for every seed)",
+    )
+    probe_growth: float = _setting(
+        0.1, "probes", "probe-set measurements at step 0, then max(1, ceil(probe_growth * step)) steps after each one"
+    )
+    probe_max_interval: int | None = _setting(
+        None, "probes", "longest gap between probe-set measurements in steps; None leaves it unbounded"
+    )
+    store_features: bool = _setting(
+        False,
+        "probes",
+        "also keep the raw probe-set features of each measurement in <run>/features/ (needs representation)",
+    )
     # probes: gradient interference and activation revival of Mixup (dynamics.probes.interference)
-    interference: bool = _setting(False, "probes", "record cos and interference ratio of clean vs mixed "
-                                                   "gradients, activation revival and ATD on the probe set")
-    interference_every: int = _setting(10, "probes", "steps between interference measurements (on the step's "
-                                                     "batch, after its update)")
-    interference_alpha: float = _setting(0.4, "probes", "Mixup alpha the interference probe mixes with when the "
-                                                        "run itself mixes nothing")
+    interference: bool = _setting(
+        False,
+        "probes",
+        "record cos and interference ratio of clean vs mixed gradients, activation revival and ATD on the probe set",
+    )
+    interference_every: int = _setting(
+        10, "probes", "steps between interference measurements (on the step's batch, after its update)"
+    )
+    interference_alpha: float = _setting(
+        0.4, "probes", "Mixup alpha the interference probe mixes with when the run itself mixes nothing"
+    )
     interference_samples: bool = _setting(
-        False, "probes", "also record per-sample gradient statistics from one Gram of clean and mixed samples: "
-                         "clean-vs-mixed alignment, stiffness, gradient diversity, GSNR (costlier)")
+        False,
+        "probes",
+        "also record per-sample gradient statistics from one Gram of clean and mixed samples: "
+        "clean-vs-mixed alignment, stiffness, gradient diversity, GSNR (costlier)",
+    )
     # strategies (dynamics.strategies; validated by validate_strategies there)
-    mixup_alpha: float = _setting(0.0, "strategies", "Mixup Beta(alpha, alpha) concentration; 0 = off "
-                                                     "(Zhang et al. 2018)")
-    cutmix_alpha: float = _setting(0.0, "strategies", "CutMix Beta(alpha, alpha) concentration, images only; "
-                                                      "0 = off (Yun et al. 2019)")
+    mixup_alpha: float = _setting(
+        0.0, "strategies", "Mixup Beta(alpha, alpha) concentration; 0 = off (Zhang et al. 2018)"
+    )
+    cutmix_alpha: float = _setting(
+        0.0, "strategies", "CutMix Beta(alpha, alpha) concentration, images only; 0 = off (Yun et al. 2019)"
+    )
     mix_prob: float = _setting(1.0, "strategies", "probability of mixing a batch (batch mode) or a pair/sample")
     switch_prob: float = _setting(0.5, "strategies", "probability of CutMix instead of Mixup when both are on")
-    mix_mode: str = _setting("batch", "strategies", "one mixing coefficient per batch, pair or elem(ent)",
-                             MIX_MODES)
+    mix_mode: str = _setting("batch", "strategies", "one mixing coefficient per batch, pair or elem(ent)", MIX_MODES)
     label_smoothing: float = _setting(0.0, "strategies", "label smoothing of the training targets")
     enp_epochs: int | str | None = _setting(
-        None, "strategies", "Enlightenment Period length in epochs, or auto (smoothed training accuracy reaches "
-                            "50%); None: no period", metavar="N|auto")
+        None,
+        "strategies",
+        "Enlightenment Period length in epochs, or auto (smoothed training accuracy reaches 50%); None: no period",
+        metavar="N|auto",
+    )
     enp_tau: float = _setting(10.0, "strategies", "EMA time constant in steps of the auto period detection")
     enp_threshold: float = _setting(0.5, "strategies", "smoothed training accuracy that ends the auto period")
-    mixup_pause: bool = _setting(False, "strategies", "no mixing during the Enlightenment Period, then the "
-                                                      "configured Mixup (arXiv 2504.01737)")
-    alpha_boost: float | None = _setting(None, "strategies", "mix with Beta(A, A) during the Enlightenment "
-                                                             "Period, then the configured alpha", metavar="A")
-    high_loss_removal: float | None = _setting(None, "strategies", "leave the fraction Q of highest-loss samples "
-                                                                   "of each batch out during the period",
-                                               metavar="Q")
+    mixup_pause: bool = _setting(
+        False, "strategies", "no mixing during the Enlightenment Period, then the configured Mixup (arXiv 2504.01737)"
+    )
+    alpha_boost: float | None = _setting(
+        None,
+        "strategies",
+        "mix with Beta(A, A) during the Enlightenment Period, then the configured alpha",
+        metavar="A",
+    )
+    high_loss_removal: float | None = _setting(
+        None,
+        "strategies",
+        "leave the fraction Q of highest-loss samples of each batch out during the period",
+        metavar="Q",
+    )
     plp: bool = _setting(False, "strategies", "Parameter Linear Prediction every three points (arXiv 2310.10958)")
     plp_k: float = _setting(1.0, "strategies", "PLP extrapolation factor k")
     plp_unit: str = _setting("iteration", "strategies", "PLP points are iterations or epochs", PLP_UNITS)
-    plp_weights_only: bool = _setting(False, "strategies", "predict only weight tensors (ndim > 1), not "
-                                                           "biases/norm scales")
-    cyclical_factor: float = _setting(2.0, "strategies", "General Cyclical Training factor f >= 1 "
-                                                         "(arXiv 2202.08835)")
+    plp_weights_only: bool = _setting(
+        False, "strategies", "predict only weight tensors (ndim > 1), not biases/norm scales"
+    )
+    cyclical_factor: float = _setting(2.0, "strategies", "General Cyclical Training factor f >= 1 (arXiv 2202.08835)")
     cyclical_wd: str | None = _setting(None, "strategies", "cyclical weight decay MIN:MAX", metavar="MIN:MAX")
-    cyclical_temperature: str | None = _setting(None, "strategies", "cyclical softmax temperature MIN:MAX of the "
-                                                                    "training loss", metavar="MIN:MAX")
-    cyclical_clip: str | None = _setting(None, "strategies", "cyclical max gradient norm MIN:MAX",
-                                         metavar="MIN:MAX")
+    cyclical_temperature: str | None = _setting(
+        None, "strategies", "cyclical softmax temperature MIN:MAX of the training loss", metavar="MIN:MAX"
+    )
+    cyclical_clip: str | None = _setting(None, "strategies", "cyclical max gradient norm MIN:MAX", metavar="MIN:MAX")
     cyclical_focal: bool = _setting(False, "strategies", "train with the cyclical focal loss")
     focal_gamma_hc: float = _setting(3.0, "strategies", "cyclical focal loss exponent of (1 + p_t)")
     focal_gamma_pos: float = _setting(2.0, "strategies", "cyclical focal loss exponent of (1 - p_t)")
     focal_gamma_neg: float = _setting(2.0, "strategies", "cyclical focal loss exponent of p_c on other classes")
     focal_label_smoothing: float = _setting(0.1, "strategies", "label smoothing inside the cyclical focal loss")
-    cyclical_batch_size: str | None = _setting(None, "strategies", "cyclical batch size MIN:MAX (integers)",
-                                               metavar="MIN:MAX")
-    cyclical_aug: str | None = _setting(None, "strategies", "cyclical augmentation strength MIN:MAX: the Mixup "
-                                                            "alpha follows the schedule", metavar="MIN:MAX")
+    cyclical_batch_size: str | None = _setting(
+        None, "strategies", "cyclical batch size MIN:MAX (integers)", metavar="MIN:MAX"
+    )
+    cyclical_aug: str | None = _setting(
+        None,
+        "strategies",
+        "cyclical augmentation strength MIN:MAX: the Mixup alpha follows the schedule",
+        metavar="MIN:MAX",
+    )
 
     def to_dict(self) -> dict[str, Any]:
         """Plain flat dict for JSON."""
@@ -242,10 +319,19 @@ def probe_names(spec: str) -> tuple[str, ...]:
     return tuple(name.strip() for name in spec.split(","))
 
 
-_POSITIVE_INTS = ("width", "depth", "epochs", "batch_size", "eval_batch_size", "every", "sketch_dim",
-                  "interference_every")
-_CHOICES: dict[str, tuple[str, ...]] = {f.name: f.metadata["choices"] for f in fields(RunConfig)
-                                        if "choices" in f.metadata}
+_POSITIVE_INTS = (
+    "width",
+    "depth",
+    "epochs",
+    "batch_size",
+    "eval_batch_size",
+    "every",
+    "sketch_dim",
+    "interference_every",
+)
+_CHOICES: dict[str, tuple[str, ...]] = {
+    f.name: f.metadata["choices"] for f in fields(RunConfig) if "choices" in f.metadata
+}
 
 
 def _coerce(key: str, value: Any, hint: str) -> Any:
@@ -296,18 +382,24 @@ def flatten_sections(values: Mapping[str, Any], source: str = "settings", key: s
             put(raw_key, value, "top level")
             continue
         if raw_key not in SECTIONS:
-            raise ConfigError(f"{source} has a table {raw_key!r} that is no section; put its keys at the top level "
-                              f"or in a section: {', '.join(SECTIONS)}", key=key)
+            raise ConfigError(
+                f"{source} has a table {raw_key!r} that is no section; put its keys at the top level "
+                f"or in a section: {', '.join(SECTIONS)}",
+                key=key,
+            )
         for inner_key, inner in value.items():
             name = str(inner_key).replace("-", "_")
             home = SECTION_OF.get(name)
             if home is None:
                 valid = ", ".join(k for k, section in SECTION_OF.items() if section == raw_key)
-                raise ConfigError(f"{source}: unknown setting {inner_key!r} in [{raw_key}]; valid keys of "
-                                  f"[{raw_key}] are: {valid}", key=key)
+                raise ConfigError(
+                    f"{source}: unknown setting {inner_key!r} in [{raw_key}]; valid keys of [{raw_key}] are: {valid}",
+                    key=key,
+                )
             if home != raw_key:
-                raise ConfigError(f"{source}: {name} belongs in [{home}], not [{raw_key}]; move it to [{home}]",
-                                  key=key)
+                raise ConfigError(
+                    f"{source}: {name} belongs in [{home}], not [{raw_key}]; move it to [{home}]", key=key
+                )
             if isinstance(inner, Mapping):
                 raise ConfigError(f"{source}: {name} in [{raw_key}] is a table; give it a plain value", key=key)
             put(inner_key, inner, f"[{raw_key}]")
@@ -332,12 +424,14 @@ def _check_probes(spec: str) -> None:
     names = probe_names(spec)
     unknown = [name for name in names if name not in PROBES]
     if unknown:
-        raise ConfigError(f"unknown probe {unknown[0]!r} in probes {spec!r}; give a preset ({', '.join(PRESETS)}) "
-                          f"or a comma-separated list of: {', '.join(PROBES)}", key="probes")
+        raise ConfigError(
+            f"unknown probe {unknown[0]!r} in probes {spec!r}; give a preset ({', '.join(PRESETS)}) "
+            f"or a comma-separated list of: {', '.join(PROBES)}",
+            key="probes",
+        )
     twice = [name for name in names if names.count(name) > 1]
     if twice:
-        raise ConfigError(f"probe {twice[0]!r} is listed twice in probes {spec!r}; list each probe once",
-                          key="probes")
+        raise ConfigError(f"probe {twice[0]!r} is listed twice in probes {spec!r}; list each probe once", key="probes")
 
 
 def _check(ok: bool, key: str, message: str) -> None:
@@ -358,38 +452,71 @@ def validate(config: RunConfig) -> None:
         value = getattr(config, key)
         _check(value is None or value >= 1, key, f"{key} must be a positive integer or None, got {value}; fix it")
     c = config
-    _check(math.isfinite(c.lr) and c.lr > 0, "lr", f"lr must be a finite number > 0, got {c.lr}; pass a learning "
-                                                   "rate > 0")
-    _check(math.isfinite(c.width_mult) and c.width_mult > 0, "width_mult",
-           f"width_mult must be a finite number > 0, got {c.width_mult}; fix it")
-    _check(math.isfinite(c.weight_decay) and c.weight_decay >= 0, "weight_decay",
-           f"weight_decay must be a finite number >= 0, got {c.weight_decay}; fix it")
+    _check(
+        math.isfinite(c.lr) and c.lr > 0, "lr", f"lr must be a finite number > 0, got {c.lr}; pass a learning rate > 0"
+    )
+    _check(
+        math.isfinite(c.width_mult) and c.width_mult > 0,
+        "width_mult",
+        f"width_mult must be a finite number > 0, got {c.width_mult}; fix it",
+    )
+    _check(
+        math.isfinite(c.weight_decay) and c.weight_decay >= 0,
+        "weight_decay",
+        f"weight_decay must be a finite number >= 0, got {c.weight_decay}; fix it",
+    )
     _check(0 <= c.momentum < 1, "momentum", f"momentum must lie in [0, 1), got {c.momentum}; pass e.g. 0.9")
     _check(c.warmup_steps >= 0, "warmup_steps", f"warmup_steps must be >= 0, got {c.warmup_steps}; fix it")
-    _check(math.isfinite(c.flush_seconds) and c.flush_seconds > 0, "flush_seconds",
-           f"flush_seconds must be a finite number > 0, got {c.flush_seconds}; fix it")
-    _check(c.checkpoint_steps >= 0, "checkpoint_steps",
-           f"checkpoint_steps must be >= 0 (0: by time only), got {c.checkpoint_steps}; fix it")
-    _check(math.isfinite(c.checkpoint_seconds) and c.checkpoint_seconds >= 0, "checkpoint_seconds",
-           f"checkpoint_seconds must be a finite number >= 0 (0: by steps only), got {c.checkpoint_seconds}; fix it")
+    _check(
+        math.isfinite(c.flush_seconds) and c.flush_seconds > 0,
+        "flush_seconds",
+        f"flush_seconds must be a finite number > 0, got {c.flush_seconds}; fix it",
+    )
+    _check(
+        c.checkpoint_steps >= 0,
+        "checkpoint_steps",
+        f"checkpoint_steps must be >= 0 (0: by time only), got {c.checkpoint_steps}; fix it",
+    )
+    _check(
+        math.isfinite(c.checkpoint_seconds) and c.checkpoint_seconds >= 0,
+        "checkpoint_seconds",
+        f"checkpoint_seconds must be a finite number >= 0 (0: by steps only), got {c.checkpoint_seconds}; fix it",
+    )
     _check(c.checkpoint_keep >= 1, "checkpoint_keep", f"checkpoint_keep must be >= 1, got {c.checkpoint_keep}; fix it")
     _check(c.sketch_seed >= 0, "sketch_seed", f"sketch_seed must be >= 0, got {c.sketch_seed}; fix it")
-    _check(math.isfinite(c.snapshot_budget_mb) and c.snapshot_budget_mb > 0, "snapshot_budget_mb",
-           f"snapshot_budget_mb must be a finite number > 0, got {c.snapshot_budget_mb}; fix it")
+    _check(
+        math.isfinite(c.snapshot_budget_mb) and c.snapshot_budget_mb > 0,
+        "snapshot_budget_mb",
+        f"snapshot_budget_mb must be a finite number > 0, got {c.snapshot_budget_mb}; fix it",
+    )
     _check(c.probe_samples >= 2, "probe_samples", f"probe_samples must be >= 2, got {c.probe_samples}; fix it")
-    _check(math.isfinite(c.probe_growth) and c.probe_growth > 0, "probe_growth",
-           f"probe_growth must be a finite number > 0, got {c.probe_growth}; fix it")
-    _check(c.probe_max_interval is None or c.probe_max_interval >= 1, "probe_max_interval",
-           f"probe_max_interval must be >= 1 or None, got {c.probe_max_interval}; fix it")
+    _check(
+        math.isfinite(c.probe_growth) and c.probe_growth > 0,
+        "probe_growth",
+        f"probe_growth must be a finite number > 0, got {c.probe_growth}; fix it",
+    )
+    _check(
+        c.probe_max_interval is None or c.probe_max_interval >= 1,
+        "probe_max_interval",
+        f"probe_max_interval must be >= 1 or None, got {c.probe_max_interval}; fix it",
+    )
     if c.store_features and not c.representation:
-        raise ConfigError("store_features needs representation=True (it keeps that probe's features); set "
-                          "representation=True or store_features=False", key=("store_features", "representation"))
+        raise ConfigError(
+            "store_features needs representation=True (it keeps that probe's features); set "
+            "representation=True or store_features=False",
+            key=("store_features", "representation"),
+        )
     if c.interference_samples and not c.interference:
-        raise ConfigError("interference_samples needs interference=True (it extends that probe); set "
-                          "interference=True or interference_samples=False",
-                          key=("interference_samples", "interference"))
-    _check(math.isfinite(c.interference_alpha) and c.interference_alpha > 0, "interference_alpha",
-           f"interference_alpha must be a finite number > 0, got {c.interference_alpha}; fix it")
+        raise ConfigError(
+            "interference_samples needs interference=True (it extends that probe); set "
+            "interference=True or interference_samples=False",
+            key=("interference_samples", "interference"),
+        )
+    _check(
+        math.isfinite(c.interference_alpha) and c.interference_alpha > 0,
+        "interference_alpha",
+        f"interference_alpha must be a finite number > 0, got {c.interference_alpha}; fix it",
+    )
 
 
 def read_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -406,8 +533,9 @@ def read_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:
         raise ConfigError(f"config file {path} does not exist; check its name and folder", key="path") from None
     except (OSError, UnicodeDecodeError) as err:
         reason = getattr(err, "strerror", None) or err
-        raise ConfigError(f"config file {path} is unreadable ({reason}); fix its permissions or encoding",
-                          key="path") from None
+        raise ConfigError(
+            f"config file {path} is unreadable ({reason}); fix its permissions or encoding", key="path"
+        ) from None
     try:
         payload = tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
     except (tomllib.TOMLDecodeError, ValueError) as err:

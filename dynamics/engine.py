@@ -59,8 +59,9 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("device='cuda' was asked for but CUDA is not available; use device='cpu' or 'auto'",
-                          key="device")
+        raise ConfigError(
+            "device='cuda' was asked for but CUDA is not available; use device='cpu' or 'auto'", key="device"
+        )
     return torch.device(name)
 
 
@@ -70,8 +71,15 @@ def default_run_dir(config: RunConfig, root: str | os.PathLike[str] = "runs") ->
     return Path(root) / f"{stamp}-{config.dataset}-{config.model}-s{config.seed}"
 
 
-def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int, *,
-             prepare: InputPipeline | None = None, precision: str = "fp32") -> tuple[float, float]:
+def evaluate(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    batch_size: int,
+    *,
+    prepare: InputPipeline | None = None,
+    precision: str = "fp32",
+) -> tuple[float, float]:
     """Mean cross-entropy and accuracy over a whole split (per target position), in eval mode, unrecorded.
 
     The host-side view of :func:`dynamics.steps.evaluate_split`; ``prepare`` turns stored batches into
@@ -84,12 +92,21 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int
 def load_data(config: RunConfig, device: torch.device) -> Dataset:
     """The configured data set, moved to ``device`` whole."""
     with parameters_as({"name": "dataset", "seed": "data_seed"}):
-        data = load_dataset(config.dataset, num_samples=config.num_samples, train_size=config.train_size,
-                            seed=config.data_seed, data_dir=config.data_dir, image_size=config.image_size,
-                            seq_len=config.seq_len)
+        data = load_dataset(
+            config.dataset,
+            num_samples=config.num_samples,
+            train_size=config.train_size,
+            seed=config.data_seed,
+            data_dir=config.data_dir,
+            image_size=config.image_size,
+            seq_len=config.seq_len,
+        )
     if len(data.x_train) < config.batch_size:
-        raise ConfigError(f"batch_size {config.batch_size} exceeds the {len(data.x_train)} training samples; "
-                          "lower batch_size or raise train_size", key=("batch_size", "train_size"))
+        raise ConfigError(
+            f"batch_size {config.batch_size} exceeds the {len(data.x_train)} training samples; "
+            "lower batch_size or raise train_size",
+            key=("batch_size", "train_size"),
+        )
     return to_device(data, device)
 
 
@@ -101,11 +118,24 @@ def interference_mixer(config: RunConfig, num_classes: int) -> Mixup:
     seed = config.seed + 104729
     if config.mixup_alpha > 0 or config.cutmix_alpha > 0:
         with parameters_as(MIXUP_KEYS):
-            return Mixup(num_classes, config.mixup_alpha, config.cutmix_alpha, 1.0, config.switch_prob,
-                         config.mix_mode, config.label_smoothing, seed=seed)
+            return Mixup(
+                num_classes,
+                config.mixup_alpha,
+                config.cutmix_alpha,
+                1.0,
+                config.switch_prob,
+                config.mix_mode,
+                config.label_smoothing,
+                seed=seed,
+            )
     with parameters_as({**MIXUP_KEYS, "mixup_alpha": "interference_alpha"}):
-        return Mixup(num_classes, config.interference_alpha, mode=config.mix_mode,
-                     label_smoothing=config.label_smoothing, seed=seed)
+        return Mixup(
+            num_classes,
+            config.interference_alpha,
+            mode=config.mix_mode,
+            label_smoothing=config.label_smoothing,
+            seed=seed,
+        )
 
 
 def phase_probes(config: RunConfig, data: Dataset, pipeline: InputPipeline, run_dir: Path) -> list[Probe]:
@@ -113,21 +143,32 @@ def phase_probes(config: RunConfig, data: Dataset, pipeline: InputPipeline, run_
     if not (config.representation or config.fisher or config.interference):
         return []
     with parameters_as({"samples": "probe_samples", "seed": "data_seed"}):
-        probe_set = make_probe_set(data, config.probe_samples, config.data_seed,
-                                   prepare=lambda x: pipeline(x, False))
+        probe_set = make_probe_set(data, config.probe_samples, config.data_seed, prepare=lambda x: pipeline(x, False))
     with parameters_as({"growth": "probe_growth", "max_interval": "probe_max_interval"}):
         cadence = GeometricCadence(config.probe_growth, config.probe_max_interval)
     probes: list[Probe] = []
     if config.representation:
-        probes.append(Representation(probe_set, cadence=cadence, every=config.every,
-                                     features_dir=run_dir / "features" if config.store_features else None))
+        probes.append(
+            Representation(
+                probe_set,
+                cadence=cadence,
+                every=config.every,
+                features_dir=run_dir / "features" if config.store_features else None,
+            )
+        )
     if config.fisher:
         probes.append(FisherTrace(probe_set, cadence=cadence, every=config.every, seed=config.seed))
     if config.interference:
         with parameters_as({"interval": "interference_every", "sample_alignment": "interference_samples"}):
-            probes.append(Interference(interference_mixer(config, data.num_classes),
-                                       interval=config.interference_every, every=config.every, probe_set=probe_set,
-                                       sample_alignment=config.interference_samples))
+            probes.append(
+                Interference(
+                    interference_mixer(config, data.num_classes),
+                    interval=config.interference_every,
+                    every=config.every,
+                    probe_set=probe_set,
+                    sample_alignment=config.interference_samples,
+                )
+            )
     return probes
 
 
@@ -144,8 +185,14 @@ def set_deterministic() -> None:
     torch.backends.cudnn.deterministic = True
 
 
-def train(config: RunConfig, run_dir: str | os.PathLike[str], *, overwrite: bool = False,
-          progress: bool = True, resume: bool = False) -> RunResult:
+def train(
+    config: RunConfig,
+    run_dir: str | os.PathLike[str],
+    *,
+    overwrite: bool = False,
+    progress: bool = True,
+    resume: bool = False,
+) -> RunResult:
     """Train ``config`` and record it into ``run_dir``; raises NonFiniteLossError if the loss diverges.
 
     Checkpoints are written before the first step, at the configured cadence and after the last epoch
@@ -163,22 +210,34 @@ def train(config: RunConfig, run_dir: str | os.PathLike[str], *, overwrite: bool
     data = load_data(config, device)
     torch.manual_seed(config.seed)
     with parameters_as({"name": "model", "input_shape": "dataset", "kind": "dataset"}):
-        model = build_model(config.model, input_shape=data.input_shape, num_classes=data.num_classes,
-                            width=config.width, depth=config.depth, activation=config.activation,
-                            width_mult=config.width_mult, patch_size=config.patch_size, kind=data.kind).to(device)
+        model = build_model(
+            config.model,
+            input_shape=data.input_shape,
+            num_classes=data.num_classes,
+            width=config.width,
+            depth=config.depth,
+            activation=config.activation,
+            width_mult=config.width_mult,
+            patch_size=config.patch_size,
+            kind=data.kind,
+        ).to(device)
     model = prepare_model(model, channels_last=config.channels_last, compile=config.compile)
-    pipeline = InputPipeline(data, device, augment=config.augment, channels_last=config.channels_last,
-                             seed=config.seed)
+    pipeline = InputPipeline(data, device, augment=config.augment, channels_last=config.channels_last, seed=config.seed)
     with parameters_as({"name": "optimizer"}):
-        optimizer = build_optimizer(config.optimizer, model.parameters(), lr=config.lr, momentum=config.momentum,
-                                    nesterov=config.nesterov, weight_decay=config.weight_decay)
+        optimizer = build_optimizer(
+            config.optimizer,
+            model.parameters(),
+            lr=config.lr,
+            momentum=config.momentum,
+            nesterov=config.nesterov,
+            weight_decay=config.weight_decay,
+        )
     check_strategies_fit_data(config, data.input_shape, len(data.x_train))
     plan = StrategyPlan(config, model, optimizer, data.num_classes, config.seed)
     steps_per_epoch = [len(data.x_train) // plan.batch_size(epoch) for epoch in range(config.epochs)]
     total_steps = sum(steps_per_epoch)
     with parameters_as({"name": "schedule"}):
-        schedule = build_schedule(optimizer, config.schedule, total_steps=total_steps,
-                                  warmup_steps=config.warmup_steps)
+        schedule = build_schedule(optimizer, config.schedule, total_steps=total_steps, warmup_steps=config.warmup_steps)
     order = torch.Generator(device="cpu").manual_seed(config.seed)
     if checkpoint is not None:
         model.load_state_dict(checkpoint["model"])
@@ -189,38 +248,79 @@ def train(config: RunConfig, run_dir: str | os.PathLike[str], *, overwrite: bool
         pipeline.generator.set_state(checkpoint["augment"].cpu())
     with parameters_as({"k": "sketch_dim", "seed": "sketch_seed", "mode": "sketch_mode"}):
         sketch = Sketch(k=config.sketch_dim, seed=config.sketch_seed, mode=config.sketch_mode)
-    probes = [*(sketch if name == "sketch" else name for name in probe_names(config.probes)),
-              *phase_probes(config, data, pipeline, Path(run_dir))]
+    probes = [
+        *(sketch if name == "sketch" else name for name in probe_names(config.probes)),
+        *phase_probes(config, data, pipeline, Path(run_dir)),
+    ]
     with parameters_as({"budget_bytes": "snapshot_budget_mb"}):
-        snap_steps = snapshot_steps(total_steps, [end - 1 for end in accumulate(steps_per_epoch)],
-                                    snapshot_bytes=snapshot_bytes(list(model.parameters())),
-                                    budget_bytes=config.snapshot_budget_mb * 2**20) if config.snapshots else []
-    recorder = Recorder(model, optimizer, run_dir, every=config.every, probes=probes,
-                        config=config.to_dict(), seed=config.seed, flush_seconds=config.flush_seconds,
-                        on_nonfinite=config.on_nonfinite, overwrite=overwrite,
-                        resume=None if checkpoint is None else checkpoint["recorder"])
+        snap_steps = (
+            snapshot_steps(
+                total_steps,
+                [end - 1 for end in accumulate(steps_per_epoch)],
+                snapshot_bytes=snapshot_bytes(list(model.parameters())),
+                budget_bytes=config.snapshot_budget_mb * 2**20,
+            )
+            if config.snapshots
+            else []
+        )
+    recorder = Recorder(
+        model,
+        optimizer,
+        run_dir,
+        every=config.every,
+        probes=probes,
+        config=config.to_dict(),
+        seed=config.seed,
+        flush_seconds=config.flush_seconds,
+        on_nonfinite=config.on_nonfinite,
+        overwrite=overwrite,
+        resume=None if checkpoint is None else checkpoint["recorder"],
+    )
     recorder.note(num_classes=data.num_classes)
-    snapshots = SnapshotWriter(model, run_dir, snap_steps, flush_seconds=config.flush_seconds,
-                               resume_step=None if checkpoint is None else checkpoint["step"])
+    snapshots = SnapshotWriter(
+        model,
+        run_dir,
+        snap_steps,
+        flush_seconds=config.flush_seconds,
+        resume_step=None if checkpoint is None else checkpoint["step"],
+    )
     cadence = CheckpointCadence(config.checkpoint_steps, config.checkpoint_seconds)
 
     def save(epoch: int, batch: int, permutation: torch.Tensor | None) -> None:
         """Checkpoint before step ``recorder.steps_done``: batch ``batch`` of ``epoch`` comes next."""
         recorder_state = recorder.state_dict()  # flushes the store first
         snapshots.flush()
-        save_checkpoint(Path(run_dir), {
-            "step": recorder.steps_done, "epoch": epoch, "batch": batch,
-            "permutation": None if batch == 0 or permutation is None else permutation.cpu(),
-            "model": model.state_dict(), "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
-            "plan": plan.state_dict(), "order": order.get_state(), "augment": pipeline.generator.get_state(),
-            "rng": rng_states(), "recorder": recorder_state, "config": config.to_dict(),
-        }, config.checkpoint_keep)
+        save_checkpoint(
+            Path(run_dir),
+            {
+                "step": recorder.steps_done,
+                "epoch": epoch,
+                "batch": batch,
+                "permutation": None if batch == 0 or permutation is None else permutation.cpu(),
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "schedule": schedule.state_dict(),
+                "plan": plan.state_dict(),
+                "order": order.get_state(),
+                "augment": pipeline.generator.get_state(),
+                "rng": rng_states(),
+                "recorder": recorder_state,
+                "config": config.to_dict(),
+            },
+            config.checkpoint_keep,
+        )
         cadence.mark()
 
     start_epoch, start_batch = (0, 0) if checkpoint is None else (checkpoint["epoch"], checkpoint["batch"])
     val_loss: torch.Tensor | float | None = None
-    bar = tqdm(total=total_steps, initial=recorder.steps_done, desc="training", unit="step", disable=not progress,
-               dynamic_ncols=True)
+    bar = tqdm(
+        total=total_steps,
+        initial=recorder.steps_done,
+        desc="training",
+        unit="step",
+        disable=not progress,
+        dynamic_ncols=True,
+    )
     with recorder, snapshots, bar:
         model.train()
         if checkpoint is None:
@@ -237,7 +337,7 @@ def train(config: RunConfig, run_dir: str | os.PathLike[str], *, overwrite: bool
             else:
                 permutation = torch.randperm(len(data.x_train), generator=order).to(device)
             for batch in range(first, steps_per_epoch[epoch]):
-                index = permutation[batch * batch_size:(batch + 1) * batch_size]
+                index = permutation[batch * batch_size : (batch + 1) * batch_size]
                 x, y = data.x_train[index], data.y_train[index]
                 optimizer.zero_grad(set_to_none=True)
                 clean = pipeline(x, True)
@@ -258,19 +358,26 @@ def train(config: RunConfig, run_dir: str | os.PathLike[str], *, overwrite: bool
                 bar.update()
                 if not last and cadence.due(recorder.steps_done):
                     save(epoch, batch + 1, permutation)
-            val_loss, val_accuracy = evaluate_split(model, data.x_test, data.y_test, config.eval_batch_size,
-                                                    prepare=pipeline, precision=config.precision)
+            val_loss, val_accuracy = evaluate_split(
+                model, data.x_test, data.y_test, config.eval_batch_size, prepare=pipeline, precision=config.precision
+            )
             recorder.record_eval(val_loss=val_loss, val_accuracy=val_accuracy)  # device tensors: no sync here
             if progress:
                 bar.set_postfix(epoch=epoch + 1, val_acc=f"{float(val_accuracy):.3f}")
             if epoch == config.epochs - 1 or cadence.due(recorder.steps_done):
                 save(epoch + 1, 0, None)
         if val_loss is None:  # resumed from the checkpoint after the last epoch
-            val_loss, val_accuracy = evaluate_split(model, data.x_test, data.y_test, config.eval_batch_size,
-                                                    prepare=pipeline, precision=config.precision)
-        train_loss, train_accuracy = evaluate(model, data.x_train, data.y_train, config.eval_batch_size,
-                                              prepare=pipeline, precision=config.precision)
+            val_loss, val_accuracy = evaluate_split(
+                model, data.x_test, data.y_test, config.eval_batch_size, prepare=pipeline, precision=config.precision
+            )
+        train_loss, train_accuracy = evaluate(
+            model, data.x_train, data.y_train, config.eval_batch_size, prepare=pipeline, precision=config.precision
+        )
         val_loss, val_accuracy = float(val_loss), float(val_accuracy)
-        recorder.note(final_train_loss=train_loss, final_train_accuracy=train_accuracy,
-                      final_test_loss=val_loss, final_test_accuracy=val_accuracy)
+        recorder.note(
+            final_train_loss=train_loss,
+            final_train_accuracy=train_accuracy,
+            final_test_loss=val_loss,
+            final_test_accuracy=val_accuracy,
+        )
     return RunResult(Path(run_dir), total_steps, train_loss, train_accuracy, val_loss, val_accuracy)

@@ -37,21 +37,25 @@ def build_optimizer(
     if not (math.isfinite(lr) and lr > 0):
         raise ConfigError(f"lr must be a finite number > 0, got {lr!r}; pass a learning rate > 0", key="lr")
     if not (math.isfinite(weight_decay) and weight_decay >= 0):
-        raise ConfigError(f"weight_decay must be a finite number >= 0, got {weight_decay!r}; fix it",
-                          key="weight_decay")
+        raise ConfigError(
+            f"weight_decay must be a finite number >= 0, got {weight_decay!r}; fix it", key="weight_decay"
+        )
     if name == "adamw":
         if nesterov:
-            raise ConfigError("nesterov applies to sgd only; set nesterov=False or choose sgd",
-                              key=("nesterov", "name"))
+            raise ConfigError(
+                "nesterov applies to sgd only; set nesterov=False or choose sgd", key=("nesterov", "name")
+            )
         if len(betas) != 2 or not all(0 <= b < 1 for b in betas):
-            raise ConfigError(f"betas must be two numbers in [0, 1), got {betas!r}; pass e.g. (0.9, 0.999)",
-                              key="betas")
+            raise ConfigError(
+                f"betas must be two numbers in [0, 1), got {betas!r}; pass e.g. (0.9, 0.999)", key="betas"
+            )
         return torch.optim.AdamW(params, lr=lr, betas=tuple(betas), weight_decay=weight_decay)
     if not 0 <= momentum < 1:
         raise ConfigError(f"momentum must lie in [0, 1), got {momentum!r}; pass e.g. 0.9", key="momentum")
     if nesterov and momentum == 0:
-        raise ConfigError("nesterov needs momentum > 0; set momentum=0.9 (say) or nesterov=False",
-                          key=("nesterov", "momentum"))
+        raise ConfigError(
+            "nesterov needs momentum > 0; set momentum=0.9 (say) or nesterov=False", key=("nesterov", "momentum")
+        )
     return torch.optim.SGD(params, lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay)
 
 
@@ -107,8 +111,10 @@ def build_schedule(
     if isinstance(warmup_steps, bool) or not isinstance(warmup_steps, int) or warmup_steps < 0:
         raise ConfigError(f"warmup_steps must be an int >= 0, got {warmup_steps!r}; fix it", key="warmup_steps")
     if warmup_steps > total_steps:
-        raise ConfigError(f"warmup_steps ({warmup_steps}) exceeds the run's total_steps ({total_steps}); shorten "
-                          "warmup_steps", key="warmup_steps")
+        raise ConfigError(
+            f"warmup_steps ({warmup_steps}) exceeds the run's total_steps ({total_steps}); shorten warmup_steps",
+            key="warmup_steps",
+        )
     if step_size is None:
         step_size = max(1, total_steps // 3)
     if isinstance(step_size, bool) or not isinstance(step_size, int) or step_size < 1:

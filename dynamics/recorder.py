@@ -89,8 +89,11 @@ class Recorder:
         overwrite: bool = False,
         resume: Mapping[str, Any] | None = None,
     ) -> None:
-        for label, value in (("every", every), ("flush_steps", flush_steps),
-                             ("check_finite_every", check_finite_every)):
+        for label, value in (
+            ("every", every),
+            ("flush_steps", flush_steps),
+            ("check_finite_every", check_finite_every),
+        ):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"{label} must be a positive integer, got {value!r}")
         if not flush_seconds > 0:
@@ -107,8 +110,10 @@ class Recorder:
         """Epoch stamped on the following steps; set it from the training loop."""
         self.context = Context(model, optimizer)
         if not self.context.params:
-            raise ConfigError("the model has no trainable parameters (none, or all with requires_grad=False); "
-                              "give the Recorder the module being trained")
+            raise ConfigError(
+                "the model has no trainable parameters (none, or all with requires_grad=False); "
+                "give the Recorder the module being trained"
+            )
         self.probes = resolve_probes(probes)
         self.device = self.context.params[0].device
         self.dtype = torch.float64 if any(p.dtype == torch.float64 for p in self.context.params) else torch.float32
@@ -139,9 +144,15 @@ class Recorder:
                     self._layout.append((variable.name, math.prod(shape), shape))
             try:
                 if resume is None:
-                    self._writer = RunWriter(self.run_dir, coords, {
-                        "every": every, "probes": [p.name for p in self.probes], "config": dict(config or {}),
-                    })
+                    self._writer = RunWriter(
+                        self.run_dir,
+                        coords,
+                        {
+                            "every": every,
+                            "probes": [p.name for p in self.probes],
+                            "config": dict(config or {}),
+                        },
+                    )
                     write_json_atomic(self.run_dir / "config.json", dict(config or {}))
                 else:
                     self._writer = RunWriter.reopen(self.run_dir, int(resume["step"]))
@@ -152,17 +163,30 @@ class Recorder:
 
             if resume is None:
                 self._meta: dict[str, Any] = {
-                    "status": "running", "error": None, "started": now_iso(), "finished": None, "seed": seed,
-                    "every": every, "probes": [p.name for p in self.probes], "steps": 0, "last_flush": None,
-                    "on_nonfinite": on_nonfinite, "frozen_params": frozen, **environment(self.device),
+                    "status": "running",
+                    "error": None,
+                    "started": now_iso(),
+                    "finished": None,
+                    "seed": seed,
+                    "every": every,
+                    "probes": [p.name for p in self.probes],
+                    "steps": 0,
+                    "last_flush": None,
+                    "on_nonfinite": on_nonfinite,
+                    "frozen_params": frozen,
+                    **environment(self.device),
                 }
             else:
                 self._meta = read_json(self.run_dir / "meta.json")
                 for key in ("nonfinite", "failed_step", "first_nonfinite_step"):  # events after the checkpoint
                     self._meta.pop(key, None)
-                self._meta.update(status="running", error=None, finished=None, steps=self._writer.lengths["step"],
-                                  resumed=[*self._meta.get("resumed", []), {"step": int(resume["step"]),
-                                                                            "at": now_iso()}])
+                self._meta.update(
+                    status="running",
+                    error=None,
+                    finished=None,
+                    steps=self._writer.lengths["step"],
+                    resumed=[*self._meta.get("resumed", []), {"step": int(resume["step"]), "at": now_iso()}],
+                )
             self._write_meta()
 
             self._step = 0
@@ -197,15 +221,23 @@ class Recorder:
         """
         self._check_finite()
         self.flush()
-        return {"step": self._step, "epoch": self.epoch, "probes": [p.state_dict() for p in self.probes],
-                "first_bad_step": self._first_bad_step, "first_bad_value": self._first_bad_value,
-                "nonfinite": self._meta.get("nonfinite"), "skipped_steps": self._skipped_steps}
+        return {
+            "step": self._step,
+            "epoch": self.epoch,
+            "probes": [p.state_dict() for p in self.probes],
+            "first_bad_step": self._first_bad_step,
+            "first_bad_value": self._first_bad_value,
+            "nonfinite": self._meta.get("nonfinite"),
+            "skipped_steps": self._skipped_steps,
+        }
 
     def _restore(self, state: Mapping[str, Any]) -> None:
         """Continue from a checkpoint's :meth:`state_dict` (after the probes were attached)."""
         if len(state["probes"]) != len(self.probes):
-            raise StoreError(f"the checkpoint holds {len(state['probes'])} probe states but the run has "
-                             f"{len(self.probes)} probes; resume with the run's own config.json")
+            raise StoreError(
+                f"the checkpoint holds {len(state['probes'])} probe states but the run has "
+                f"{len(self.probes)} probes; resume with the run's own config.json"
+            )
         self._step = int(state["step"])
         self.epoch = int(state["epoch"])
         self.context.recording = self._step % self.every == 0
@@ -224,8 +256,15 @@ class Recorder:
         """Number of optimizer steps seen so far (the index the next step will get)."""
         return self._step
 
-    def step(self, loss: torch.Tensor | float, output: torch.Tensor | None = None,
-             target: torch.Tensor | None = None, *, inputs: torch.Tensor | None = None, **scalars: Scalar) -> None:
+    def step(
+        self,
+        loss: torch.Tensor | float,
+        output: torch.Tensor | None = None,
+        target: torch.Tensor | None = None,
+        *,
+        inputs: torch.Tensor | None = None,
+        **scalars: Scalar,
+    ) -> None:
         """Mark the end of one optimizer step; call it after ``optimizer.step()``.
 
         ``inputs`` is the step's clean model input (before mixing), for probes that rerun the batch.
@@ -271,15 +310,20 @@ class Recorder:
         # a tensor lr (capturable/fused optimizers) is copied, not read: float() would sync with the device
         lr = lr.detach().clone() if isinstance(lr, torch.Tensor) else float(lr)
         self._host_rows.append((self._step, self.epoch, lr))
-        self._extras.append({k: v.detach() if isinstance(v, torch.Tensor) else v for k, v in scalars.items()}
-                            if scalars else _NO_SCALARS)
+        self._extras.append(
+            {k: v.detach() if isinstance(v, torch.Tensor) else v for k, v in scalars.items()}
+            if scalars
+            else _NO_SCALARS
+        )
 
     def _verify_first_row(self, values: list[torch.Tensor], data: StepData) -> None:
         """At the first recorded step: the probes measured what they declared; keep the class count seen."""
         sizes = [v.numel() for v in values]
         if sizes != [size for _, size, _ in self._layout]:
-            raise RuntimeError(f"the probes measured values of sizes {sizes}, but declared variables "
-                               f"{self._layout}: measure() must return variables() in order")
+            raise RuntimeError(
+                f"the probes measured values of sizes {sizes}, but declared variables "
+                f"{self._layout}: measure() must return variables() in order"
+            )
         if data.output is not None and data.output.dim() >= 2 and "num_classes" not in self._meta:
             self._meta["num_classes"] = int(data.output.shape[-1])
             self._write_meta()
@@ -289,8 +333,9 @@ class Recorder:
         """Record evaluation results (e.g. ``val_loss``, ``val_accuracy``) at the last completed step."""
         if self._closed:
             raise RuntimeError("Recorder.record_eval() after close()")
-        self._eval_rows.append((self._step - 1, {k: v.detach() if isinstance(v, torch.Tensor) else v
-                                                 for k, v in values.items()}))
+        self._eval_rows.append(
+            (self._step - 1, {k: v.detach() if isinstance(v, torch.Tensor) else v for k, v in values.items()})
+        )
 
     def note(self, **values: float | int | str) -> None:
         """Store summary results (e.g. final accuracies) under ``results`` in ``meta.json``."""
@@ -349,8 +394,12 @@ class Recorder:
         step = min(steps)
         self._first_bad_step = step
         self._first_bad_value = float(values[step - first_step])
-        self._meta["nonfinite"] = {"step": step, "kind": "gradient" if math.isfinite(self._first_bad_value)
-                                   else "loss", "loss": str(self._first_bad_value), **self._locate(step)}
+        self._meta["nonfinite"] = {
+            "step": step,
+            "kind": "gradient" if math.isfinite(self._first_bad_value) else "loss",
+            "loss": str(self._first_bad_value),
+            **self._locate(step),
+        }
 
     def _finite_gradients(self, first_row: int) -> torch.Tensor:
         """Per row from ``first_row`` and parameter: whether the recorded gradient norm is finite or the parameter
@@ -425,7 +474,7 @@ class Recorder:
         columns: dict[str, tuple[tuple[str, ...], np.ndarray]] = {}
         offset = 0
         for name, size, shape in self._layout:
-            block = matrix[:, offset:offset + size].reshape(len(matrix), *shape)
+            block = matrix[:, offset : offset + size].reshape(len(matrix), *shape)
             columns[name] = (self._dims[name], block)
             offset += size
         steps, epochs, lrs = zip(*self._host_rows, strict=True)
@@ -437,8 +486,10 @@ class Recorder:
 
     def _eval_columns(self) -> dict[str, tuple[tuple[str, ...], np.ndarray]]:
         steps = np.asarray([step for step, _ in self._eval_rows], dtype=np.int64)
-        return {"eval_step": (("eval_step",), steps),
-                **_scalar_columns("eval_step", [values for _, values in self._eval_rows])}
+        return {
+            "eval_step": (("eval_step",), steps),
+            **_scalar_columns("eval_step", [values for _, values in self._eval_rows]),
+        }
 
     def _write_meta(self) -> None:
         try:
@@ -471,8 +522,9 @@ class Recorder:
     def __enter__(self) -> Recorder:
         return self
 
-    def __exit__(self, kind: type[BaseException] | None, value: BaseException | None,
-                 traceback: TracebackType | None) -> None:
+    def __exit__(
+        self, kind: type[BaseException] | None, value: BaseException | None, traceback: TracebackType | None
+    ) -> None:
         if kind is None:
             self.close()
         else:
@@ -481,8 +533,10 @@ class Recorder:
 
 def write_failed(path: Path, err: OSError) -> StoreError:
     """The one-line error of a failed write (disk full, read-only directory), naming the fix."""
-    return StoreError(f"writing {path} failed ({err.strerror or err}); free disk space or make the run "
-                      "directory writable (or choose another run directory)")
+    return StoreError(
+        f"writing {path} failed ({err.strerror or err}); free disk space or make the run "
+        "directory writable (or choose another run directory)"
+    )
 
 
 def _host_floats(values: Sequence[float | torch.Tensor]) -> list[float]:
@@ -494,8 +548,9 @@ def _host_floats(values: Sequence[float | torch.Tensor]) -> list[float]:
     return [next(host) if isinstance(v, torch.Tensor) else v for v in values]
 
 
-def _scalar_columns(append_dim: str, rows: Sequence[Mapping[str, Scalar]]) -> dict[str, tuple[tuple[str, ...],
-                                                                                            np.ndarray]]:
+def _scalar_columns(
+    append_dim: str, rows: Sequence[Mapping[str, Scalar]]
+) -> dict[str, tuple[tuple[str, ...], np.ndarray]]:
     """Columns of per-row extra scalars; tensors move to the host in one stacked transfer per name."""
     names = list(dict.fromkeys(name for row in rows for name in row))
     columns = {}

@@ -37,22 +37,27 @@ class RunLock:
         try:
             fd = os.open(self.path, os.O_RDONLY | os.O_CREAT, 0o644)
         except OSError as err:
-            raise ConfigError(f"cannot create {self.path} ({err.strerror}); choose a writable run_dir",
-                              key="run_dir") from None
+            raise ConfigError(
+                f"cannot create {self.path} ({err.strerror}); choose a writable run_dir", key="run_dir"
+            ) from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
             holder = os.read(fd, 32).decode(errors="replace").strip() or "?"
             os.close(fd)
-            raise ConfigError(f"{run_dir} is being written by another process (pid {holder}); wait for it to end "
-                              "or stop it, or choose another run_dir", key="run_dir") from None
+            raise ConfigError(
+                f"{run_dir} is being written by another process (pid {holder}); wait for it to end "
+                "or stop it, or choose another run_dir",
+                key="run_dir",
+            ) from None
         self._fd = fd
         try:
             self.path.write_text(f"{os.getpid()}\n")
         except OSError as err:
             self.release()
-            raise ConfigError(f"cannot write {self.path} ({err.strerror}); choose a writable run directory with "
-                              "free space") from None
+            raise ConfigError(
+                f"cannot write {self.path} ({err.strerror}); choose a writable run directory with free space"
+            ) from None
 
     def release(self) -> None:
         """Give the lock back (idempotent); the file stays, naming no live writer."""

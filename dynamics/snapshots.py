@@ -46,8 +46,14 @@ CHUNK_COLUMNS = 1 << 16
 """Parameters per stored chunk of one snapshot (256 KiB of float32); readers go through columns in such blocks."""
 
 
-def snapshot_steps(total_steps: int, epoch_ends: Iterable[int] = (), *, growth: float = 0.1,
-                   snapshot_bytes: int = 0, budget_bytes: float | None = None) -> list[int]:
+def snapshot_steps(
+    total_steps: int,
+    epoch_ends: Iterable[int] = (),
+    *,
+    growth: float = 0.1,
+    snapshot_bytes: int = 0,
+    budget_bytes: float | None = None,
+) -> list[int]:
     """The planned snapshot steps: -1 (initial), a geometric cadence, every epoch end and the last step.
 
     The geometric part is :class:`~dynamics.probes.cadence.GeometricCadence` with ``growth`` (every step up
@@ -67,9 +73,12 @@ def snapshot_steps(total_steps: int, epoch_ends: Iterable[int] = (), *, growth: 
         raise ConfigError(f"budget_bytes must be > 0, got {budget_bytes!r}; fix it", key="budget_bytes")
     fit = int(budget_bytes // max(snapshot_bytes, 1))
     if fit < 2:
-        raise ConfigError(f"a snapshot takes {snapshot_bytes / 2**20:.1f} MiB, so the budget of "
-                          f"{budget_bytes / 2**20:.1f} MiB holds fewer than two (initial and final); "
-                          "raise budget_bytes or record no snapshots", key="budget_bytes")
+        raise ConfigError(
+            f"a snapshot takes {snapshot_bytes / 2**20:.1f} MiB, so the budget of "
+            f"{budget_bytes / 2**20:.1f} MiB holds fewer than two (initial and final); "
+            "raise budget_bytes or record no snapshots",
+            key="budget_bytes",
+        )
     if fit >= len(planned):
         return planned
     keep = np.unique(np.round(np.linspace(0, len(planned) - 1, fit)).astype(int))
@@ -98,11 +107,15 @@ class ParamSlice:
 def param_layout(ds: xr.Dataset) -> list[ParamSlice]:
     """The parameter tensors of the ``snapshot`` variable of run ``ds`` (from ``open_run``), in row order."""
     if "snapshot" not in ds.variables:
-        raise ConfigError("the run has no parameter snapshots; record them (snapshots=True, the engine's default, "
-                          "or a SnapshotWriter in your loop)")
+        raise ConfigError(
+            "the run has no parameter snapshots; record them (snapshots=True, the engine's default, "
+            "or a SnapshotWriter in your loop)"
+        )
     attrs = ds["snapshot"].attrs
-    return [ParamSlice(str(name), tuple(int(n) for n in shape), int(offset)) for name, shape, offset
-            in zip(attrs["param_names"], attrs["param_shapes"], attrs["param_offsets"], strict=True)]
+    return [
+        ParamSlice(str(name), tuple(int(n) for n in shape), int(offset))
+        for name, shape, offset in zip(attrs["param_names"], attrs["param_shapes"], attrs["param_offsets"], strict=True)
+    ]
 
 
 class SnapshotWriter:
@@ -122,8 +135,16 @@ class SnapshotWriter:
             (taken after the checkpoint) and only planned steps from ``resume_step`` on are taken.
     """
 
-    def __init__(self, model: nn.Module, run_dir: str | os.PathLike[str], steps: Iterable[int], *,
-                 flush_seconds: float = 10.0, flush_bytes: int = 256 * 2**20, resume_step: int | None = None) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        run_dir: str | os.PathLike[str],
+        steps: Iterable[int],
+        *,
+        flush_seconds: float = 10.0,
+        flush_bytes: int = 256 * 2**20,
+        resume_step: int | None = None,
+    ) -> None:
         self.path = Path(run_dir) / DATA_NAME / GROUP
         named = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
         self.params = [p for _, p in named]
@@ -172,31 +193,55 @@ class SnapshotWriter:
 
     def _take(self, step: int, epoch: int) -> None:
         with torch.no_grad():
-            flat = torch.cat([p.detach().reshape(-1).float() for p in self.params]) if self.params else \
-                torch.zeros(0)
+            flat = torch.cat([p.detach().reshape(-1).float() for p in self.params]) if self.params else torch.zeros(0)
         self._pending.append((step, epoch, flat))
 
     def _open(self) -> None:
         if not (self.path.parent / "zarr.json").exists():
-            raise StoreError(f"{self.path.parent} does not exist; create the Recorder of the run before its "
-                             "SnapshotWriter")
+            raise StoreError(
+                f"{self.path.parent} does not exist; create the Recorder of the run before its SnapshotWriter"
+            )
         self._group = zarr.open_group(self.path, mode="w", zarr_format=3, attributes={"committed": {"snap_step": 0}})
-        layout = {"param_names": [s.name for s in self.layout], "param_shapes": [list(s.shape) for s in self.layout],
-                  "param_offsets": [s.offset for s in self.layout]}
+        layout = {
+            "param_names": [s.name for s in self.layout],
+            "param_shapes": [list(s.shape) for s in self.layout],
+            "param_offsets": [s.offset for s in self.layout],
+        }
         self._arrays = {
             "snapshot": self._group.create_array(
-                "snapshot", shape=(0, self.numel), chunks=(1, max(1, min(self.numel, CHUNK_COLUMNS))),
-                dtype=np.float32, dimension_names=["snap_step", "flat"], fill_value=np.nan, **checked_array_options(),
-                attributes={"long_name": "parameter snapshot", "units": "param", **layout,
-                            "description": "trainable parameters after optimizer step snap_step (-1: initial), "
-                                           "flattened row-major and concatenated at param_offsets"}),
-            "snap_step": self._group.create_array(
-                "snap_step", shape=(0,), chunks=(512,), dtype=np.int64, dimension_names=["snap_step"],
+                "snapshot",
+                shape=(0, self.numel),
+                chunks=(1, max(1, min(self.numel, CHUNK_COLUMNS))),
+                dtype=np.float32,
+                dimension_names=["snap_step", "flat"],
+                fill_value=np.nan,
                 **checked_array_options(),
-                attributes={"long_name": "step of the snapshot", "description": "-1: the initial parameters"}),
+                attributes={
+                    "long_name": "parameter snapshot",
+                    "units": "param",
+                    **layout,
+                    "description": "trainable parameters after optimizer step snap_step (-1: initial), "
+                    "flattened row-major and concatenated at param_offsets",
+                },
+            ),
+            "snap_step": self._group.create_array(
+                "snap_step",
+                shape=(0,),
+                chunks=(512,),
+                dtype=np.int64,
+                dimension_names=["snap_step"],
+                **checked_array_options(),
+                attributes={"long_name": "step of the snapshot", "description": "-1: the initial parameters"},
+            ),
             "snap_epoch": self._group.create_array(
-                "snap_epoch", shape=(0,), chunks=(512,), dtype=np.int64, dimension_names=["snap_step"],
-                **checked_array_options(), attributes={"long_name": "epoch of the snapshot"}),
+                "snap_epoch",
+                shape=(0,),
+                chunks=(512,),
+                dtype=np.int64,
+                dimension_names=["snap_step"],
+                **checked_array_options(),
+                attributes={"long_name": "epoch of the snapshot"},
+            ),
         }
 
     def flush(self) -> None:
@@ -210,15 +255,20 @@ class SnapshotWriter:
         rows = torch.stack(flats).cpu().numpy()
         start, stop = self.written, self.written + len(rows)
         try:
-            for name, values in (("snapshot", rows), ("snap_step", np.asarray(steps, dtype=np.int64)),
-                                 ("snap_epoch", np.asarray(epochs, dtype=np.int64))):
+            for name, values in (
+                ("snapshot", rows),
+                ("snap_step", np.asarray(steps, dtype=np.int64)),
+                ("snap_epoch", np.asarray(epochs, dtype=np.int64)),
+            ):
                 array = self._arrays[name]
                 array.resize((stop, *array.shape[1:]))
                 array[start:stop] = values
             self._group.attrs["committed"] = {"snap_step": stop}
         except OSError as err:
-            raise StoreError(f"writing snapshots to {self.path} failed ({err.strerror or err}); "
-                             "free disk space or lower snapshot_budget_mb") from None
+            raise StoreError(
+                f"writing snapshots to {self.path} failed ({err.strerror or err}); "
+                "free disk space or lower snapshot_budget_mb"
+            ) from None
         self.written = stop
         self._pending = []
 
@@ -231,8 +281,9 @@ class SnapshotWriter:
     def __enter__(self) -> SnapshotWriter:
         return self
 
-    def __exit__(self, kind: type[BaseException] | None, value: BaseException | None,
-                 traceback: TracebackType | None) -> None:
+    def __exit__(
+        self, kind: type[BaseException] | None, value: BaseException | None, traceback: TracebackType | None
+    ) -> None:
         self.close()
 
 

@@ -26,8 +26,9 @@ def autocast(device: torch.device, precision: str) -> torch.autocast:
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
 
 
-def prepare_model(model: nn.Module, *, channels_last: bool = False, compile: bool = False,
-                  backend: str = "inductor") -> nn.Module:
+def prepare_model(
+    model: nn.Module, *, channels_last: bool = False, compile: bool = False, backend: str = "inductor"
+) -> nn.Module:
     """Put ``model`` in channels_last layout and/or compile it in place (``nn.Module.compile``).
 
     In-place compilation keeps ``named_modules``/``named_parameters`` unchanged, so hooks attached later by
@@ -42,9 +43,15 @@ def prepare_model(model: nn.Module, *, channels_last: bool = False, compile: boo
 
 
 @torch.no_grad()
-def evaluate_split(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int, *,
-                   prepare: Callable[[torch.Tensor, bool], torch.Tensor] | None = None,
-                   precision: str = "fp32") -> tuple[torch.Tensor, torch.Tensor]:
+def evaluate_split(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    batch_size: int,
+    *,
+    prepare: Callable[[torch.Tensor, bool], torch.Tensor] | None = None,
+    precision: str = "fp32",
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean cross-entropy and accuracy over a split, per target position, in eval mode, as device tensors.
 
     Nothing is read back to the host, so the caller decides when to synchronise (the engine hands the
@@ -57,9 +64,9 @@ def evaluate_split(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_siz
     correct = torch.zeros((), dtype=torch.long, device=x.device)
     with autocast(x.device, precision):
         for start in range(0, len(x), batch_size):
-            inputs = x[start:start + batch_size]
+            inputs = x[start : start + batch_size]
             out = model(inputs if prepare is None else prepare(inputs, False)).flatten(0, -2).float()
-            target = y[start:start + batch_size].flatten()
+            target = y[start : start + batch_size].flatten()
             loss_sum += F.cross_entropy(out, target, reduction="sum").double()
             correct += (out.argmax(-1) == target).sum()
     model.train(was_training)

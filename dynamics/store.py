@@ -116,23 +116,25 @@ def prepare_run_dir(run_dir: Path, overwrite: bool) -> RunLock:
     if replace:
         meta_path = run_dir / "meta.json"
         if not meta_path.exists():
-            raise ConfigError(f"run_dir={run_dir} exists and is not a run directory; choose an empty or new run_dir",
-                              key="run_dir")
+            raise ConfigError(
+                f"run_dir={run_dir} exists and is not a run directory; choose an empty or new run_dir", key="run_dir"
+            )
         if not overwrite:
             status = _status_of(meta_path)
             raise ConfigError(
                 f"run_dir={run_dir} already holds a {status} run; pass overwrite=True to replace it or choose another "
-                "run_dir", key=("run_dir", "overwrite")
+                "run_dir",
+                key=("run_dir", "overwrite"),
             )
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
     except OSError as err:
-        raise ConfigError(f"cannot create run_dir={run_dir} ({err.strerror}); choose a writable run_dir",
-                          key="run_dir") from None
+        raise ConfigError(
+            f"cannot create run_dir={run_dir} ({err.strerror}); choose a writable run_dir", key="run_dir"
+        ) from None
     lock = RunLock(run_dir)
     if replace:
-        for name in ("config.json", "meta.json", DATA_NAME, "overview.png", "overview.pdf", "features",
-                     "checkpoints"):
+        for name in ("config.json", "meta.json", DATA_NAME, "overview.png", "overview.pdf", "features", "checkpoints"):
             target = run_dir / name
             if target.is_dir():
                 shutil.rmtree(target)
@@ -180,21 +182,24 @@ class RunWriter:
     def __init__(self, run_dir: Path, coords: Mapping[str, Sequence[str]], attrs: Mapping[str, Any]) -> None:
         self.path = run_dir / DATA_NAME
         # the format tag is in the very first zarr.json, so a reader never sees an untagged run store
-        self.group = zarr.open_group(self.path, mode="w", zarr_format=3,
-                                     attributes={"format": FORMAT, "format_version": FORMAT_VERSION})
+        self.group = zarr.open_group(
+            self.path, mode="w", zarr_format=3, attributes={"format": FORMAT, "format_version": FORMAT_VERSION}
+        )
         self.lengths = dict.fromkeys(APPEND_DIMS, 0)
         self.dim_sizes: dict[str, int] = {}
         self._arrays: dict[str, zarr.Array] = {}
         self._attrs: dict[str, dict[str, Any]] = {}
         for name, labels in coords.items():
             values = np.asarray(list(labels), dtype=str)
-            array = self.group.create_array(name, shape=values.shape, dtype=str, dimension_names=[name],
-                                            **checked_array_options())
+            array = self.group.create_array(
+                name, shape=values.shape, dtype=str, dimension_names=[name], **checked_array_options()
+            )
             if values.size:
                 array[:] = values
             self.dim_sizes[name] = len(values)
-        self.group.attrs.update({"format": FORMAT, "format_version": FORMAT_VERSION, **attrs,
-                                 "committed": dict(self.lengths)})
+        self.group.attrs.update(
+            {"format": FORMAT, "format_version": FORMAT_VERSION, **attrs, "committed": dict(self.lengths)}
+        )
 
     @classmethod
     def reopen(cls, run_dir: Path, before_step: int) -> RunWriter:
@@ -210,8 +215,10 @@ class RunWriter:
         except OSError:
             raise  # not writable: the caller names the fix
         except Exception as err:  # zarr raises many types for a missing or damaged store
-            raise StoreError(f"{writer.path} cannot be reopened ({type(err).__name__}: {err}); "
-                             "the run cannot be resumed, start it again") from None
+            raise StoreError(
+                f"{writer.path} cannot be reopened ({type(err).__name__}: {err}); "
+                "the run cannot be resumed, start it again"
+            ) from None
         committed = writer.group.attrs.get("committed", {})
         lengths = {dim: int(committed.get(dim, 0)) for dim in APPEND_DIMS}
         writer.dim_sizes, writer._arrays, writer._attrs = {}, {}, {}
@@ -221,8 +228,10 @@ class RunWriter:
                 writer._arrays[name] = array
             elif dims == (name,):
                 writer.dim_sizes[name] = array.shape[0]
-        writer.lengths = {dim: rows_before(writer._arrays[dim], lengths[dim], before_step)
-                          if dim in writer._arrays else 0 for dim in APPEND_DIMS}
+        writer.lengths = {
+            dim: rows_before(writer._arrays[dim], lengths[dim], before_step) if dim in writer._arrays else 0
+            for dim in APPEND_DIMS
+        }
         cut_group(writer.group, writer.lengths)
         return writer
 
@@ -239,7 +248,12 @@ class RunWriter:
         chunks = (CHUNK_ROWS, *(max(1, self.dim_sizes[d]) for d in dims[1:]))
         fill = np.nan if np.issubdtype(dtype, np.floating) else 0
         array = self.group.create_array(
-            name, shape=shape, chunks=chunks, dtype=dtype, dimension_names=list(dims), fill_value=fill,
+            name,
+            shape=shape,
+            chunks=chunks,
+            dtype=dtype,
+            dimension_names=list(dims),
+            fill_value=fill,
             attributes={**self._attrs.get(name, {}), **({FIRST_ROW: shape[0]} if shape[0] else {})},
             **checked_array_options(),
         )
@@ -314,11 +328,17 @@ class _CommittedArray(BackendArray):
         """Raise StoreError naming the first chunk of the committed shape whose file is missing (one listing)."""
         if not self.checked or self.directory is None:
             return
-        present = {Path(root, name).relative_to(self.directory).as_posix()
-                   for root, _, names in os.walk(self.directory) for name in names}
-        self._check_present(itertools.product(*(range(-(-size // chunk)) for size, chunk
-                                                 in zip(self.shape, self.array.chunks, strict=True))),
-                            present.__contains__)
+        present = {
+            Path(root, name).relative_to(self.directory).as_posix()
+            for root, _, names in os.walk(self.directory)
+            for name in names
+        }
+        self._check_present(
+            itertools.product(
+                *(range(-(-size // chunk)) for size, chunk in zip(self.shape, self.array.chunks, strict=True))
+            ),
+            present.__contains__,
+        )
 
     def _chunks_of(self, key: tuple[Any, ...]) -> Iterable[tuple[int, ...]]:
         """The chunk coordinates a bounded basic key covers, in order."""
@@ -335,8 +355,10 @@ class _CommittedArray(BackendArray):
         if self.directory is None:
             return
         if not (self.directory / "zarr.json").is_file():
-            raise StoreError(f"{self.directory} is gone: the run directory was moved or deleted after open_run; "
-                             "open it again where it is now")
+            raise StoreError(
+                f"{self.directory} is gone: the run directory was moved or deleted after open_run; "
+                "open it again where it is now"
+            )
         if not self.checked:
             return
         for coords in chunks:
@@ -348,13 +370,16 @@ class _CommittedArray(BackendArray):
     def _damage(self, chunks: Iterable[tuple[int, ...]], err: Exception) -> StoreError:
         """The StoreError of a read that raised ``err``: the first chunk that fails alone is named."""
         for coords in chunks:
-            region = tuple(slice(i * chunk, min((i + 1) * chunk, size))
-                           for i, chunk, size in zip(coords, self.array.chunks, self.array.shape, strict=True))
+            region = tuple(
+                slice(i * chunk, min((i + 1) * chunk, size))
+                for i, chunk, size in zip(coords, self.array.chunks, self.array.shape, strict=True)
+            )
             try:
                 self.array[region]
             except Exception as chunk_err:
-                return StoreError(f"{self._name()}: {self._chunk(coords)} is unreadable ({_reason(chunk_err)}); "
-                                  f"{DAMAGED}")
+                return StoreError(
+                    f"{self._name()}: {self._chunk(coords)} is unreadable ({_reason(chunk_err)}); {DAMAGED}"
+                )
         return StoreError(f"{self._name()} is unreadable ({_reason(err)}); {DAMAGED}")
 
     def _name(self) -> str:
@@ -463,8 +488,9 @@ def open_run(path: str | os.PathLike[str]) -> xr.Dataset:
     variables.update(grouped)
     for dim in APPEND_DIMS:  # before the first flush of a dimension: an empty coordinate, not a missing one
         variables.setdefault(dim, xr.Variable((dim,), np.zeros(0, dtype=np.int64)))
-    coord_names = [n for n in variables if variables[n].dims == (n,)] + [n for n in ("epoch", "snap_epoch")
-                                                                         if n in variables]
+    coord_names = [n for n in variables if variables[n].dims == (n,)] + [
+        n for n in ("epoch", "snap_epoch") if n in variables
+    ]
     data_vars = {n: v for n, v in variables.items() if n not in coord_names}
     dataset = xr.Dataset(data_vars, coords={n: variables[n] for n in coord_names})
     dataset.attrs.update({k: v for k, v in attrs.items() if k not in ("format", "committed")})

@@ -62,31 +62,47 @@ def grid_axis(coords: np.ndarray, resolution: int, margin: float) -> np.ndarray:
 def rebuild(config: Mapping[str, Any], device: torch.device) -> tuple[nn.Module, Dataset]:
     """The run's model (initialised with its seed) and data set, rebuilt from its config (``ds.attrs["config"]``)."""
     if not isinstance(config, Mapping) or "model" not in config or "dataset" not in config:
-        raise ConfigError("the run's config names no built-in model and dataset (a custom training loop?); "
-                          "pass model= and data= to loss_surface")
-    data = load_dataset(config["dataset"], num_samples=config.get("num_samples"),
-                        train_size=config.get("train_size"), seed=config.get("data_seed", 0),
-                        data_dir=config.get("data_dir"), image_size=config.get("image_size"),
-                        seq_len=config.get("seq_len"))
+        raise ConfigError(
+            "the run's config names no built-in model and dataset (a custom training loop?); "
+            "pass model= and data= to loss_surface"
+        )
+    data = load_dataset(
+        config["dataset"],
+        num_samples=config.get("num_samples"),
+        train_size=config.get("train_size"),
+        seed=config.get("data_seed", 0),
+        data_dir=config.get("data_dir"),
+        image_size=config.get("image_size"),
+        seq_len=config.get("seq_len"),
+    )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.get("seed", 0))
-        model = build_model(config["model"], input_shape=data.input_shape, num_classes=data.num_classes,
-                            width=config.get("width", 32), depth=config.get("depth", 3),
-                            activation=config.get("activation", "relu"), width_mult=config.get("width_mult", 1.0),
-                            patch_size=config.get("patch_size"), kind=data.kind)
+        model = build_model(
+            config["model"],
+            input_shape=data.input_shape,
+            num_classes=data.num_classes,
+            width=config.get("width", 32),
+            depth=config.get("depth", 3),
+            activation=config.get("activation", "relu"),
+            width_mult=config.get("width_mult", 1.0),
+            patch_size=config.get("patch_size"),
+            kind=data.kind,
+        )
     return model.to(device), data
 
 
-def fixed_samples(data: Dataset, num_samples: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor,
-                                                                                  Callable[..., torch.Tensor] | None]:
+def fixed_samples(
+    data: Dataset, num_samples: int, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor, Callable[..., torch.Tensor] | None]:
     """The first ``num_samples`` training samples of ``data`` on ``device``, and the input preparation (images)."""
     x, y = data.x_train[:num_samples].to(device), data.y_train[:num_samples].to(device)
     prepare = InputPipeline(data, device, augment=False) if data.kind == "image" else None
     return x, y, prepare
 
 
-def _recalibrate_batchnorm(model: nn.Module, x: torch.Tensor, batch_size: int,
-                           prepare: Callable[..., torch.Tensor] | None) -> None:
+def _recalibrate_batchnorm(
+    model: nn.Module, x: torch.Tensor, batch_size: int, prepare: Callable[..., torch.Tensor] | None
+) -> None:
     """Recompute BatchNorm running statistics on ``x`` (cumulative averages over its batches)."""
     norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     if not norms:
@@ -97,7 +113,7 @@ def _recalibrate_batchnorm(model: nn.Module, x: torch.Tensor, batch_size: int,
     model.train()
     with torch.no_grad():
         for start in range(0, len(x), batch_size):
-            inputs = x[start:start + batch_size]
+            inputs = x[start : start + batch_size]
             model(inputs if prepare is None else prepare(inputs, False))
 
 
@@ -112,11 +128,20 @@ def load_parameters(model: nn.Module, layout: Sequence[ParamSlice], theta: torch
             params[piece.name].copy_(theta[piece.columns].view(piece.shape))
 
 
-def loss_surface(ds: xr.Dataset, traj: Trajectory, *, model: nn.Module | None = None,
-                 data: tuple[torch.Tensor, torch.Tensor] | None = None,
-                 prepare: Callable[..., torch.Tensor] | None = None, resolution: int = 17,
-                 num_samples: int = 1024, batch_size: int = 256, margin: float = 0.2,
-                 device: str | torch.device | None = None, progress: bool = False) -> LossSurface:
+def loss_surface(
+    ds: xr.Dataset,
+    traj: Trajectory,
+    *,
+    model: nn.Module | None = None,
+    data: tuple[torch.Tensor, torch.Tensor] | None = None,
+    prepare: Callable[..., torch.Tensor] | None = None,
+    resolution: int = 17,
+    num_samples: int = 1024,
+    batch_size: int = 256,
+    margin: float = 0.2,
+    device: str | torch.device | None = None,
+    progress: bool = False,
+) -> LossSurface:
     """Loss and accuracy on the PC1-PC2 plane through the final snapshot (module docstring).
 
     ``model``/``data`` (inputs, targets) default to the run's own, rebuilt from its config; ``prepare`` turns
@@ -153,10 +178,24 @@ def loss_surface(ds: xr.Dataset, traj: Trajectory, *, model: nn.Module | None = 
                 loss[i, j], accuracy[i, j] = evaluate_split(model, x, y, batch_size, prepare=prepare)
                 bar.update()
     ratios = explained_ratios(traj, 2)
-    settings = {"resolution": resolution, "margin": margin, "batch_size": batch_size, "device": str(device),
-                "model": "rebuilt from the run's config" if rebuilt else "given"}
-    return LossSurface(a, b, loss.cpu().numpy(), accuracy.cpu().numpy(), path, traj.steps, int(y.numel()),
-                       (float(ratios[0]), float(ratios[1])), settings)
+    settings = {
+        "resolution": resolution,
+        "margin": margin,
+        "batch_size": batch_size,
+        "device": str(device),
+        "model": "rebuilt from the run's config" if rebuilt else "given",
+    }
+    return LossSurface(
+        a,
+        b,
+        loss.cpu().numpy(),
+        accuracy.cpu().numpy(),
+        path,
+        traj.steps,
+        int(y.numel()),
+        (float(ratios[0]), float(ratios[1])),
+        settings,
+    )
 
 
 def write_surface(surface: LossSurface, run_dir: str | os.PathLike[str]) -> Path:
@@ -166,14 +205,28 @@ def write_surface(surface: LossSurface, run_dir: str | os.PathLike[str]) -> Path
     return path
 
 
-def evaluate_run(run_dir: str | os.PathLike[str], *, resolution: int = 17, num_samples: int = 1024,
-                 batch_size: int = 256, margin: float = 0.2, device: str | torch.device | None = None,
-                 progress: bool = False) -> Path:
+def evaluate_run(
+    run_dir: str | os.PathLike[str],
+    *,
+    resolution: int = 17,
+    num_samples: int = 1024,
+    batch_size: int = 256,
+    margin: float = 0.2,
+    device: str | torch.device | None = None,
+    progress: bool = False,
+) -> Path:
     """Evaluate the loss surface of the recorded run ``run_dir`` (its own model and data) and write it there."""
     ds = open_run(run_dir)
-    surface = loss_surface(ds, load_trajectory(ds, progress=progress), resolution=resolution,
-                           num_samples=num_samples, batch_size=batch_size, margin=margin, device=device,
-                           progress=progress)
+    surface = loss_surface(
+        ds,
+        load_trajectory(ds, progress=progress),
+        resolution=resolution,
+        num_samples=num_samples,
+        batch_size=batch_size,
+        margin=margin,
+        device=device,
+        progress=progress,
+    )
     return write_surface(surface, run_dir)
 
 
@@ -182,20 +235,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = UsageParser(prog="python -m dynamics.surface", description=__doc__.splitlines()[0])
     parser.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="a run recorded with snapshots")
     parser.add_argument("--resolution", type=int, default=17, help="grid points per axis (default 17)")
-    parser.add_argument("--samples", type=int, default=1024,
-                        help="training samples the loss surface is evaluated on (default 1024)")
+    parser.add_argument(
+        "--samples", type=int, default=1024, help="training samples the loss surface is evaluated on (default 1024)"
+    )
     parser.add_argument("--batch-size", type=int, default=256, help="samples per forward pass (default 256)")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="device of the model")
-    parser.add_argument("--no-analysis", action="store_true",
-                        help="only write the surface; do not run python -m analyses.trajectory afterwards")
+    parser.add_argument(
+        "--no-analysis",
+        action="store_true",
+        help="only write the surface; do not run python -m analyses.trajectory afterwards",
+    )
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
     try:
         args = parser.parse_args(argv)
         if args.device == "cuda" and not torch.cuda.is_available():
             raise ConfigError("--device cuda was asked for but no CUDA device is available; use --device cpu")
-        path = evaluate_run(args.run_dir, resolution=args.resolution, num_samples=args.samples,
-                            batch_size=args.batch_size, device=None if args.device == "auto" else args.device,
-                            progress=not args.no_progress)
+        path = evaluate_run(
+            args.run_dir,
+            resolution=args.resolution,
+            num_samples=args.samples,
+            batch_size=args.batch_size,
+            device=None if args.device == "auto" else args.device,
+            progress=not args.no_progress,
+        )
     except (DynamicsError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return USAGE_ERROR

@@ -29,8 +29,11 @@ USAGE_ERROR = 2
 
 def find_runs(root: Path) -> list[Path]:
     """Run directories under ``root`` (``root`` itself included), sorted; store internals are not searched."""
-    return sorted(meta.parent for meta in root.rglob("meta.json")
-                  if (meta.parent / "data.zarr").is_dir() and "data.zarr" not in meta.parent.parts)
+    return sorted(
+        meta.parent
+        for meta in root.rglob("meta.json")
+        if (meta.parent / "data.zarr").is_dir() and "data.zarr" not in meta.parent.parts
+    )
 
 
 def output_names(runs: Sequence[Path]) -> list[str]:
@@ -48,12 +51,25 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     """The command line; a usage error raises ConfigError (one line, exit status 2, from :func:`main`)."""
     description = __doc__.split("\n\n")[1].replace("``", "")
     parser = UsageParser(prog="python -m figures", description=description)
-    parser.add_argument("run_dirs", nargs="*", type=Path, metavar="RUN_DIR",
-                        help="run directories to draw (default: every run under --runs-root)")
-    parser.add_argument("--runs-root", type=Path, default=Path("runs"),
-                        help="where to look for runs when no RUN_DIR is given (default: runs)")
-    parser.add_argument("--out", type=Path, default=None,
-                        help="write <out>/<run_name>-overview.png/.pdf instead of into each run directory")
+    parser.add_argument(
+        "run_dirs",
+        nargs="*",
+        type=Path,
+        metavar="RUN_DIR",
+        help="run directories to draw (default: every run under --runs-root)",
+    )
+    parser.add_argument(
+        "--runs-root",
+        type=Path,
+        default=Path("runs"),
+        help="where to look for runs when no RUN_DIR is given (default: runs)",
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="write <out>/<run_name>-overview.png/.pdf instead of into each run directory",
+    )
     return parser.parse_args(argv)
 
 
@@ -77,8 +93,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         runs = find_runs(args.runs_root)
         if not runs:
-            error(f"no runs found under {args.runs_root} (a run holds meta.json and data.zarr); "
-                  "pass RUN_DIR or --runs-root")
+            error(
+                f"no runs found under {args.runs_root} (a run holds meta.json and data.zarr); "
+                "pass RUN_DIR or --runs-root"
+            )
             return USAGE_ERROR
 
     # Open every store first, so that bad paths are reported before the progress bar starts.

@@ -10,13 +10,28 @@ from pathlib import Path
 
 import analyses
 
-TRAINING = ("dynamics.engine", "dynamics.collect", "dynamics.config", "dynamics.optim", "dynamics.checkpoint",
-            "dynamics.recorder", "dynamics.probes", "dynamics.native", "dynamics.models", "dynamics.data",
-            "dynamics.augment", "dynamics.steps", "dynamics.strategies", "dynamics.surface", "dynamics.studies")
+TRAINING = (
+    "dynamics.engine",
+    "dynamics.collect",
+    "dynamics.config",
+    "dynamics.optim",
+    "dynamics.checkpoint",
+    "dynamics.recorder",
+    "dynamics.probes",
+    "dynamics.native",
+    "dynamics.models",
+    "dynamics.data",
+    "dynamics.augment",
+    "dynamics.steps",
+    "dynamics.strategies",
+    "dynamics.surface",
+    "dynamics.studies",
+)
 """Packages and modules that train, build models, load data sets or evaluate models (and their submodules)."""
 
-MODULES = sorted(f"analyses.{path.stem}" for path in Path(analyses.__file__).parent.glob("*.py")
-                 if path.stem != "__init__")
+MODULES = sorted(
+    f"analyses.{path.stem}" for path in Path(analyses.__file__).parent.glob("*.py") if path.stem != "__init__"
+)
 
 
 def _imported_in_a_fresh_process(modules: list[str]) -> dict[str, list[str]]:
@@ -33,8 +48,13 @@ def _imported_in_a_fresh_process(modules: list[str]) -> dict[str, list[str]]:
             added[module] = sorted(loaded() - before)
         print(json.dumps(added))
     """)
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
-                          cwd=Path(analyses.__file__).parent.parent)
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=Path(analyses.__file__).parent.parent,
+    )
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout.strip().splitlines()[-1])
 
@@ -64,6 +84,11 @@ def test_the_dynamics_package_imports_the_recorder_only_when_asked() -> None:
         else:
             raise AssertionError("an unknown attribute of dynamics did not raise")
     """)
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
-                          cwd=Path(analyses.__file__).parent.parent)
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=Path(analyses.__file__).parent.parent,
+    )
     assert done.returncode == 0, done.stderr

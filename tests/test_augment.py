@@ -11,13 +11,14 @@ from dynamics.data import Dataset
 from dynamics.errors import ConfigError
 
 
-def reference_crop_flip(images: torch.Tensor, top: torch.Tensor, left: torch.Tensor, flip: torch.Tensor,
-                        padding: int) -> torch.Tensor:
+def reference_crop_flip(
+    images: torch.Tensor, top: torch.Tensor, left: torch.Tensor, flip: torch.Tensor, padding: int
+) -> torch.Tensor:
     """One sample at a time: zero-pad, slice the window, mirror if asked."""
     _, _, h, w = images.shape
     out = []
     for image, t, s, f in zip(images, top.tolist(), left.tolist(), flip.tolist(), strict=True):
-        window = F.pad(image, (padding,) * 4)[:, t:t + h, s:s + w]
+        window = F.pad(image, (padding,) * 4)[:, t : t + h, s : s + w]
         out.append(window.flip(-1) if f else window)
     return torch.stack(out)
 
@@ -26,8 +27,9 @@ def image_data(n: int = 12, channels: int = 3, size: int = 8, seed: int = 0) -> 
     generator = torch.Generator().manual_seed(seed)
     x = torch.randint(0, 256, (n, channels, size, size), dtype=torch.uint8, generator=generator)
     y = torch.arange(n) % 3
-    return Dataset("img", x, y, x[:4], y[:4], 3, kind="image", mean=(0.5, 0.4, 0.3)[:channels],
-                   std=(0.25, 0.2, 0.1)[:channels])
+    return Dataset(
+        "img", x, y, x[:4], y[:4], 3, kind="image", mean=(0.5, 0.4, 0.3)[:channels], std=(0.25, 0.2, 0.1)[:channels]
+    )
 
 
 @pytest.mark.parametrize(("padding", "shape"), [(4, (9, 3, 8, 8)), (2, (5, 1, 6, 10)), (0, (3, 2, 5, 5))])
@@ -88,12 +90,17 @@ def test_pipeline_augments_training_batches_only_and_reproducibly():
     offsets = set()
 
     def window(image: torch.Tensor, top: int, left: int, mirror: bool) -> torch.Tensor:
-        crop = image[:, top:top + 8, left:left + 8]
+        crop = image[:, top : top + 8, left : left + 8]
         return crop.flip(-1) if mirror else crop
 
     for i in range(len(first)):
-        found = [(t, s, f) for t in range(9) for s in range(9) for f in (False, True)
-                 if torch.allclose(window(padded[i], t, s, f), first[i], atol=1e-5)]
+        found = [
+            (t, s, f)
+            for t in range(9)
+            for s in range(9)
+            for f in (False, True)
+            if torch.allclose(window(padded[i], t, s, f), first[i], atol=1e-5)
+        ]
         assert found, i
         offsets.update(found)
     assert len({o[2] for o in offsets}) == 2 and len({o[0] for o in offsets}) > 4  # flips and many offsets

@@ -17,8 +17,9 @@ QUICK = ["--dataset", "mnist1d", "--num-samples", "2000", "--epochs", "4", "--ba
 
 def collect(*args: str, cwd: Path, timeout: float = 180) -> subprocess.CompletedProcess[str]:
     """Run the CLI in ``cwd`` (the data cache is the session one, see conftest.py)."""
-    return subprocess.run([sys.executable, "-m", "dynamics.collect", *args], cwd=cwd,
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "dynamics.collect", *args], cwd=cwd, capture_output=True, text=True, timeout=timeout
+    )
 
 
 def assert_usage_error(result: subprocess.CompletedProcess[str], *words: str) -> None:
@@ -65,8 +66,9 @@ def test_capture_succeeds_and_reports(finished_run) -> None:
 
 
 def test_config_file_is_read_and_flags_override_it(tmp_path: Path) -> None:
-    (tmp_path / "run.toml").write_text('dataset = "gaussian"\nnum-samples = 400\nepochs = 2\nlr = 0.02\n'
-                                       'batch_size = 40\nmodel = "mlp"\n')
+    (tmp_path / "run.toml").write_text(
+        'dataset = "gaussian"\nnum-samples = 400\nepochs = 2\nlr = 0.02\nbatch_size = 40\nmodel = "mlp"\n'
+    )
     result = collect("--config", "run.toml", "--epochs", "1", "--no-progress", "--out", "r", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     config = json.loads((tmp_path / "r" / "config.json").read_text())
@@ -74,33 +76,39 @@ def test_config_file_is_read_and_flags_override_it(tmp_path: Path) -> None:
     assert open_run(tmp_path / "r").sizes["step"] == 320 // 40
 
 
-@pytest.mark.parametrize(("args", "words"), [
-    (["--dataset", "cifar99"], ["cifar99", "--dataset"]),
-    (["--model", "transformerx"], ["transformerx", "--model"]),
-    (["--epochs", "0"], ["epochs", "--epochs"]),
-    (["--epochs", "-3"], ["epochs", "--epochs"]),
-    (["--batch-size", "0"], ["--batch-size", "positive integer"]),
-    (["--lr", "0"], ["learning rate", "--lr"]),
-    (["--lr", "-0.1"], ["learning rate", "--lr"]),
-    (["--epochs", "two"], ["--epochs"]),
-    (["--no-such-flag"], ["--no-such-flag"]),
-    (["--config", "missing.toml"], ["missing.toml", "--config"]),
-])
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (["--dataset", "cifar99"], ["cifar99", "--dataset"]),
+        (["--model", "transformerx"], ["transformerx", "--model"]),
+        (["--epochs", "0"], ["epochs", "--epochs"]),
+        (["--epochs", "-3"], ["epochs", "--epochs"]),
+        (["--batch-size", "0"], ["--batch-size", "positive integer"]),
+        (["--lr", "0"], ["learning rate", "--lr"]),
+        (["--lr", "-0.1"], ["learning rate", "--lr"]),
+        (["--epochs", "two"], ["--epochs"]),
+        (["--no-such-flag"], ["--no-such-flag"]),
+        (["--config", "missing.toml"], ["missing.toml", "--config"]),
+    ],
+)
 def test_bad_flags_exit_2_with_one_line(tmp_path: Path, args: list[str], words: list[str]) -> None:
     result = collect(*args, "--out", "r", cwd=tmp_path)
     assert_usage_error(result, *words)
     assert not (tmp_path / "r").exists()
 
 
-@pytest.mark.parametrize(("name", "content", "words"), [
-    ("bad.toml", "epochs = = 3\n", ["malformed", "bad.toml"]),
-    ("bad.json", '{"epochs": 3,', ["malformed", "bad.json"]),
-    ("list.json", "[1, 2]", ["list.json"]),
-    ("unknown.toml", "epochz = 3\n", ["epochz", "valid keys"]),
-    ("wrongtype.toml", 'epochs = "many"\n', ["epochs", "int"]),
-    ("binary.toml", b"\xff\xfe\x00\x81", ["unreadable", "binary.toml"]),
-    ("settings.yaml", "epochs: 3\n", [".toml or .json"]),
-])
+@pytest.mark.parametrize(
+    ("name", "content", "words"),
+    [
+        ("bad.toml", "epochs = = 3\n", ["malformed", "bad.toml"]),
+        ("bad.json", '{"epochs": 3,', ["malformed", "bad.json"]),
+        ("list.json", "[1, 2]", ["list.json"]),
+        ("unknown.toml", "epochz = 3\n", ["epochz", "valid keys"]),
+        ("wrongtype.toml", 'epochs = "many"\n', ["epochs", "int"]),
+        ("binary.toml", b"\xff\xfe\x00\x81", ["unreadable", "binary.toml"]),
+        ("settings.yaml", "epochs: 3\n", [".toml or .json"]),
+    ],
+)
 def test_bad_config_file_exit_2(tmp_path: Path, name: str, content: str | bytes, words: list[str]) -> None:
     path = tmp_path / name
     path.write_bytes(content) if isinstance(content, bytes) else path.write_text(content)
@@ -137,8 +145,22 @@ def test_out_that_is_not_a_run_is_refused(tmp_path: Path) -> None:
 
 
 def test_diverging_loss_marks_run_failed_and_keeps_data(tmp_path: Path) -> None:
-    result = collect("--dataset", "gaussian", "--num-samples", "2000", "--epochs", "5", "--batch-size", "16",
-                     "--lr", "1e12", "--no-progress", "--out", "r", cwd=tmp_path)
+    result = collect(
+        "--dataset",
+        "gaussian",
+        "--num-samples",
+        "2000",
+        "--epochs",
+        "5",
+        "--batch-size",
+        "16",
+        "--lr",
+        "1e12",
+        "--no-progress",
+        "--out",
+        "r",
+        cwd=tmp_path,
+    )
     assert result.returncode == 1, result.stderr
     assert "Traceback" not in result.stderr
     assert "non-finite loss" in result.stderr and "lower the learning rate" in result.stderr

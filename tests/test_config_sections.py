@@ -43,8 +43,9 @@ PENDING: set[tuple[str, str]] = set()
 
 
 def collect(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "dynamics.collect", *args], cwd=cwd, capture_output=True,
-                          text=True, timeout=180)
+    return subprocess.run(
+        [sys.executable, "-m", "dynamics.collect", *args], cwd=cwd, capture_output=True, text=True, timeout=180
+    )
 
 
 def run_main(argv: list[str]) -> tuple[int, str, str]:
@@ -56,6 +57,7 @@ def run_main(argv: list[str]) -> tuple[int, str, str]:
 
 
 # ---- sections, help and choices ----
+
 
 def test_every_field_has_a_section_and_help() -> None:
     config = RunConfig()
@@ -71,8 +73,14 @@ def test_every_field_has_a_section_and_help() -> None:
         seen.update(section)
     assert seen == config.to_dict()
     assert config.section("optimisation")["lr"] == config.lr and "lr" not in config.section("data")
-    assert set(config.section("run")) >= {"device", "precision", "flush_seconds", "checkpoint_steps",
-                                          "on_nonfinite", "deterministic"}
+    assert set(config.section("run")) >= {
+        "device",
+        "precision",
+        "flush_seconds",
+        "checkpoint_steps",
+        "on_nonfinite",
+        "deterministic",
+    }
     with pytest.raises(ConfigError, match="unknown section 'optimization'"):
         config.section("optimization")
 
@@ -92,18 +100,28 @@ def test_help_groups_flags_by_section_and_lists_choices(tmp_path: Path) -> None:
         assert title_before == f"{section} settings:", (flag, title_before)
         if "choices" in field.metadata:
             assert f"{flag} {{{','.join(field.metadata['choices'])}}}" in text, flag
-    for expected in ("{sgd,adamw}", "{constant,step,cosine}", "{batch,pair,elem}", "{iteration,epoch}",
-                     "{stop,skip,record}", "{auto,cpu,cuda}", "{fp32,bf16}", "{sign,dense,hashed}"):
+    for expected in (
+        "{sgd,adamw}",
+        "{constant,step,cosine}",
+        "{batch,pair,elem}",
+        "{iteration,epoch}",
+        "{stop,skip,record}",
+        "{auto,cpu,cuda}",
+        "{fp32,bf16}",
+        "{sign,dense,hashed}",
+    ):
         assert expected in text, expected
-    probes_help = " ".join(text[text.index("  --probes"):text.index("  --sketch-dim")].split())
+    probes_help = " ".join(text[text.index("  --probes") : text.index("  --sketch-dim")].split())
     for name in (*PRESETS, *PROBES):
         assert name in probes_help, name
 
 
 # ---- config files: flat or by section ----
 
-FLAT = 'dataset = "gaussian"\nnum-samples = 400\nmodel = "mlp"\nwidth = 16\nlr = 0.02\nbatch_size = 40\n' \
-       'mixup_alpha = 0.2\nprobes = "minimal"\nseed = 3\n'
+FLAT = (
+    'dataset = "gaussian"\nnum-samples = 400\nmodel = "mlp"\nwidth = 16\nlr = 0.02\nbatch_size = 40\n'
+    'mixup_alpha = 0.2\nprobes = "minimal"\nseed = 3\n'
+)
 SECTIONED = """
 [data]
 dataset = "gaussian"
@@ -144,13 +162,16 @@ def test_sectioned_file_gives_the_same_config_as_the_flat_one(tmp_path: Path) ->
     assert status == 0 and json.loads(out) == {**flat.to_dict(), "width": 8}
 
 
-@pytest.mark.parametrize(("content", "words"), [
-    ("[data]\nlr = 0.1\n", ["lr belongs in [optimisation], not [data]"]),
-    ("[run]\nprobes = 'loss'\n", ["probes belongs in [probes], not [run]"]),
-    ("[optimisation]\nepochz = 3\n", ["unknown setting 'epochz' in [optimisation]", "epochs"]),
-    ("[training]\nlr = 0.1\n", ["'training'", "no section", "optimisation"]),
-    ("lr = 0.2\n[optimisation]\nlr = 0.1\n", ["sets lr twice"]),
-])
+@pytest.mark.parametrize(
+    ("content", "words"),
+    [
+        ("[data]\nlr = 0.1\n", ["lr belongs in [optimisation], not [data]"]),
+        ("[run]\nprobes = 'loss'\n", ["probes belongs in [probes], not [run]"]),
+        ("[optimisation]\nepochz = 3\n", ["unknown setting 'epochz' in [optimisation]", "epochs"]),
+        ("[training]\nlr = 0.1\n", ["'training'", "no section", "optimisation"]),
+        ("lr = 0.2\n[optimisation]\nlr = 0.1\n", ["sets lr twice"]),
+    ],
+)
 def test_a_key_in_the_wrong_section_is_one_line_exit_2(tmp_path: Path, content: str, words: list[str]) -> None:
     (tmp_path / "run.toml").write_text(content)
     status, _, err = run_main(["--check", "--config", str(tmp_path / "run.toml")])
@@ -170,12 +191,17 @@ def test_wrong_section_as_a_real_subprocess(tmp_path: Path) -> None:
 
 # ---- probes: a preset or a list of registered probes ----
 
+
 def test_probes_take_a_preset_or_a_list_of_registered_probes() -> None:
     assert probe_names("minimal") == PRESETS["minimal"]
     assert make_config({"probes": "loss,grad_norm"}).probes == "loss,grad_norm"
     assert probe_names("loss, grad_norm") == ("loss", "grad_norm")
-    for bad, word in (("everything", "unknown probe 'everything'"), ("loss,nope", "unknown probe 'nope'"),
-                      ("loss,,grad_norm", "unknown probe ''"), ("loss,loss", "listed twice")):
+    for bad, word in (
+        ("everything", "unknown probe 'everything'"),
+        ("loss,nope", "unknown probe 'nope'"),
+        ("loss,,grad_norm", "unknown probe ''"),
+        ("loss,loss", "listed twice"),
+    ):
         with pytest.raises(ConfigError, match=re.escape(word)) as excinfo:
             make_config({"probes": bad})
         assert excinfo.value.key == "probes" and "--" not in str(excinfo.value)
@@ -184,9 +210,20 @@ def test_probes_take_a_preset_or_a_list_of_registered_probes() -> None:
 def test_a_run_records_the_listed_probes(tmp_path: Path) -> None:
     from dynamics.engine import train
 
-    config = make_config({"dataset": "gaussian", "num_samples": 200, "model": "mlp", "width": 8, "depth": 1,
-                          "epochs": 1, "batch_size": 40, "probes": "loss,grad_norm", "snapshots": False,
-                          "device": "cpu"})
+    config = make_config(
+        {
+            "dataset": "gaussian",
+            "num_samples": 200,
+            "model": "mlp",
+            "width": 8,
+            "depth": 1,
+            "epochs": 1,
+            "batch_size": 40,
+            "probes": "loss,grad_norm",
+            "snapshots": False,
+            "device": "cpu",
+        }
+    )
     train(config, tmp_path / "r", progress=False)
     ds = dynamics.open_run(tmp_path / "r")
     assert {"loss", "accuracy", "grad_norm"} <= set(ds.data_vars)
@@ -195,17 +232,21 @@ def test_a_run_records_the_listed_probes(tmp_path: Path) -> None:
 
 # ---- the library names parameters; the command line names flags ----
 
-@pytest.mark.parametrize(("values", "key"), [
-    ({"batch_size": 0}, "batch_size"),
-    ({"lr": -1.0}, "lr"),
-    ({"store_features": True}, "store_features"),
-    ({"mix_mode": "pairs"}, "mix_mode"),
-    ({"enp_epochs": -1}, "enp_epochs"),
-    ({"mixup_alpha": -1.0}, "mixup_alpha"),
-    ({"cyclical_wd": "2:1"}, "cyclical_wd"),
-    ({"focal_label_smoothing": 1.0}, "focal_label_smoothing"),
-    ({"alpha_boost": 1.0}, "alpha_boost"),
-])
+
+@pytest.mark.parametrize(
+    ("values", "key"),
+    [
+        ({"batch_size": 0}, "batch_size"),
+        ({"lr": -1.0}, "lr"),
+        ({"store_features": True}, "store_features"),
+        ({"mix_mode": "pairs"}, "mix_mode"),
+        ({"enp_epochs": -1}, "enp_epochs"),
+        ({"mixup_alpha": -1.0}, "mixup_alpha"),
+        ({"cyclical_wd": "2:1"}, "cyclical_wd"),
+        ({"focal_label_smoothing": 1.0}, "focal_label_smoothing"),
+        ({"alpha_boost": 1.0}, "alpha_boost"),
+    ],
+)
 def test_library_errors_name_the_parameter(values: dict[str, object], key: str) -> None:
     from dynamics.strategies import validate_strategies
 
@@ -236,10 +277,14 @@ def test_flag_message_writes_parameters_as_flags() -> None:
         return flag_message(ConfigError(message, key), FLAGS, SWITCHES)
 
     assert cli("mixup_alpha must be >= 0, got -1", "mixup_alpha") == "--mixup-alpha must be >= 0, got -1"
-    assert (cli("nesterov needs momentum > 0; set momentum=0.9 or nesterov=False", ("nesterov", "momentum"))
-            == "--nesterov needs --momentum > 0; set --momentum 0.9 or --no-nesterov")
-    assert (cli("device='cuda' was asked for; use device='cpu'", "device")
-            == "--device cuda was asked for; use --device cpu")
+    assert (
+        cli("nesterov needs momentum > 0; set momentum=0.9 or nesterov=False", ("nesterov", "momentum"))
+        == "--nesterov needs --momentum > 0; set --momentum 0.9 or --no-nesterov"
+    )
+    assert (
+        cli("device='cuda' was asked for; use device='cpu'", "device")
+        == "--device cuda was asked for; use --device cpu"
+    )
     assert cli("mnist1d num_samples must be >= 10", "num_samples") == "mnist1d --num-samples must be >= 10"
     assert cli("epochs must be >= 1 (not enp_epochs)", "epochs") == "--epochs must be >= 1 (not enp_epochs)"
     assert cli("the run is busy; wait", "run_dir") == "the run is busy; wait (--out)"
@@ -247,14 +292,17 @@ def test_flag_message_writes_parameters_as_flags() -> None:
     assert cli("plain message", None) == "plain message"
 
 
-@pytest.mark.parametrize(("argv", "words"), [
-    (["--batch-size", "0"], ["--batch-size must be a positive integer"]),
-    (["--enp-epochs", "40"], ["--enp-epochs 40 exceeds --epochs 30"]),
-    (["--mix-mode", "pairs"], ["unknown --mix-mode 'pairs'", "batch, pair, elem"]),
-    (["--store-features"], ["--store-features", "--representation", "--no-store-features"]),
-    (["--focal-label-smoothing", "1"], ["--focal-label-smoothing must lie in [0, 1)"]),
-    (["--probes", "loss,nope"], ["--probes", "unknown probe 'nope'"]),
-])
+@pytest.mark.parametrize(
+    ("argv", "words"),
+    [
+        (["--batch-size", "0"], ["--batch-size must be a positive integer"]),
+        (["--enp-epochs", "40"], ["--enp-epochs 40 exceeds --epochs 30"]),
+        (["--mix-mode", "pairs"], ["unknown --mix-mode 'pairs'", "batch, pair, elem"]),
+        (["--store-features"], ["--store-features", "--representation", "--no-store-features"]),
+        (["--focal-label-smoothing", "1"], ["--focal-label-smoothing must lie in [0, 1)"]),
+        (["--probes", "loss,nope"], ["--probes", "unknown probe 'nope'"]),
+    ],
+)
 def test_the_command_line_names_flags(argv: list[str], words: list[str]) -> None:
     status, _, err = run_main(["--check", *argv])
     lines = err.strip().splitlines()

@@ -22,9 +22,7 @@ from dynamics.data import (
 from dynamics.errors import ConfigError
 
 
-def check_split(
-    data: Dataset, n_train: int, n_test: int, input_shape: tuple[int, ...], num_classes: int
-) -> None:
+def check_split(data: Dataset, n_train: int, n_test: int, input_shape: tuple[int, ...], num_classes: int) -> None:
     assert data.x_train.shape == (n_train, *input_shape)
     assert data.x_test.shape == (n_test, *input_shape)
     assert data.y_train.shape == (n_train,)
@@ -204,7 +202,14 @@ def test_stratified_subset_errors():
 
 def test_datasets_registry():
     assert DATASETS == (
-        "mnist1d", "gaussian", "timeseries", "cifar10", "cifar100", "tinyimagenet", "imagefolder", "text",
+        "mnist1d",
+        "gaussian",
+        "timeseries",
+        "cifar10",
+        "cifar100",
+        "tinyimagenet",
+        "imagefolder",
+        "text",
     )
 
 
@@ -244,8 +249,10 @@ def test_load_dataset_train_size(name, tmp_path):
 def test_load_dataset_errors(tmp_path):
     with pytest.raises(ConfigError) as excinfo:
         load_dataset("foo")
-    expected = ("unknown dataset 'foo'; choose one of: cifar10, cifar100, gaussian, imagefolder, mnist1d, text, "
-                "timeseries, tinyimagenet")
+    expected = (
+        "unknown dataset 'foo'; choose one of: cifar10, cifar100, gaussian, imagefolder, mnist1d, text, "
+        "timeseries, tinyimagenet"
+    )
     assert one_line_config_error(excinfo) == expected and excinfo.value.key == "name"
     with pytest.raises(ConfigError) as excinfo:
         load_dataset("gaussian", num_samples=100, train_size=81)

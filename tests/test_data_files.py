@@ -199,8 +199,12 @@ def write_tiny(root: Path, classes: int = 3, per_class: int = 2, val: int = 4) -
     (root / "words.txt").write_text("".join(f"{w}\tthing {i}, other name\n" for i, w in enumerate(wnids)))
     for c, wnid in enumerate(wnids):
         for i in range(per_class):
-            write_png(root / "train" / wnid / "images" / f"{wnid}_{i}.JPEG", (60 * c, 20, 20), (64, 64),
-                      mode="L" if i == 0 else "RGB")
+            write_png(
+                root / "train" / wnid / "images" / f"{wnid}_{i}.JPEG",
+                (60 * c, 20, 20),
+                (64, 64),
+                mode="L" if i == 0 else "RGB",
+            )
     lines, labels = [], []
     for i in range(val):
         write_png(root / "val" / "images" / f"val_{i}.JPEG", (60 * (i % classes), 20, 20), (64, 64))
@@ -259,7 +263,7 @@ def test_default_text_corpus_windows_and_vocabulary():
     assert torch.equal(data.y_train[:, :-1], data.x_train[:, 1:])  # targets are the next characters
     assert torch.equal(data.y_train[:-1, -1], data.x_train[1:, 0])  # windows are contiguous
     split = int(len(text) * 0.9)
-    assert "".join(vocabulary[i] for i in data.x_test[0].tolist()) == text[split:split + 64]
+    assert "".join(vocabulary[i] for i in data.x_test[0].tolist()) == text[split : split + 64]
     assert len(data.x_train) == (split - 1) // 64
 
 

@@ -61,8 +61,15 @@ def test_config_precedence_and_validation(tmp_path) -> None:
     config = make_config({**values, "batch_size": 32})
     assert config.lr == 1.0 and isinstance(config.lr, float) and config.batch_size == 32
     assert make_config({}) == RunConfig()
-    for bad in ({"epochs": True}, {"lr": float("nan")}, {"momentum": 1.0}, {"train_size": 0}, {"device": "tpu"},
-                {"probes": "everything"}, {"activation": "swish9"}):
+    for bad in (
+        {"epochs": True},
+        {"lr": float("nan")},
+        {"momentum": 1.0},
+        {"train_size": 0},
+        {"device": "tpu"},
+        {"probes": "everything"},
+        {"activation": "swish9"},
+    ):
         with pytest.raises(ConfigError):
             make_config(bad)
 

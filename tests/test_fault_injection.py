@@ -34,9 +34,22 @@ from dynamics.checkpoint import checkpoint_paths
 SERVER = Path(__file__).with_name("train_server.py")
 TRIALS = int(os.environ.get("DYNAMICS_STRESS_TRIALS", "30"))
 CONCURRENT = 2
-CONFIG = {"dataset": "gaussian", "num_samples": 300, "model": "mlp", "width": 8, "depth": 1, "epochs": 2,
-          "batch_size": 32, "device": "cpu", "deterministic": True, "snapshots": True, "checkpoint_steps": 5,
-          "checkpoint_seconds": 0, "flush_seconds": 0.03, "sketch_dim": 2}
+CONFIG = {
+    "dataset": "gaussian",
+    "num_samples": 300,
+    "model": "mlp",
+    "width": 8,
+    "depth": 1,
+    "epochs": 2,
+    "batch_size": 32,
+    "device": "cpu",
+    "deterministic": True,
+    "snapshots": True,
+    "checkpoint_steps": 5,
+    "checkpoint_seconds": 0,
+    "flush_seconds": 0.03,
+    "sketch_dim": 2,
+}
 KINDS = ("committed", "checkpoint", "eval", "time")
 
 
@@ -44,8 +57,9 @@ class Server:
     """The fork server, its output lines sorted into one queue per job by a reader thread."""
 
     def __init__(self, cwd: Path) -> None:
-        self.process = subprocess.Popen([sys.executable, str(SERVER)], cwd=cwd, stdin=subprocess.PIPE,
-                                        stdout=subprocess.PIPE, text=True, bufsize=1)
+        self.process = subprocess.Popen(
+            [sys.executable, str(SERVER)], cwd=cwd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1
+        )
         self.queues: dict[str, queue.Queue[tuple[float, list[str]]]] = {}
         self._lock = threading.Lock()
         threading.Thread(target=self._read, daemon=True).start()
@@ -155,8 +169,9 @@ def test_sigkill_at_random_moments_keeps_the_store_and_resumes_exactly(tmp_path:
 
         pending = list(range(TRIALS))
         while pending:
-            threads = [threading.Thread(target=trial, args=(pending.pop(0),)) for _ in range(min(CONCURRENT,
-                                                                                                   len(pending)))]
+            threads = [
+                threading.Thread(target=trial, args=(pending.pop(0),)) for _ in range(min(CONCURRENT, len(pending)))
+            ]
             for thread in threads:
                 thread.start()
             for thread in threads:
@@ -198,27 +213,55 @@ def failing_save(obj, handle):
 RunWriter.append, LocalStore.set, dynamics.checkpoint.torch.save = reporting_append, failing_set, failing_save
 sys.exit(main(args))
 """
-QUICK = ["--dataset", "gaussian", "--num-samples", "300", "--model", "mlp", "--width", "8", "--epochs", "2",
-         "--batch-size", "32", "--device", "cpu", "--no-progress", "--flush-seconds", "0.01", "--checkpoint-steps",
-         "3"]
+QUICK = [
+    "--dataset",
+    "gaussian",
+    "--num-samples",
+    "300",
+    "--model",
+    "mlp",
+    "--width",
+    "8",
+    "--epochs",
+    "2",
+    "--batch-size",
+    "32",
+    "--device",
+    "cpu",
+    "--no-progress",
+    "--flush-seconds",
+    "0.01",
+    "--checkpoint-steps",
+    "3",
+]
 
 
-@pytest.mark.parametrize(("where", "code", "reason"), [
-    ("store", "ENOSPC", "No space left on device"),
-    ("checkpoint", "ENOSPC", "No space left on device"),
-    ("store", "EROFS", "Read-only file system"),
-])
-def test_failing_disk_stops_with_one_line_and_keeps_the_store(tmp_path: Path, where: str, code: str,
-                                                               reason: str) -> None:
-    result = subprocess.run([sys.executable, "-c", INJECT, where, code, *QUICK, "--out", "run"], cwd=tmp_path,
-                            capture_output=True, text=True, timeout=120)
+@pytest.mark.parametrize(
+    ("where", "code", "reason"),
+    [
+        ("store", "ENOSPC", "No space left on device"),
+        ("checkpoint", "ENOSPC", "No space left on device"),
+        ("store", "EROFS", "Read-only file system"),
+    ],
+)
+def test_failing_disk_stops_with_one_line_and_keeps_the_store(
+    tmp_path: Path, where: str, code: str, reason: str
+) -> None:
+    result = subprocess.run(
+        [sys.executable, "-c", INJECT, where, code, *QUICK, "--out", "run"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 1, result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
     assert lines[0].startswith("error: writing ") and reason in lines[0]
     assert "free disk space" in lines[0]
-    committed = max((int(line.split()[2]) for line in result.stdout.splitlines()
-                     if line.startswith("committed step")), default=0)
+    committed = max(
+        (int(line.split()[2]) for line in result.stdout.splitlines() if line.startswith("committed step")), default=0
+    )
     ds = open_run(tmp_path / "run")
     assert committed > 0 and ds.sizes["step"] >= committed
     np.testing.assert_array_equal(ds["step"].values, np.arange(ds.sizes["step"]))
@@ -231,8 +274,22 @@ def test_read_only_run_directory_is_refused_with_one_line(tmp_path: Path) -> Non
     from dynamics.engine import train
 
     run = tmp_path / "run"
-    train(make_config({"dataset": "gaussian", "num_samples": 300, "model": "mlp", "width": 8, "epochs": 2,
-                       "batch_size": 32, "device": "cpu", "checkpoint_steps": 3}), run, progress=False)
+    train(
+        make_config(
+            {
+                "dataset": "gaussian",
+                "num_samples": 300,
+                "model": "mlp",
+                "width": 8,
+                "epochs": 2,
+                "batch_size": 32,
+                "device": "cpu",
+                "checkpoint_steps": 3,
+            }
+        ),
+        run,
+        progress=False,
+    )
     meta = json.loads((run / "meta.json").read_text())
     (run / "meta.json").write_text(json.dumps({**meta, "status": "failed"}))  # as if the disk had filled up
     checkpoint_paths(run)[-1].unlink()  # resume from the one before the end
@@ -249,8 +306,13 @@ def test_read_only_run_directory_is_refused_with_one_line(tmp_path: Path) -> Non
         else:
             probe.unlink()
             pytest.skip("this process may write into read-only directories (root): chmod cannot make one")
-        result = subprocess.run([sys.executable, "-m", "dynamics.collect", "--resume", "run", "--no-progress"],
-                                cwd=tmp_path, capture_output=True, text=True, timeout=120)
+        result = subprocess.run(
+            [sys.executable, "-m", "dynamics.collect", "--resume", "run", "--no-progress"],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
     finally:
         for path in paths:
             path.chmod(0o755 if path.is_dir() else 0o644)
@@ -262,8 +324,25 @@ def test_read_only_run_directory_is_refused_with_one_line(tmp_path: Path) -> Non
 
 # ------------------------------------------------------------- real file systems (needs mount permission)
 
-LONG = ["--dataset", "gaussian", "--num-samples", "2000", "--model", "mlp", "--width", "64", "--epochs", "20",
-        "--batch-size", "32", "--device", "cpu", "--no-progress", "--flush-seconds", "0.01"]
+LONG = [
+    "--dataset",
+    "gaussian",
+    "--num-samples",
+    "2000",
+    "--model",
+    "mlp",
+    "--width",
+    "64",
+    "--epochs",
+    "20",
+    "--batch-size",
+    "32",
+    "--device",
+    "cpu",
+    "--no-progress",
+    "--flush-seconds",
+    "0.01",
+]
 
 
 @pytest.fixture
@@ -272,8 +351,9 @@ def small_filesystem(tmp_path: Path) -> Iterator[Path]:
     mount_point = tmp_path / "fs"
     mount_point.mkdir()
     try:
-        mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1500k", "tmpfs", str(mount_point)],
-                                 capture_output=True, text=True)
+        mounted = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", "size=1500k", "tmpfs", str(mount_point)], capture_output=True, text=True
+        )
     except FileNotFoundError:
         pytest.skip("no mount command here")
     if mounted.returncode != 0:
@@ -284,8 +364,9 @@ def small_filesystem(tmp_path: Path) -> Iterator[Path]:
         subprocess.run(["umount", "-l", str(mount_point)], check=True)
 
 
-def assert_failed_cleanly(result: subprocess.CompletedProcess[str] | subprocess.Popen[str], stderr: str,
-                          reason: str, run: Path) -> int:
+def assert_failed_cleanly(
+    result: subprocess.CompletedProcess[str] | subprocess.Popen[str], stderr: str, reason: str, run: Path
+) -> int:
     """Exit 1 with one line naming the reason and a fix; the store opens with contiguous steps. Returns them."""
     assert result.returncode == 1, stderr
     lines = stderr.strip().splitlines()
@@ -298,17 +379,26 @@ def assert_failed_cleanly(result: subprocess.CompletedProcess[str] | subprocess.
 
 
 def test_a_really_full_disk_stops_with_one_line_and_keeps_the_store(small_filesystem: Path) -> None:
-    result = subprocess.run([sys.executable, "-m", "dynamics.collect", *LONG, "--out", "run"],
-                            cwd=small_filesystem, capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-m", "dynamics.collect", *LONG, "--out", "run"],
+        cwd=small_filesystem,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     steps = assert_failed_cleanly(result, result.stderr, "No space left on device", small_filesystem / "run")
     assert steps > 0  # the disk filled after some flushes: those steps are all there
 
 
 def test_a_run_directory_turned_read_only_stops_with_one_line_and_keeps_the_store(small_filesystem: Path) -> None:
     run = small_filesystem / "run"
-    process = subprocess.Popen([sys.executable, "-m", "dynamics.collect", *LONG, "--no-snapshots",
-                                "--out", "run"], cwd=small_filesystem, stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "dynamics.collect", *LONG, "--no-snapshots", "--out", "run"],
+        cwd=small_filesystem,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         deadline = time.monotonic() + 120
         while process.poll() is None and time.monotonic() < deadline:
@@ -319,8 +409,9 @@ def test_a_run_directory_turned_read_only_stops_with_one_line_and_keeps_the_stor
                 pass
             time.sleep(0.02)
         for _ in range(200):  # "busy" while a file there is open for writing: retry until between two writes
-            remount = subprocess.run(["mount", "-o", "remount,ro", str(small_filesystem)], capture_output=True,
-                                     text=True)
+            remount = subprocess.run(
+                ["mount", "-o", "remount,ro", str(small_filesystem)], capture_output=True, text=True
+            )
             if remount.returncode == 0 or "busy" not in remount.stderr:
                 break
             time.sleep(0.005)

@@ -29,8 +29,9 @@ def record_run(run_dir: Path, probes: str = "default", with_output: bool = True,
     """Train a tiny CNN for ``steps`` steps on the Gaussian mixture, recorded, with an evaluation every 20 steps."""
     data = load_dataset("gaussian", num_samples=400, seed=0)
     torch.manual_seed(0)
-    model = build_model("cnn", input_shape=data.input_shape, num_classes=data.num_classes, width=8, depth=2,
-                        activation="relu")
+    model = build_model(
+        "cnn", input_shape=data.input_shape, num_classes=data.num_classes, width=8, depth=2, activation="relu"
+    )
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
     order = torch.Generator().manual_seed(0)
     with Recorder(model, optimizer, run_dir, probes=probes, config=CONFIG, seed=0) as recorder:
@@ -49,8 +50,10 @@ def record_run(run_dir: Path, probes: str = "default", with_output: bool = True,
             if step % 20 == 19:
                 with torch.no_grad():
                     test_out = model(data.x_test)
-                recorder.record_eval(val_loss=F.cross_entropy(test_out, data.y_test),
-                                     val_accuracy=(test_out.argmax(1) == data.y_test).float().mean())
+                recorder.record_eval(
+                    val_loss=F.cross_entropy(test_out, data.y_test),
+                    val_accuracy=(test_out.argmax(1) == data.y_test).float().mean(),
+                )
     return run_dir
 
 
@@ -91,7 +94,7 @@ def test_enlightenment_period_is_shaded_in_every_panel(run_dir: Path) -> None:
 
 
 def _rgb(hex_color: str) -> tuple[float, float, float]:
-    return tuple(int(hex_color[i:i + 2], 16) / 255 for i in (1, 3, 5))  # type: ignore[return-value]
+    return tuple(int(hex_color[i : i + 2], 16) / 255 for i in (1, 3, 5))  # type: ignore[return-value]
 
 
 def _xspan(patch: object) -> tuple[float, float]:
@@ -126,12 +129,16 @@ def test_overview_draws_notes_for_missing_variables(tmp_path: Path) -> None:
     notes = [t.get_text() for ax in fig.get_axes() for t in ax.texts]
     assert any("accuracy not measured" in n for n in notes)
     assert any("act_zero_frac not recorded" in n for n in notes)
-    assert not any(p.get_facecolor()[3] > 0 and np.allclose(p.get_facecolor()[:3], _rgb(ENP_COLOR))
-                   for ax in fig.get_axes() for p in ax.patches)  # no period without an accuracy
+    assert not any(
+        p.get_facecolor()[3] > 0 and np.allclose(p.get_facecolor()[:3], _rgb(ENP_COLOR))
+        for ax in fig.get_axes()
+        for p in ax.patches
+    )  # no period without an accuracy
 
 
-def test_main_discovers_runs_and_writes_to_out(run_dir: Path, tmp_path: Path,
-                                               capsys: pytest.CaptureFixture[str]) -> None:
+def test_main_discovers_runs_and_writes_to_out(
+    run_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     assert main(["--runs-root", str(run_dir.parent), "--out", str(tmp_path / "out")]) == 0
     written = capsys.readouterr().out.split()
     assert written == [str(tmp_path / "out" / "tiny-overview.png"), str(tmp_path / "out" / "tiny-overview.pdf")]
@@ -142,8 +149,9 @@ def test_main_discovers_runs_and_writes_to_out(run_dir: Path, tmp_path: Path,
 
 def figures_cli(*args: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
-    return subprocess.run([sys.executable, "-m", "figures", *args], cwd=REPO, env=env, capture_output=True,
-                          text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "figures", *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=120
+    )
 
 
 def test_cli_writes_the_overview_into_the_run_directory(run_dir: Path) -> None:

@@ -25,15 +25,53 @@ from dynamics.config import RunConfig
 
 KEYS = [field.name for field in fields(RunConfig)]
 FLAGS = ["--" + key.replace("_", "-") for key in KEYS]
-WORDS = ["auto", "cnn", "mlp", "mnist1d", "gaussian", "sgd", "adamw", "relu", "cosine", "batch", "pair", "elem",
-         "iteration", "epoch", "cpu", "cuda", "default", "minimal", "nan", "inf", "-inf", "", "1:2", "2:1", "0:0",
-         "a:b", "1e-5:8e-5", "-1:1", "nan:1", "10:20", "☃", "--", "0x10", "1_000"]
+WORDS = [
+    "auto",
+    "cnn",
+    "mlp",
+    "mnist1d",
+    "gaussian",
+    "sgd",
+    "adamw",
+    "relu",
+    "cosine",
+    "batch",
+    "pair",
+    "elem",
+    "iteration",
+    "epoch",
+    "cpu",
+    "cuda",
+    "default",
+    "minimal",
+    "nan",
+    "inf",
+    "-inf",
+    "",
+    "1:2",
+    "2:1",
+    "0:0",
+    "a:b",
+    "1e-5:8e-5",
+    "-1:1",
+    "nan:1",
+    "10:20",
+    "☃",
+    "--",
+    "0x10",
+    "1_000",
+]
 
-numbers = st.one_of(st.integers(-10**6, 10**6), st.floats(allow_nan=True, allow_infinity=True))
+numbers = st.one_of(st.integers(-(10**6), 10**6), st.floats(allow_nan=True, allow_infinity=True))
 text_values = st.one_of(st.sampled_from(WORDS), numbers.map(str), st.text(max_size=8))
-json_values = st.one_of(st.none(), st.booleans(), numbers, st.sampled_from(WORDS),
-                        st.lists(st.integers(), max_size=3), st.dictionaries(st.text(max_size=3), st.integers(),
-                                                                             max_size=2))
+json_values = st.one_of(
+    st.none(),
+    st.booleans(),
+    numbers,
+    st.sampled_from(WORDS),
+    st.lists(st.integers(), max_size=3),
+    st.dictionaries(st.text(max_size=3), st.integers(), max_size=2),
+)
 
 
 def run_main(argv: list[str], entry: Callable[[list[str]], int] = main) -> tuple[int, str]:
@@ -57,7 +95,8 @@ def assert_clean_outcome(status: int, stderr: str) -> None:
 
 flag_lists = st.lists(
     st.tuples(st.sampled_from(FLAGS + ["--bogus", "--out", "--config", "--resume"]), text_values),
-    min_size=1, max_size=5,
+    min_size=1,
+    max_size=5,
 )
 
 
@@ -73,14 +112,19 @@ def test_generated_flags_never_crash(flags: list[tuple[str, str]], tmp_path: Pat
 
 
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(payload=st.dictionaries(st.sampled_from(KEYS + ["epochz", "batch-size", "", "lr "]), json_values,
-                               max_size=6),
-       as_toml=st.booleans(), garble=st.booleans())
+@given(
+    payload=st.dictionaries(st.sampled_from(KEYS + ["epochz", "batch-size", "", "lr "]), json_values, max_size=6),
+    as_toml=st.booleans(),
+    garble=st.booleans(),
+)
 def test_generated_config_files_never_crash(payload: dict, as_toml: bool, garble: bool, tmp_path: Path) -> None:
     path = tmp_path / ("run.toml" if as_toml else "run.json")
     if as_toml:
-        lines = [f"{json.dumps(key)} = {json.dumps(value)}" for key, value in payload.items()
-                 if value is not None and not isinstance(value, dict)]
+        lines = [
+            f"{json.dumps(key)} = {json.dumps(value)}"
+            for key, value in payload.items()
+            if value is not None and not isinstance(value, dict)
+        ]
         text = "\n".join(lines)
     else:
         text = json.dumps(payload)
@@ -100,8 +144,13 @@ def test_check_prints_the_resolved_settings() -> None:
 
 def test_hostile_inputs_as_real_subprocesses(tmp_path: Path) -> None:
     for argv in (["--lr", "nan"], ["--cyclical-wd", "nan:1"], ["--mixup-alpha", "inf"], ["--width", "1e3"]):
-        result = subprocess.run([sys.executable, "-m", "dynamics.collect", "--check", *argv], cwd=tmp_path,
-                                capture_output=True, text=True, timeout=120)
+        result = subprocess.run(
+            [sys.executable, "-m", "dynamics.collect", "--check", *argv],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert_clean_outcome(result.returncode, result.stderr)
         assert result.returncode == 2, argv
 
@@ -113,10 +162,15 @@ def test_a_value_of_double_dash_is_a_usage_error(argv: list[str]) -> None:
     assert status == 2 and stderr.count("\n") == 1 and "expected one value" in stderr, stderr
 
 
-@pytest.mark.parametrize(("module", "argv"), [("figures.__main__", ["--out=--"]),
-                                              ("analyses.interference", ["--runs=--"]),
-                                              ("analyses.phase", ["--out=--"]),
-                                              ("analyses.trajectory", ["--out=--"])])
+@pytest.mark.parametrize(
+    ("module", "argv"),
+    [
+        ("figures.__main__", ["--out=--"]),
+        ("analyses.interference", ["--runs=--"]),
+        ("analyses.phase", ["--out=--"]),
+        ("analyses.trajectory", ["--out=--"]),
+    ],
+)
 def test_other_entry_points_refuse_double_dash_values(module: str, argv: list[str]) -> None:
     entry = importlib.import_module(module).main
     status, stderr = run_main(argv, entry)

@@ -30,8 +30,17 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # small tensors: one thread 
 def make_model() -> nn.Sequential:
     """BatchNorm, dropout and three activation kinds (output rules ReLU/Tanh, input rule GELU)."""
     torch.manual_seed(3)
-    model = nn.Sequential(nn.Linear(12, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Linear(16, 16), nn.Tanh(),
-                          nn.Linear(16, 16), nn.GELU(), nn.Dropout(0.3), nn.Linear(16, CLASSES))
+    model = nn.Sequential(
+        nn.Linear(12, 16),
+        nn.BatchNorm1d(16),
+        nn.ReLU(),
+        nn.Linear(16, 16),
+        nn.Tanh(),
+        nn.Linear(16, 16),
+        nn.GELU(),
+        nn.Dropout(0.3),
+        nn.Linear(16, CLASSES),
+    )
     with torch.no_grad():  # units flat for (nearly) every sample in each layer: something to revive
         model[1].bias[:] = torch.linspace(-3.0, -1.0, 16)
         model[3].weight[:8].mul_(0.3)
@@ -50,14 +59,21 @@ def probe_set() -> ProbeSet:
 
 def mask_hooks(model: nn.Module, masks: list[np.ndarray]) -> list:
     """Hooks appending each activation layer's boolean flat mask (rules from first principles) to ``masks``."""
-    return [model[2].register_forward_hook(lambda m, a, out: masks.append(out.detach().numpy() == 0)),
-            model[4].register_forward_hook(  # tanh' = 1 - y^2 <= 0.05
-                lambda m, a, out: masks.append(1 - out.detach().double().numpy() ** 2 <= 0.05 + 1e-12)),
-            model[6].register_forward_pre_hook(lambda m, a: masks.append(a[0].detach().numpy() <= GELU_LOW))]
+    return [
+        model[2].register_forward_hook(lambda m, a, out: masks.append(out.detach().numpy() == 0)),
+        model[4].register_forward_hook(  # tanh' = 1 - y^2 <= 0.05
+            lambda m, a, out: masks.append(1 - out.detach().double().numpy() ** 2 <= 0.05 + 1e-12)
+        ),
+        model[6].register_forward_pre_hook(lambda m, a: masks.append(a[0].detach().numpy() <= GELU_LOW)),
+    ]
 
 
-def reference(model: nn.Module, x: torch.Tensor, target: torch.Tensor, rng: torch.Tensor,
-              ) -> tuple[list[np.ndarray], list[np.ndarray]]:
+def reference(
+    model: nn.Module,
+    x: torch.Tensor,
+    target: torch.Tensor,
+    rng: torch.Tensor,
+) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """Gradients (via .grad on ``model``, a copy) and flat masks of one training-mode pass from RNG state ``rng``."""
     torch.set_rng_state(rng)
     model.zero_grad()
@@ -75,9 +91,11 @@ def layer_activations(model: nn.Module, x: torch.Tensor) -> list[np.ndarray]:
     """Eval-mode activation vectors (samples x units) of the three activation layers."""
     model = copy.deepcopy(model).eval()
     rows: list[np.ndarray] = []
-    hooks = [model[2].register_forward_hook(lambda m, a, out: rows.append(out.detach().double().numpy())),
-             model[4].register_forward_hook(lambda m, a, out: rows.append(out.detach().double().numpy())),
-             model[6].register_forward_hook(lambda m, a, out: rows.append(out.detach().double().numpy()))]
+    hooks = [
+        model[2].register_forward_hook(lambda m, a, out: rows.append(out.detach().double().numpy())),
+        model[4].register_forward_hook(lambda m, a, out: rows.append(out.detach().double().numpy())),
+        model[6].register_forward_hook(lambda m, a, out: rows.append(out.detach().double().numpy())),
+    ]
     with torch.no_grad():
         model(x)
     for handle in hooks:
@@ -124,16 +142,16 @@ def test_every_quantity_matches_a_brute_force_reference(tmp_path) -> None:
     for step, (g_clean, g_mixed, flat_clean, flat_mixed, before, after) in enumerate(expected):
         row = ds.isel(step=step)
         norms = [(np.linalg.norm(c), np.linalg.norm(m)) for c, m in zip(g_clean, g_mixed, strict=True)]
-        cos = np.array([c @ m / (nc * nm) for (c, m), (nc, nm) in zip(zip(g_clean, g_mixed, strict=True), norms,
-                                                                       strict=True)])
+        cos = np.array(
+            [c @ m / (nc * nm) for (c, m), (nc, nm) in zip(zip(g_clean, g_mixed, strict=True), norms, strict=True)]
+        )
         whole_c, whole_m = np.concatenate(g_clean), np.concatenate(g_mixed)
         cos_model = whole_c @ whole_m / (np.linalg.norm(whole_c) * np.linalg.norm(whole_m))
         assert np.all(np.abs(cos) < 0.999)  # ratios well away from 0: sqrt(1 - cos^2) is then accurate
         np.testing.assert_allclose(row["interference_cos"].values, cos, rtol=STORE_RTOL)
-        np.testing.assert_allclose(row["interference_ratio"].values, np.sqrt(1 - cos ** 2), rtol=STORE_RTOL)
+        np.testing.assert_allclose(row["interference_ratio"].values, np.sqrt(1 - cos**2), rtol=STORE_RTOL)
         np.testing.assert_allclose(float(row["interference_cos_model"]), cos_model, rtol=STORE_RTOL)
-        np.testing.assert_allclose(float(row["interference_ratio_model"]), math.sqrt(1 - cos_model ** 2),
-                                   rtol=STORE_RTOL)
+        np.testing.assert_allclose(float(row["interference_ratio_model"]), math.sqrt(1 - cos_model**2), rtol=STORE_RTOL)
         dead = [clean.all(axis=0) for clean in flat_clean]
         assert all(d.sum() > 0 for d in dead)  # every layer has units to revive (or not)
         revived = [(d & ~mixed.all(axis=0)).sum() / d.sum() for d, mixed in zip(dead, flat_mixed, strict=True)]
@@ -170,8 +188,9 @@ def test_revival_of_units_that_mixing_brings_back(tmp_path) -> None:
     assert math.isnan(float(row["revival_frac"][0]))  # no unit of the first layer is flat for every clean sample
     np.testing.assert_array_equal(row["revival_frac"].values[1], 0.5)  # one of the two dead units revives
     for name, part in (("zero_frac_clean", 0), ("zero_frac_mixed", 1)):
-        np.testing.assert_allclose(row[name].values, [(hidden[part] == 0).mean(), (second[part] == 0).mean()],
-                                   rtol=STORE_RTOL)
+        np.testing.assert_allclose(
+            row[name].values, [(hidden[part] == 0).mean(), (second[part] == 0).mean()], rtol=STORE_RTOL
+        )
 
 
 def test_sample_alignment_matches_per_sample_autograd(tmp_path) -> None:
@@ -215,7 +234,7 @@ def test_sample_alignment_matches_per_sample_autograd(tmp_path) -> None:
     diff = labels[:, None] != labels[None, :]
     assert float(run["stiffness_same"][0]) == pytest.approx(cos[same].mean(), rel=STORE_RTOL)
     assert float(run["stiffness_diff"][0]) == pytest.approx(cos[diff].mean(), rel=STORE_RTOL)
-    diversity = (g ** 2).sum() / (g.sum(0) ** 2).sum()
+    diversity = (g**2).sum() / (g.sum(0) ** 2).sum()
     assert float(run["grad_diversity"][0]) == pytest.approx(diversity, rel=STORE_RTOL)
     bounds = np.cumsum([0, *(p.numel() for p in model.parameters())])
     for index, (start, stop) in enumerate(zip(bounds[:-1], bounds[1:], strict=True)):
@@ -241,8 +260,10 @@ def test_measuring_changes_nothing_training_reads(tmp_path) -> None:
         recorder.step(loss, out, y, inputs=x)
         assert all(torch.equal(t, state[name]) for name, t in model.state_dict().items())
         assert all(torch.equal(p.grad, g) for p, g in zip(model.parameters(), grads, strict=True))
-        assert all(torch.equal(optimizer.state[p]["momentum_buffer"], m)
-                   for p, m in zip(model.parameters(), momentum, strict=True))
+        assert all(
+            torch.equal(optimizer.state[p]["momentum_buffer"], m)
+            for p, m in zip(model.parameters(), momentum, strict=True)
+        )
         assert torch.equal(torch.get_rng_state(), rng)
         assert model.training and not recorder.context.paused
     assert np.isfinite(open_run(tmp_path / "run")["interference_ratio_model"].values).all()
@@ -263,18 +284,30 @@ def test_activation_statistics_ignore_the_probe_passes(tmp_path) -> None:
         np.testing.assert_array_equal(stats["on"][variable].values, stats["off"][variable].values)
 
 
-SMALL = {"dataset": "mnist1d", "num_samples": 1200, "epochs": 2, "batch_size": 64, "width": 8, "depth": 2,
-         "probe_samples": 40, "mixup_alpha": 0.4, "mix_mode": "elem"}
+SMALL = {
+    "dataset": "mnist1d",
+    "num_samples": 1200,
+    "epochs": 2,
+    "batch_size": 64,
+    "width": 8,
+    "depth": 2,
+    "probe_samples": 40,
+    "mixup_alpha": 0.4,
+    "mix_mode": "elem",
+}
 
 
-@pytest.mark.parametrize(("model", "probe"), [({"model": "cnn"}, {"interference_samples": True}),
-                                              ({"model": "cnn_gru", "width_mult": 0.25}, {})])
+@pytest.mark.parametrize(
+    ("model", "probe"),
+    [({"model": "cnn"}, {"interference_samples": True}), ({"model": "cnn_gru", "width_mult": 0.25}, {})],
+)
 def test_the_probe_leaves_training_bit_identical(tmp_path, model: dict[str, object], probe: dict[str, object]) -> None:
     """With Mixup (the probe mixes with a generator of its own) and, for cnn_gru, BatchNorm."""
     runs = {}
     for name, on in (("off", False), ("on", True)):
-        config = make_config({**SMALL, **model, **(probe if on else {}), "interference": on,
-                              "interference_every": 3, "every": 2})
+        config = make_config(
+            {**SMALL, **model, **(probe if on else {}), "interference": on, "interference_every": 3, "every": 2}
+        )
         train(config, tmp_path / name, progress=False)
         runs[name] = open_run(tmp_path / name)
     off, on = runs["off"], runs["on"]
@@ -302,8 +335,10 @@ def test_bad_settings_are_one_line_config_errors(tmp_path) -> None:
     with pytest.raises(ConfigError, match="interval"):
         Interference(Mixup(CLASSES, 0.4), interval=0)
     model = make_model()
-    with Recorder(model, None, tmp_path / "run", probes=[Interference(Mixup(CLASSES, 0.4))]) as recorder, \
-            pytest.raises(ConfigError, match="inputs="):
+    with (
+        Recorder(model, None, tmp_path / "run", probes=[Interference(Mixup(CLASSES, 0.4))]) as recorder,
+        pytest.raises(ConfigError, match="inputs="),
+    ):
         out = model(torch.randn(8, 12))
         recorder.step(F.cross_entropy(out, torch.zeros(8, dtype=torch.long)), out, torch.zeros(8, dtype=torch.long))
     args = build_parser().parse_args(["--interference", "--interference-every", "5", "--interference-alpha", "0.2"])
@@ -330,7 +365,10 @@ def test_an_activation_that_never_runs_is_nan_for_revival_and_zero_for_atd(tmp_p
         out = model(x)
         recorder.step(F.cross_entropy(out, y), out, y, inputs=x)
     row = open_run(tmp_path / "run").isel(step=0)
-    assert [math.isnan(float(row[name][0])) for name in ("revival_frac", "zero_frac_clean", "zero_frac_mixed")] \
-        == [True, True, True]
+    assert [math.isnan(float(row[name][0])) for name in ("revival_frac", "zero_frac_clean", "zero_frac_mixed")] == [
+        True,
+        True,
+        True,
+    ]
     assert float(row["atd_mean"][0]) == 0.0 and float(row["atd_var"][0]) == 0.0
     assert np.isfinite(row["interference_ratio"].values).all()

@@ -22,13 +22,31 @@ from dynamics import open_run
 from dynamics.store import read_json
 from figures.__main__ import main as figures_main
 
-TINY = ["--sizes", "128,256", "--widths", "2,4", "--seeds", "0,1", "--steps", "20", "--num-samples", "500",
-        "--batch-size", "32", "--no-progress"]
+TINY = [
+    "--sizes",
+    "128,256",
+    "--widths",
+    "2,4",
+    "--seeds",
+    "0,1",
+    "--steps",
+    "20",
+    "--num-samples",
+    "500",
+    "--batch-size",
+    "32",
+    "--no-progress",
+]
 
 
 def cli(*args: str, module: str = "analyses.interference") -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True,
-                          timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    return subprocess.run(
+        [sys.executable, "-m", module, *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
 
 
 def train_study(*args: str) -> subprocess.CompletedProcess[str]:
@@ -67,8 +85,10 @@ def test_every_statistic_matches_a_recomputation_from_the_stores(study) -> None:
         strongly_mixed = early["interference_ratio_model"].where(early["mix_strength"] >= 0.25)
         interference = float(strongly_mixed.mean(skipna=True))
         revival = float(early["revival_frac"].mean("layer", skipna=True).mean(skipna=True))
-        accuracy = {s: read_json(root / name.format(s) / "meta.json")["results"]["final_test_accuracy"]
-                    for s in ("mixup", "pause")}
+        accuracy = {
+            s: read_json(root / name.format(s) / "meta.json")["results"]["final_test_accuracy"]
+            for s in ("mixup", "pause")
+        }
         assert run["enp_end_step"] == end and run["enp_reached"] == period.reached
         assert run["interference"] == pytest.approx(interference, rel=1e-6, nan_ok=True)
         assert run["interference_all"] == pytest.approx(interference_all, rel=1e-6)
@@ -78,8 +98,9 @@ def test_every_statistic_matches_a_recomputation_from_the_stores(study) -> None:
         assert run["accuracy_diff"] == pytest.approx(stored, abs=1e-6)
         per_run[(run["size"], run["width"], run["seed"])] = (interference, accuracy["pause"] - accuracy["mixup"])
     for cell in summary["cells"]:
-        diffs = [diff for (size, width, _), (_, diff) in per_run.items() if (size, width) == (cell["size"],
-                                                                                                cell["width"])]
+        diffs = [
+            diff for (size, width, _), (_, diff) in per_run.items() if (size, width) == (cell["size"], cell["width"])
+        ]
         assert cell["accuracy_diff"] == pytest.approx(np.mean(diffs), abs=1e-12)
         if np.ptp(diffs) > 0:
             low, high = stats.ttest_1samp(diffs, 0.0).confidence_interval(0.95)
@@ -95,8 +116,11 @@ def test_every_statistic_matches_a_recomputation_from_the_stores(study) -> None:
         assert rho == pytest.approx(ranks, abs=1e-12)
         trend = "falls" if rho < 0 else "rises"
         assert f"{trend} with {'training-set size' if name == 'size' else 'CNN width'}" in summary["conclusion"]
-    supported = all(summary["correlations"][f"interference_vs_{n}"]["rho"] < 0
-                    and summary["correlations"][f"interference_vs_{n}"]["p"] < 0.05 for n in ("size", "width"))
+    supported = all(
+        summary["correlations"][f"interference_vs_{n}"]["rho"] < 0
+        and summary["correlations"][f"interference_vs_{n}"]["p"] < 0.05
+        for n in ("size", "width")
+    )
     assert ("is supported by" in summary["conclusion"]) == supported
     assert all(math.isfinite(r) for r in ratios)
 
@@ -120,8 +144,9 @@ def test_the_analysis_no_longer_trains_and_names_the_command_that_does(tmp_path)
     assert moved.returncode == 2 and moved.stderr.count("\n") == 1 and not moved.stdout
     assert f"python -m dynamics.studies.interference_scale --quick --root {tmp_path} " in moved.stderr
     assert list(tmp_path.iterdir()) == []  # nothing trained
-    only = train_study("--root", str(tmp_path / "r"), *TINY, "--sizes", "128", "--widths", "2", "--seeds", "0",
-                       "--train-only")  # the later flags override TINY's
+    only = train_study(
+        "--root", str(tmp_path / "r"), *TINY, "--sizes", "128", "--widths", "2", "--seeds", "0", "--train-only"
+    )  # the later flags override TINY's
     assert only.returncode == 0, only.stderr
     assert only.stdout.strip() == str(tmp_path / "r") and not (tmp_path / "r" / "interference_study.json").exists()
     assert sorted(p.name for p in (tmp_path / "r").iterdir()) == ["n128-w2-mixup-s0", "n128-w2-pause-s0"]

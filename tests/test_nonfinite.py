@@ -21,22 +21,29 @@ def small_model() -> nn.Sequential:
     return nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 8), nn.Tanh(), nn.Linear(8, 3))
 
 
-def run(tmp_path: Path, policy: str, *, poison_input: set[int] = frozenset(), poison_grad: dict[int, str] | None = None,
-        steps: int = 8) -> tuple[nn.Module, Path]:
+def run(
+    tmp_path: Path,
+    policy: str,
+    *,
+    poison_input: set[int] = frozenset(),
+    poison_grad: dict[int, str] | None = None,
+    steps: int = 8,
+) -> tuple[nn.Module, Path]:
     """A loop of ``steps`` steps; NaN inputs at ``poison_input`` steps, an Inf gradient entry (as backward
     produces it, through a gradient hook) of parameter ``poison_grad[step]`` at those steps."""
     model = small_model()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-    recorder = Recorder(model, optimizer, tmp_path / "run", probes="default", on_nonfinite=policy,
-                        check_finite_every=3)
+    recorder = Recorder(model, optimizer, tmp_path / "run", probes="default", on_nonfinite=policy, check_finite_every=3)
     current = {"step": -1}
     for name, param in model.named_parameters():
+
         def poison(grad: torch.Tensor, name: str = name) -> torch.Tensor:
             if (poison_grad or {}).get(current["step"]) != name:
                 return grad
             grad = grad.clone()
             grad.view(-1)[0] = float("inf")
             return grad
+
         param.register_hook(poison)
     generator = torch.Generator().manual_seed(1)
     with recorder:
@@ -95,8 +102,19 @@ def test_skip_leaves_the_parameters_of_skipped_steps_unchanged(tmp_path: Path) -
 
 
 def test_engine_skip_policy_finishes_a_diverging_run(tmp_path: Path) -> None:
-    config = make_config({"dataset": "gaussian", "num_samples": 400, "model": "mlp", "width": 8, "epochs": 2,
-                          "batch_size": 32, "lr": 1e12, "device": "cpu", "on_nonfinite": "skip"})
+    config = make_config(
+        {
+            "dataset": "gaussian",
+            "num_samples": 400,
+            "model": "mlp",
+            "width": 8,
+            "epochs": 2,
+            "batch_size": 32,
+            "lr": 1e12,
+            "device": "cpu",
+            "on_nonfinite": "skip",
+        }
+    )
     train(config, tmp_path / "run", progress=False)
     ds = open_run(tmp_path / "run")
     meta = json.loads((tmp_path / "run" / "meta.json").read_text())

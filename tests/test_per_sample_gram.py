@@ -104,8 +104,9 @@ def make_case(name: str) -> Case:
         model = AttentionBlock()
         x, y, loss = torch.randn(6, 5, 8), torch.randint(0, 3, (6,)), cross_entropy
     elif name == "lm":
-        model = build_model("lm", input_shape=(6,), num_classes=11, width=1, depth=1, activation="gelu",
-                            width_mult=1 / 32)
+        model = build_model(
+            "lm", input_shape=(6,), num_classes=11, width=1, depth=1, activation="gelu", width_mult=1 / 32
+        )
         x, y, loss = torch.randint(0, 11, (6, 6)), torch.randint(0, 11, (6, 6)), token_cross_entropy
     else:
         model = Odd()
@@ -169,7 +170,7 @@ def test_moments_match_torch_func(case: str, path: str) -> None:
     for name, g in per.items():
         assert_gram(grams[name], g)
         scale = float(g.square().sum(0).max())
-        torch.testing.assert_close(moments[name].sum, g.sum(0), rtol=RTOL, atol=RTOL * scale ** 0.5)
+        torch.testing.assert_close(moments[name].sum, g.sum(0), rtol=RTOL, atol=RTOL * scale**0.5)
         torch.testing.assert_close(moments[name].sum_sq, g.square().sum(0), rtol=RTOL, atol=RTOL * scale)
 
 
@@ -195,8 +196,12 @@ def test_statistics_match_brute_force() -> None:
     diff = [(i, j) for i, j in pairs if y[i] != y[j]]
     assert same and diff
     result = stiffness(gram, y)
-    for value, chosen, matrix in ((result.same, same, cos), (result.diff, diff, cos),
-                                  (result.sign_same, same, dots.sign()), (result.sign_diff, diff, dots.sign())):
+    for value, chosen, matrix in (
+        (result.same, same, cos),
+        (result.diff, diff, cos),
+        (result.sign_same, same, dots.sign()),
+        (result.sign_diff, diff, dots.sign()),
+    ):
         expected = torch.stack([matrix[i, j] for i, j in chosen]).mean()
         torch.testing.assert_close(value, expected, rtol=RTOL, atol=1e-8)
 
@@ -212,8 +217,9 @@ def test_statistics_match_brute_force() -> None:
     keep = layer_var > 0
     expected = (layer_mean[keep].square() / layer_var[keep]).mean()
     torch.testing.assert_close(gsnr_elementwise(moments[name], batch), expected, rtol=RTOL, atol=0)
-    torch.testing.assert_close(gsnr_aggregate(grams[name]), layer_mean.square().sum() / layer_var.sum(),
-                               rtol=RTOL, atol=0)
+    torch.testing.assert_close(
+        gsnr_aggregate(grams[name]), layer_mean.square().sum() / layer_var.sum(), rtol=RTOL, atol=0
+    )
 
 
 def test_alignment_of_clean_and_mixed_batches() -> None:
@@ -227,8 +233,9 @@ def test_alignment_of_clean_and_mixed_batches() -> None:
 
     def mix_loss(out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         w = target[:, 2].double() / 1000
-        return (w * F.cross_entropy(out, target[:, 0], reduction="none")
-                + (1 - w) * F.cross_entropy(out, target[:, 1], reduction="none"))
+        return w * F.cross_entropy(out, target[:, 0], reduction="none") + (1 - w) * F.cross_entropy(
+            out, target[:, 1], reduction="none"
+        )
 
     both = torch.cat([x, mixed])
     targets = torch.stack([torch.cat([y, y]), torch.cat([y, y[perm]]), (weights * 1000).round().long()], 1)
@@ -281,8 +288,13 @@ def test_mixup_pair_of_a_logistic_unit_is_nearly_orthogonal_to_the_clean_pair() 
 
 
 def state(model: nn.Module) -> tuple:
-    return ([p.detach().clone() for p in model.parameters()], [p.grad.clone() for p in model.parameters()],
-            [b.clone() for b in model.buffers()], [m.training for m in model.modules()], torch.get_rng_state())
+    return (
+        [p.detach().clone() for p in model.parameters()],
+        [p.grad.clone() for p in model.parameters()],
+        [b.clone() for b in model.buffers()],
+        [m.training for m in model.modules()],
+        torch.get_rng_state(),
+    )
 
 
 def assert_same_state(before: tuple, after: tuple) -> None:

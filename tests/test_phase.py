@@ -20,8 +20,17 @@ from dynamics.engine import train
 from dynamics.probes import GeometricCadence
 
 REPO = Path(__file__).resolve().parents[1]
-CAPTURE = {"dataset": "mnist1d", "num_samples": 4000, "epochs": 4, "batch_size": 64, "probes": "minimal",
-           "representation": True, "fisher": True, "probe_samples": 64, "probe_growth": 0.2}
+CAPTURE = {
+    "dataset": "mnist1d",
+    "num_samples": 4000,
+    "epochs": 4,
+    "batch_size": 64,
+    "probes": "minimal",
+    "representation": True,
+    "fisher": True,
+    "probe_samples": 64,
+    "probe_growth": 0.2,
+}
 """The default CNN (width 32, depth 3) on 3200 MNIST-1D training samples, 200 steps: accuracy passes 50%."""
 
 
@@ -29,6 +38,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # small tensors: one thread 
 
 
 # ------------------------------------------------------------------------------- synthetic curves
+
 
 def test_intervals_cover_the_truth_in_at_least_90_of_100_trials() -> None:
     """100 seeded noisy logistic curves; the 95% bootstrap interval must cover the true t_c and w >= 90 times.
@@ -50,10 +60,15 @@ def test_intervals_cover_the_truth_in_at_least_90_of_100_trials() -> None:
 @pytest.mark.parametrize("family", ["logistic", "stretched_exp"])
 def test_aic_picks_the_generating_family(family: str) -> None:
     t = np.arange(1000.0)
-    truth = logistic(t, 0.05, 0.85, 400.0, 50.0) if family == "logistic" else \
-        stretched_exponential(t, 0.05, 0.85, 270.0, 0.6)
-    picks = [fit_transition(t, truth + np.random.default_rng(trial).normal(0, 0.05, t.size), n_boot=2).best
-             for trial in range(30)]
+    truth = (
+        logistic(t, 0.05, 0.85, 400.0, 50.0)
+        if family == "logistic"
+        else stretched_exponential(t, 0.05, 0.85, 270.0, 0.6)
+    )
+    picks = [
+        fit_transition(t, truth + np.random.default_rng(trial).normal(0, 0.05, t.size), n_boot=2).best
+        for trial in range(30)
+    ]
     assert picks.count(family) >= 28, picks
 
 
@@ -61,13 +76,15 @@ def test_noise_free_curves_are_fitted_exactly() -> None:
     t = np.arange(0.0, 500.0, 2.0)
     fit = fit_transition(t, logistic(t, 0.1, 0.8, 210.0, 17.0), n_boot=4)
     params = fit.fits["logistic"].params
-    np.testing.assert_allclose([params[k] for k in ("psi_0", "psi_inf", "t_c", "w")], [0.1, 0.8, 210.0, 17.0],
-                               rtol=1e-6)
+    np.testing.assert_allclose(
+        [params[k] for k in ("psi_0", "psi_inf", "t_c", "w")], [0.1, 0.8, 210.0, 17.0], rtol=1e-6
+    )
     assert fit.fits["logistic"].r2 == pytest.approx(1.0, abs=1e-10) and fit.best == "logistic"
     fit = fit_transition(t, stretched_exponential(t, 0.2, 0.7, 90.0, 0.7), n_boot=4)
     params = fit.fits["stretched_exp"].params
-    np.testing.assert_allclose([params[k] for k in ("psi_0", "amplitude", "tau", "beta")], [0.2, 0.7, 90.0, 0.7],
-                               rtol=1e-6)
+    np.testing.assert_allclose(
+        [params[k] for k in ("psi_0", "amplitude", "tau", "beta")], [0.2, 0.7, 90.0, 0.7], rtol=1e-6
+    )
     assert fit.best == "stretched_exp"
 
 
@@ -102,8 +119,11 @@ def synthetic_run(seed: int, t_c: float, steps: int = 600, w: float = 25.0, enp_
     }
     if enp_end is not None:
         variables["enp_active"] = ("step", (step < enp_end).astype(float))
-    return xr.Dataset(variables, coords={"step": step, "split": ["train", "test"]},
-                      attrs={"config": {"dataset": "synthetic", "seed": seed}})
+    return xr.Dataset(
+        variables,
+        coords={"step": step, "split": ["train", "test"]},
+        attrs={"config": {"dataset": "synthetic", "seed": seed}},
+    )
 
 
 def test_analysis_of_synthetic_seeds() -> None:
@@ -153,6 +173,7 @@ def test_bad_input_is_a_config_error() -> None:
 
 # ----------------------------------------------------------------------------- real MNIST-1D runs
 
+
 @pytest.fixture(scope="module")
 def captures(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
     root = tmp_path_factory.mktemp("phase")
@@ -193,15 +214,17 @@ def test_cli_prints_the_summary_and_writes_the_figure(captures: list[Path], caps
 
 
 def test_cli_error_is_one_line_and_exit_2(tmp_path: Path) -> None:
-    done = subprocess.run([sys.executable, "-m", "analyses.phase", str(tmp_path / "none")], capture_output=True,
-                          text=True, cwd=REPO)
+    done = subprocess.run(
+        [sys.executable, "-m", "analyses.phase", str(tmp_path / "none")], capture_output=True, text=True, cwd=REPO
+    )
     assert done.returncode == 2 and not done.stdout
     assert done.stderr.startswith("error: no run directory") and len(done.stderr.strip().splitlines()) == 1
 
 
 @pytest.mark.parametrize("args", [[], ["RUN", "--bootstrap", "x"], ["RUN", "--bootstrap", "1"], ["RUN", "RUN2"]])
-def test_cli_usage_errors_exit_2(captures: list[Path], tmp_path: Path, capsys: pytest.CaptureFixture,
-                                 args: list[str]) -> None:
+def test_cli_usage_errors_exit_2(
+    captures: list[Path], tmp_path: Path, capsys: pytest.CaptureFixture, args: list[str]
+) -> None:
     (tmp_path / "data.zarr").mkdir()
     args = [{"RUN": str(captures[0]), "RUN2": str(tmp_path)}.get(a, a) for a in args]
     assert main(args) == 2

@@ -45,6 +45,7 @@ def tail_threshold(module: nn.Module, side: str) -> float:
     A dense grid walks in from the far tail to the first steep point; float64 bisection then refines the
     edge between the last flat and the first steep grid point.
     """
+
     def slopes(x: torch.Tensor) -> torch.Tensor:
         x = x.clone().requires_grad_(True)
         module.forward(x).sum().backward()  # forward() skips hooks, so nothing is captured
@@ -90,11 +91,13 @@ class Reference:
     def _pre(self, name):
         def hook(module, args):
             self.pending[name] = args[0].detach().double().numpy().copy()
+
         return hook
 
     def _post(self, name):
         def hook(module, args, output):
             self.captured[name].append((self.pending.pop(name), output.detach().double().numpy().copy()))
+
         return hook
 
     def activations(self) -> dict[str, dict[str, float]]:
@@ -114,8 +117,13 @@ class Reference:
         return stats
 
 
-def train_and_compare(tmp_path, every: int, accumulate: int = 1, batches: tuple[int, ...] = (24,) * 7,
-                      threads: tuple[int, ...] | None = None) -> None:
+def train_and_compare(
+    tmp_path,
+    every: int,
+    accumulate: int = 1,
+    batches: tuple[int, ...] = (24,) * 7,
+    threads: tuple[int, ...] | None = None,
+) -> None:
     """Seven steps of ``Net`` recorded and recomputed by ``Reference``; ``batches`` are the steps' batch sizes
     and ``threads`` torch's thread count at each step (unchanged when None)."""
     torch.manual_seed(0)
@@ -167,12 +175,12 @@ def train_and_compare(tmp_path, every: int, accumulate: int = 1, batches: tuple[
         for var in ("loss", "accuracy", "lr"):
             np.testing.assert_allclose(float(got[var]), want[var], rtol=RTOL, err_msg=f"{var} step {step}")
         for var in ("grad_norm", "param_norm", "dist_from_init", "update_norm"):
-            np.testing.assert_allclose(got[var].values, want[var], rtol=RTOL, atol=1e-12,
-                                       err_msg=f"{var} step {step}")
+            np.testing.assert_allclose(got[var].values, want[var], rtol=RTOL, atol=1e-12, err_msg=f"{var} step {step}")
         for layer, stats in want["acts"].items():
             for var, value in stats.items():
-                np.testing.assert_allclose(float(got[var].sel(layer=layer)), value, rtol=RTOL, atol=1e-12,
-                                           err_msg=f"{var} {layer} step {step}")
+                np.testing.assert_allclose(
+                    float(got[var].sel(layer=layer)), value, rtol=RTOL, atol=1e-12, err_msg=f"{var} {layer} step {step}"
+                )
 
 
 @pytest.mark.parametrize("every", [1, 3])
@@ -343,5 +351,3 @@ def test_run_opens_with_empty_steps_before_the_first_flush(tmp_path):
             recorder.step(loss)
         recorder.flush()
         assert open_run(tmp_path / "run").step.values.tolist() == [0, 1, 2]
-
-

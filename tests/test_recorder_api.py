@@ -46,8 +46,10 @@ def test_a_model_without_trainable_parameters_is_refused_at_construction(tmp_pat
 
 def test_a_loss_of_several_values_is_named_at_the_first_step(tmp_path) -> None:
     model = nn.Linear(6, 10)
-    with pytest.raises(ConfigError, match=r"loss must be one value, got a tensor of shape \(16,\)"), \
-            Recorder(model, torch.optim.SGD(model.parameters(), lr=0.1), tmp_path / "run") as rec:
+    with (
+        pytest.raises(ConfigError, match=r"loss must be one value, got a tensor of shape \(16,\)"),
+        Recorder(model, torch.optim.SGD(model.parameters(), lr=0.1), tmp_path / "run") as rec,
+    ):
         out = model(torch.randn(16, 6))
         loss = F.cross_entropy(out, torch.randint(0, 10, (16,)), reduction="none")
         loss.mean().backward()
@@ -55,10 +57,13 @@ def test_a_loss_of_several_values_is_named_at_the_first_step(tmp_path) -> None:
     assert json.loads((tmp_path / "run" / "meta.json").read_text())["status"] == "failed"
 
 
-@pytest.mark.parametrize(("target", "message"), [
-    (torch.randint(0, 10, (8,)), r"output of shape \(16, 10\) and target of shape \(8,\) do not fit"),
-    (torch.rand(16), "give integer class indices"),
-])
+@pytest.mark.parametrize(
+    ("target", "message"),
+    [
+        (torch.randint(0, 10, (8,)), r"output of shape \(16, 10\) and target of shape \(8,\) do not fit"),
+        (torch.rand(16), "give integer class indices"),
+    ],
+)
 def test_output_and_target_that_do_not_fit_are_named(tmp_path, target, message) -> None:
     model = nn.Linear(6, 10)
     rec = Recorder(model, torch.optim.SGD(model.parameters(), lr=0.1), tmp_path / "run")
@@ -122,8 +127,10 @@ def test_an_activation_module_reused_in_one_forward_is_named_and_pooled(tmp_path
     torch.manual_seed(0)
     model = Reuse()
     x = torch.randn(16, 6)
-    with warnings.catch_warnings(record=True) as caught, \
-            Recorder(model, torch.optim.SGD(model.parameters(), lr=0.0), tmp_path / "run") as rec:
+    with (
+        warnings.catch_warnings(record=True) as caught,
+        Recorder(model, torch.optim.SGD(model.parameters(), lr=0.0), tmp_path / "run") as rec,
+    ):
         warnings.simplefilter("always")
         hidden = model.first(torch.relu(x))
         out = model(x)
@@ -132,8 +139,9 @@ def test_an_activation_module_reused_in_one_forward_is_named_and_pooled(tmp_path
     assert any("'act' ran 2 times in 1 forward pass" in str(w.message) for w in caught)
     pooled = torch.cat([torch.relu(x).reshape(-1), torch.relu(hidden).detach().reshape(-1)]).double()
     ds = open_run(tmp_path / "run")
-    np.testing.assert_allclose(float(ds["act_zero_frac"].sel(layer="act")[0]), float((pooled == 0).double().mean()),
-                               rtol=1e-6)
+    np.testing.assert_allclose(
+        float(ds["act_zero_frac"].sel(layer="act")[0]), float((pooled == 0).double().mean()), rtol=1e-6
+    )
     np.testing.assert_allclose(float(ds["act_mean"].sel(layer="act")[0]), float(pooled.mean()), rtol=1e-6)
     np.testing.assert_allclose(float(ds["act_std"].sel(layer="act")[0]), float(pooled.std(unbiased=False)), rtol=1e-6)
 

@@ -23,8 +23,15 @@ PARAMETERS = {  # (CIFAR-10 32x32, CIFAR-100 32x32, Tiny-ImageNet 64x64 with 200
     "vit_tiny": (5_362_762, 5_380_132, 5_427_080),
     "vit_small": (21_342_346, 21_376_996, 21_470_792),
 }
-ACTIVATION_COUNTS = {"resnet18": 17, "preact_resnet18": 17, "preact_resnet50": 49, "vgg16_bn": 13,
-                     "googlenet": 1 + 9 * 7, "vit_tiny": 12, "vit_small": 12}
+ACTIVATION_COUNTS = {
+    "resnet18": 17,
+    "preact_resnet18": 17,
+    "preact_resnet50": 49,
+    "vgg16_bn": 13,
+    "googlenet": 1 + 9 * 7,
+    "vit_tiny": 12,
+    "vit_small": 12,
+}
 
 
 def build(name: str, shape: tuple[int, ...], classes: int = 10, **kwargs: object) -> nn.Module:
@@ -40,8 +47,11 @@ def num_params(model: nn.Module) -> int:
 def check_forward_backward(model: nn.Module, x: torch.Tensor, out_shape: tuple[int, ...]) -> None:
     """Output shape and finiteness; every parameter gets a finite gradient; each activation runs once."""
     calls: dict[str, int] = {}
-    handles = [module.register_forward_hook(lambda m, a, o, n=name: calls.__setitem__(n, calls.get(n, 0) + 1))
-               for name, module in model.named_modules() if flat_rule(module) is not None]
+    handles = [
+        module.register_forward_hook(lambda m, a, o, n=name: calls.__setitem__(n, calls.get(n, 0) + 1))
+        for name, module in model.named_modules()
+        if flat_rule(module) is not None
+    ]
     out = model(x)
     for handle in handles:
         handle.remove()
@@ -69,8 +79,7 @@ def test_image_models_forward_backward_at_64(name):
 
 @pytest.mark.parametrize("name", ["preact_resnet50", "googlenet", "vit_small"])
 def test_big_models_at_64_quarter_width(name):
-    check_forward_backward(build(name, (3, 64, 64), classes=200, width_mult=0.25), torch.randn(2, 3, 64, 64),
-                           (2, 200))
+    check_forward_backward(build(name, (3, 64, 64), classes=200, width_mult=0.25), torch.randn(2, 3, 64, 64), (2, 200))
 
 
 @pytest.mark.slow
@@ -134,18 +143,21 @@ def test_language_model_is_causal():
     assert lm(ids[:, :5]).shape == (1, 5, 30)  # shorter contexts are fine
 
 
-@pytest.mark.parametrize(("name", "shape", "kwargs", "needle"), [
-    ("resnet18", (1, 40), {}, "use an image data set"),
-    ("vgg16_bn", (3, 16, 16), {}, "at least 32x32"),
-    ("lm", (3, 32, 32), {}, "use the text data set"),
-    ("cnn_gru", (3, 32, 32), {}, "time-series"),
-    ("resnet18", (3, 32, 32), {"width_mult": 0.0}, "width_mult must be"),
-    ("resnet18", (3, 32, 32), {"width_mult": float("inf")}, "width_mult must be"),
-    ("mlp", (1, 40), {"width_mult": 2.0}, "size it with width instead"),
-    ("resnet18", (3, 32, 32), {"patch_size": 4}, "leave patch_size unset"),
-    ("resnet18", (3, 32, 32), {"kind": "signal"}, "choose one of: mlp, cnn, cnn_gru"),
-    ("cnn", (1, 40), {"kind": "sequence"}, "choose one of: lm"),
-])
+@pytest.mark.parametrize(
+    ("name", "shape", "kwargs", "needle"),
+    [
+        ("resnet18", (1, 40), {}, "use an image data set"),
+        ("vgg16_bn", (3, 16, 16), {}, "at least 32x32"),
+        ("lm", (3, 32, 32), {}, "use the text data set"),
+        ("cnn_gru", (3, 32, 32), {}, "time-series"),
+        ("resnet18", (3, 32, 32), {"width_mult": 0.0}, "width_mult must be"),
+        ("resnet18", (3, 32, 32), {"width_mult": float("inf")}, "width_mult must be"),
+        ("mlp", (1, 40), {"width_mult": 2.0}, "size it with width instead"),
+        ("resnet18", (3, 32, 32), {"patch_size": 4}, "leave patch_size unset"),
+        ("resnet18", (3, 32, 32), {"kind": "signal"}, "choose one of: mlp, cnn, cnn_gru"),
+        ("cnn", (1, 40), {"kind": "sequence"}, "choose one of: lm"),
+    ],
+)
 def test_build_errors_are_one_line(name, shape, kwargs, needle):
     """One line naming the parameters (``ConfigError.keys``), never a command-line flag."""
     with pytest.raises(ConfigError) as excinfo:

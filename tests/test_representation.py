@@ -33,14 +33,23 @@ from dynamics.probes import (
 )
 
 STORE_RTOL = 2e-6  # values are stored as float32
-SMALL = {"dataset": "mnist1d", "num_samples": 1200, "epochs": 2, "batch_size": 64, "width": 8, "depth": 2,
-         "probe_samples": 40, "probes": "default"}
+SMALL = {
+    "dataset": "mnist1d",
+    "num_samples": 1200,
+    "epochs": 2,
+    "batch_size": 64,
+    "width": 8,
+    "depth": 2,
+    "probe_samples": 40,
+    "probes": "default",
+}
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # small tensors: one thread is faster on a shared machine
 
 
 # ------------------------------------------------------------------ brute-force float64 references
+
 
 def ref_nc1(h: np.ndarray, y: np.ndarray) -> float:
     classes = np.unique(y)
@@ -51,27 +60,32 @@ def ref_nc1(h: np.ndarray, y: np.ndarray) -> float:
     return float(np.trace(within @ np.linalg.pinv(between, rcond=1e-10, hermitian=True)) / len(classes))
 
 
-def ref_ridge(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, y_test: np.ndarray, classes: int,
-              ridge: float) -> tuple[float, float]:
+def ref_ridge(
+    x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, y_test: np.ndarray, classes: int, ridge: float
+) -> tuple[float, float]:
     """Primal ridge with an unpenalised intercept, refitted n times for leave-one-out."""
     targets = np.eye(classes)[y_train]
     centred = x_train - x_train.mean(0)
-    lam = ridge * (centred ** 2).sum() / len(x_train)
+    lam = ridge * (centred**2).sum() / len(x_train)
 
     def fit_predict(x: np.ndarray, t: np.ndarray, query: np.ndarray) -> np.ndarray:
         xm, tm = x.mean(0), t.mean(0)
         weights = np.linalg.solve((x - xm).T @ (x - xm) + lam * np.eye(x.shape[1]), (x - xm).T @ (t - tm))
         return tm + (query - xm) @ weights
 
-    loo = [fit_predict(np.delete(x_train, i, 0), np.delete(targets, i, 0), x_train[i:i + 1])[0].argmax()
-           for i in range(len(x_train))]
+    loo = [
+        fit_predict(np.delete(x_train, i, 0), np.delete(targets, i, 0), x_train[i : i + 1])[0].argmax()
+        for i in range(len(x_train))
+    ]
     test = fit_predict(x_train, targets, x_test).argmax(1)
     return float(np.mean(np.array(loo) == y_train)), float(np.mean(test == y_test))
 
 
-def ref_knn(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, y_test: np.ndarray, classes: int,
-            k: int) -> tuple[float, float]:
+def ref_knn(
+    x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, y_test: np.ndarray, classes: int, k: int
+) -> tuple[float, float]:
     """Majority of the k nearest, ties to the smaller sum of neighbour ranks, then the smaller class."""
+
     def vote(distances: np.ndarray) -> int:
         order = np.argsort(distances, kind="stable")[:k]
         counts = np.bincount(y_train[order], minlength=classes)
@@ -106,13 +120,20 @@ def all_references(features: np.ndarray, probe, previous: np.ndarray, ridge: flo
     n = len(probe.x_train)
     y_tr, y_te = probe.y_train.numpy(), probe.y_test.numpy()
     tr, te = features[:n], features[n:]
-    linear, knn = ref_ridge(tr, y_tr, te, y_te, probe.num_classes, ridge), ref_knn(tr, y_tr, te, y_te,
-                                                                                  probe.num_classes, k)
-    return {"rep_nc1": [ref_nc1(tr, y_tr), ref_nc1(te, y_te)], "rep_linear_acc": list(linear),
-            "rep_knn_acc": list(knn), "rep_cka": [ref_cka(previous[:n], tr), ref_cka(previous[n:], te)]}
+    linear, knn = (
+        ref_ridge(tr, y_tr, te, y_te, probe.num_classes, ridge),
+        ref_knn(tr, y_tr, te, y_te, probe.num_classes, k),
+    )
+    return {
+        "rep_nc1": [ref_nc1(tr, y_tr), ref_nc1(te, y_te)],
+        "rep_linear_acc": list(linear),
+        "rep_knn_acc": list(knn),
+        "rep_cka": [ref_cka(previous[:n], tr), ref_cka(previous[n:], te)],
+    }
 
 
 # ---------------------------------------------------------------------------- order parameters
+
 
 def clustered(n: int, d: int, classes: int, spread: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(seed)
@@ -155,8 +176,10 @@ def test_knn_ties_go_to_nearer_neighbours_then_smaller_class(labels: list[int], 
 
 
 def test_nc1_falls_as_classes_separate() -> None:
-    values = [float(nc1(torch.tensor(x), torch.tensor(y), 4))
-              for x, y in (clustered(200, 10, 4, spread, 0) for spread in (3.0, 1.0, 0.1))]
+    values = [
+        float(nc1(torch.tensor(x), torch.tensor(y), 4))
+        for x, y in (clustered(200, 10, 4, spread, 0) for spread in (3.0, 1.0, 0.1))
+    ]
     assert values[0] > values[1] > values[2] > 0
 
 
@@ -166,6 +189,7 @@ def test_nc1_is_zero_for_collapsed_classes() -> None:
 
 # ------------------------------------------------------------------------------ the probes in training
 
+
 @pytest.fixture(scope="module")
 def mnist() -> Dataset:
     return load_dataset("mnist1d", num_samples=1200, seed=0)
@@ -173,8 +197,9 @@ def mnist() -> Dataset:
 
 def cnn(data: Dataset, seed: int = 0) -> nn.Module:
     torch.manual_seed(seed)
-    return build_model("cnn", input_shape=data.input_shape, num_classes=data.num_classes, width=8, depth=2,
-                       activation="relu")
+    return build_model(
+        "cnn", input_shape=data.input_shape, num_classes=data.num_classes, width=8, depth=2, activation="relu"
+    )
 
 
 def features_of(model: nn.Module, x: torch.Tensor) -> np.ndarray:
@@ -204,8 +229,9 @@ def test_recorded_values_match_brute_force_during_training(mnist: Dataset, tmp_p
     expected: dict[int, dict[str, list[float]]] = {}
     measured = cadence.steps(steps, every)
     order = torch.Generator().manual_seed(0)
-    with Recorder(model, optimizer, tmp_path / "run", every=every,
-                  probes=["loss", "activations", representation, fisher]) as recorder:
+    with Recorder(
+        model, optimizer, tmp_path / "run", every=every, probes=["loss", "activations", representation, fisher]
+    ) as recorder:
         for step in range(steps):
             index = torch.randint(0, len(mnist.x_train), (64,), generator=order)
             out = model(mnist.x_train[index])
@@ -313,8 +339,11 @@ def test_training_is_bit_identical_with_the_probes_on(mnist: Dataset, tmp_path) 
     assert stored["sample"].values.tolist() == probe.sample_labels
     np.testing.assert_array_equal(stored["label"].values, probe.y.numpy())
     last = stored["features"].isel(step=-1).values.astype(np.float64)
-    np.testing.assert_allclose(float(on["rep_nc1"].isel(step=measured[-1]).sel(split="train")),
-                               ref_nc1(last[:40], probe.y_train.numpy()), rtol=1e-4)
+    np.testing.assert_allclose(
+        float(on["rep_nc1"].isel(step=measured[-1]).sel(split="train")),
+        ref_nc1(last[:40], probe.y_train.numpy()),
+        rtol=1e-4,
+    )
 
 
 def test_probe_set_is_stratified_seeded_and_prepared(mnist: Dataset) -> None:
@@ -332,12 +361,24 @@ def test_probe_set_is_stratified_seeded_and_prepared(mnist: Dataset) -> None:
 
 
 def test_bad_settings_are_config_errors(mnist: Dataset) -> None:
-    sequence = Dataset("text", torch.zeros(8, 4, dtype=torch.long), torch.zeros(8, 4, dtype=torch.long),
-                       torch.zeros(8, 4, dtype=torch.long), torch.zeros(8, 4, dtype=torch.long), 5, kind="sequence")
+    sequence = Dataset(
+        "text",
+        torch.zeros(8, 4, dtype=torch.long),
+        torch.zeros(8, 4, dtype=torch.long),
+        torch.zeros(8, 4, dtype=torch.long),
+        torch.zeros(8, 4, dtype=torch.long),
+        5,
+        kind="sequence",
+    )
     with pytest.raises(ConfigError, match="sequence"):
         make_probe_set(sequence, 4)
-    for bad in ({"probe_samples": 1}, {"probe_growth": 0.0}, {"probe_growth": math.inf},
-                {"probe_max_interval": 0}, {"store_features": True}):
+    for bad in (
+        {"probe_samples": 1},
+        {"probe_growth": 0.0},
+        {"probe_growth": math.inf},
+        {"probe_max_interval": 0},
+        {"store_features": True},
+    ):
         with pytest.raises(ConfigError):
             make_config(bad)
     for bad in ({"growth": -1.0}, {"max_interval": 0}):
@@ -346,8 +387,14 @@ def test_bad_settings_are_config_errors(mnist: Dataset) -> None:
     with pytest.raises(ConfigError, match="no module"):
         Representation(make_probe_set(mnist, 10), module="nope").attach(Context(cnn(mnist), None))
     flags = {flag for action in build_parser()._actions for flag in action.option_strings}
-    assert {"--representation", "--fisher", "--probe-samples", "--probe-growth", "--probe-max-interval",
-            "--store-features"} <= flags
+    assert {
+        "--representation",
+        "--fisher",
+        "--probe-samples",
+        "--probe-growth",
+        "--probe-max-interval",
+        "--store-features",
+    } <= flags
 
 
 @pytest.mark.parametrize(("growth", "every", "max_interval"), [(0.1, 1, None), (0.5, 3, None), (0.3, 1, 4)])

@@ -21,17 +21,60 @@ import xarray as xr
 from dynamics import open_run
 from dynamics.checkpoint import checkpoint_paths
 
-RUN = ["--dataset", "gaussian", "--num-samples", "800", "--model", "mlp", "--width", "16", "--depth", "2",
-       "--epochs", "3", "--batch-size", "32", "--device", "cpu", "--deterministic", "--no-progress",
-       "--mixup-alpha", "0.4", "--enp-epochs", "auto", "--alpha-boost", "1.0", "--plp", "--cyclical-clip", "1:5",
-       "--representation", "--store-features", "--fisher", "--probe-samples", "16",
-       "--interference", "--interference-every", "5", "--interference-samples",
-       "--checkpoint-steps", "25", "--checkpoint-seconds", "0", "--flush-seconds", "0.01"]
+RUN = [
+    "--dataset",
+    "gaussian",
+    "--num-samples",
+    "800",
+    "--model",
+    "mlp",
+    "--width",
+    "16",
+    "--depth",
+    "2",
+    "--epochs",
+    "3",
+    "--batch-size",
+    "32",
+    "--device",
+    "cpu",
+    "--deterministic",
+    "--no-progress",
+    "--mixup-alpha",
+    "0.4",
+    "--enp-epochs",
+    "auto",
+    "--alpha-boost",
+    "1.0",
+    "--plp",
+    "--cyclical-clip",
+    "1:5",
+    "--representation",
+    "--store-features",
+    "--fisher",
+    "--probe-samples",
+    "16",
+    "--interference",
+    "--interference-every",
+    "5",
+    "--interference-samples",
+    "--checkpoint-steps",
+    "25",
+    "--checkpoint-seconds",
+    "0",
+    "--flush-seconds",
+    "0.01",
+]
 
 
 def collect(*args: str, cwd: Path) -> subprocess.Popen[str]:
-    return subprocess.Popen([sys.executable, "-m", "dynamics.collect", *args], cwd=cwd, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    return subprocess.Popen(
+        [sys.executable, "-m", "dynamics.collect", *args],
+        cwd=cwd,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
 
 
 def assert_same_run(expected: xr.Dataset, actual: xr.Dataset) -> None:
@@ -67,8 +110,13 @@ def test_killed_run_resumes_to_the_uninterrupted_values(tmp_path: Path) -> None:
     newest = int(checkpoint_paths(run)[-1].stem.split("-")[1])
     assert newest < recorded, (newest, recorded)  # the resume has steps to replace
 
-    resumed = subprocess.run([sys.executable, "-m", "dynamics.collect", "--resume", "killed", "--no-progress"],
-                             cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    resumed = subprocess.run(
+        [sys.executable, "-m", "dynamics.collect", "--resume", "killed", "--no-progress"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert resumed.returncode == 0, resumed.stderr
     assert reference.wait(timeout=120) == 0, reference.stderr.read()
     expected, actual = open_run(tmp_path / "reference"), open_run(run)
@@ -83,15 +131,19 @@ def test_killed_run_resumes_to_the_uninterrupted_values(tmp_path: Path) -> None:
             np.testing.assert_array_equal(got["features"], want["features"])
 
 
-@pytest.mark.parametrize(("args", "words"), [
-    (["--resume", "nowhere"], ["--resume nowhere", "config.json", "missing"]),
-    (["--resume", "run", "--lr", "0.1"], ["drop --lr", "own config.json"]),
-    (["--resume", "run", "--out", "other"], ["drop --out"]),
-])
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (["--resume", "nowhere"], ["--resume nowhere", "config.json", "missing"]),
+        (["--resume", "run", "--lr", "0.1"], ["drop --lr", "own config.json"]),
+        (["--resume", "run", "--out", "other"], ["drop --out"]),
+    ],
+)
 def test_resume_refuses_what_cannot_continue(tmp_path: Path, args: list[str], words: list[str]) -> None:
     (tmp_path / "run").mkdir()
-    result = subprocess.run([sys.executable, "-m", "dynamics.collect", *args], cwd=tmp_path, capture_output=True,
-                            text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-m", "dynamics.collect", *args], cwd=tmp_path, capture_output=True, text=True, timeout=120
+    )
     assert result.returncode == 2, result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr

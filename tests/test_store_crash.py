@@ -37,8 +37,13 @@ class Writer:
         self.stderr_path = run_dir.parent / f"{run_dir.name}.stderr"
         self._stderr = self.stderr_path.open("w")
         self.process = subprocess.Popen(
-            [sys.executable, str(WRITER), str(run_dir), *args], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-            stderr=self._stderr, text=True, bufsize=1, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            [sys.executable, str(WRITER), str(run_dir), *args],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self._stderr,
+            text=True,
+            bufsize=1,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )
         self.lines: queue.Queue[tuple[float, list[str]]] = queue.Queue()
         self.committed = {"step": 0, "eval_step": 0}
@@ -62,7 +67,7 @@ class Writer:
             self._track(line)
             if line[:1] == ["eof"]:
                 raise AssertionError(f"writer exited before printing {' '.join(words)!r}{self.tail()}")
-            if tuple(line[:len(words)]) == words:
+            if tuple(line[: len(words)]) == words:
                 return line
 
     def drain(self) -> None:
@@ -115,8 +120,10 @@ def check_run(ds: xr.Dataset, every: int, at_least: int) -> int:
     assert {"loss", "accuracy", "lr", "grad_norm", "act_zero_frac", "epoch"} <= set(variables)
     for name, var in variables.items():
         assert var.sizes["step"] == n, f"{name} has {var.sizes['step']} steps, expected {n}"
-    bad = {name: np.flatnonzero(~np.isfinite(var.values.reshape(n, -1)).all(axis=1)).tolist()
-           for name, var in variables.items()}
+    bad = {
+        name: np.flatnonzero(~np.isfinite(var.values.reshape(n, -1)).all(axis=1)).tolist()
+        for name, var in variables.items()
+    }
     assert not any(bad.values()), f"non-finite values in committed rows (rows by variable): {bad}"
     assert (np.diff(ds["epoch"].values) >= 0).all()
     if "eval_step" in ds.dims:
@@ -130,8 +137,9 @@ def check_run(ds: xr.Dataset, every: int, at_least: int) -> int:
 def raw_step_lengths(run_dir: Path) -> dict[str, int]:
     """Lengths of the step arrays on disk, whether committed or not (a killed append may leave more)."""
     group = zarr.open_group(run_dir / "data.zarr", mode="r")
-    return {name: array.shape[0] for name, array in group.arrays()
-            if (array.metadata.dimension_names or ("",))[0] == "step"}
+    return {
+        name: array.shape[0] for name, array in group.arrays() if (array.metadata.dimension_names or ("",))[0] == "step"
+    }
 
 
 # (seed, every, slow_store seconds, kill right after an append begins)
@@ -147,16 +155,31 @@ KILL_POINTS = {
 def kill_writers(request, tmp_path_factory):
     """Writers of the selected kill cases, started together (imports overlap) and waiting for 'go'."""
     prefix = "test_sigkill_leaves_every_committed_step["
-    cases = [item.name[len(prefix):-1] for item in request.session.items if item.name.startswith(prefix)]
+    cases = [item.name[len(prefix) : -1] for item in request.session.items if item.name.startswith(prefix)]
     writers = {}
     try:
         for case in cases:
             seed, every, slow, _ = KILL_POINTS[case]
             flushes = random.Random(seed).randint(2, 5)
             run_dir = tmp_path_factory.mktemp(f"kill-{case}") / "run"
-            writers[case] = (run_dir, flushes, Writer(
-                run_dir, "--every", str(every), "--flush-steps", "5", "--seed", str(seed), "--wait-go",
-                "--slow-store", str(slow), "--slow-after", str(flushes)))
+            writers[case] = (
+                run_dir,
+                flushes,
+                Writer(
+                    run_dir,
+                    "--every",
+                    str(every),
+                    "--flush-steps",
+                    "5",
+                    "--seed",
+                    str(seed),
+                    "--wait-go",
+                    "--slow-store",
+                    str(slow),
+                    "--slow-after",
+                    str(flushes),
+                ),
+            )
         yield writers
     finally:
         for _, _, writer in writers.values():
@@ -202,7 +225,7 @@ def test_sigkill_leaves_every_committed_step(kill_writers, case):
 
 def assert_prefix_unchanged(before: dict[str, np.ndarray], after: xr.Dataset) -> None:
     for name, old in before.items():
-        new = after[name].values[:len(old)]
+        new = after[name].values[: len(old)]
         np.testing.assert_array_equal(new, old, err_msg=f"committed rows of {name} changed between reads")
 
 
@@ -402,9 +425,24 @@ def test_a_live_run_has_one_writer_and_a_killed_one_none(tmp_path):
         with pytest.raises(ConfigError, match=f"being written by another process \\(pid {writer.process.pid}\\)"):
             Recorder(model, optimizer, run_dir, overwrite=True)
         assert not model[1]._forward_hooks, "a refused Recorder leaves no hooks behind"
-        cli = subprocess.run([sys.executable, "-m", "dynamics.collect", "--dataset", "gaussian", "--epochs", "1",
-                              "--no-progress", "--out", str(run_dir), "--overwrite"],
-                             capture_output=True, text=True, timeout=180)
+        cli = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "dynamics.collect",
+                "--dataset",
+                "gaussian",
+                "--epochs",
+                "1",
+                "--no-progress",
+                "--out",
+                str(run_dir),
+                "--overwrite",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=180,
+        )
         assert cli.returncode == 2, cli.stderr
         assert "being written by another process" in cli.stderr and "Traceback" not in cli.stderr
         assert len(cli.stderr.strip().splitlines()) == 1, cli.stderr

@@ -87,8 +87,11 @@ def flip(path: Path) -> None:
     path.write_bytes(bytes(data))
 
 
-DAMAGES = {"deleted": (delete, "is missing"), "truncated": (truncate, "is unreadable"),
-           "flipped": (flip, "is unreadable")}
+DAMAGES = {
+    "deleted": (delete, "is missing"),
+    "truncated": (truncate, "is unreadable"),
+    "flipped": (flip, "is unreadable"),
+}
 ARRAYS = {"loss": "chunk 1 (rows 512-1023", "epoch": "chunk 0 (rows 0-511", "grad_norm": "chunk 2,0 (rows 1024-1099"}
 
 
@@ -130,15 +133,21 @@ def test_a_read_of_undamaged_rows_still_works(run):
     """Damage is reported by the reads that reach it; the other chunks stay readable."""
     flip(chunk_file(run, "loss", 2))
     ds = open_run(run)
-    assert ds.loss[:CHUNK_ROWS * 2].values.shape == (CHUNK_ROWS * 2,)
+    assert ds.loss[: CHUNK_ROWS * 2].values.shape == (CHUNK_ROWS * 2,)
     with pytest.raises(StoreError, match="chunk 2 "):
         ds.loss[-1].load()
 
 
 def test_figures_exits_2_with_one_line_on_a_damaged_store(run):
     flip(chunk_file(run, "loss", 1))
-    done = subprocess.run([sys.executable, "-m", "figures", str(run)], capture_output=True, text=True, cwd=ROOT,
-                          env={**os.environ, "MPLBACKEND": "Agg"}, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-m", "figures", str(run)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env={**os.environ, "MPLBACKEND": "Agg"},
+        timeout=120,
+    )
     lines = done.stderr.strip().splitlines()
     assert done.returncode == 2, done.stderr
     assert len(lines) == 1 and lines[0].startswith("error: "), done.stderr
@@ -176,8 +185,13 @@ def test_same_run_twice_is_refused(recorded, tmp_path, capsys):
     run = recorded[0]
     link = tmp_path / "link"
     link.symlink_to(run)
-    for twice in ([run, run], [run, Path(f"{run}/")], [run, link], [run, run / "data.zarr"],
-                  [run, run.parent / ".." / run.parent.name / run.name]):
+    for twice in (
+        [run, run],
+        [run, Path(f"{run}/")],
+        [run, link],
+        [run, run / "data.zarr"],
+        [run, run.parent / ".." / run.parent.name / run.name],
+    ):
         with pytest.raises(ConfigError, match="same run"):
             distinct_runs(twice)
     assert distinct_runs([run, tmp_path]) == [run, tmp_path]
@@ -194,9 +208,14 @@ def test_store_without_checksums_still_opens(tmp_path, monkeypatch):
     run = tmp_path / "old"
     run.mkdir()
     writer = RunWriter(run, {"param": ["a", "b"]}, {})
-    writer.append("step", {"step": (("step",), np.arange(600)),
-                           "loss": (("step",), np.linspace(0, 1, 600, dtype=np.float32)),
-                           "grad_norm": (("step", "param"), np.ones((600, 2), dtype=np.float32))})
+    writer.append(
+        "step",
+        {
+            "step": (("step",), np.arange(600)),
+            "loss": (("step",), np.linspace(0, 1, 600, dtype=np.float32)),
+            "grad_norm": (("step", "param"), np.ones((600, 2), dtype=np.float32)),
+        },
+    )
     monkeypatch.undo()
     codecs = json.loads((run / "data.zarr" / "loss" / "zarr.json").read_text())["codecs"]
     assert all(codec["name"] != "crc32c" for codec in codecs)
@@ -204,9 +223,14 @@ def test_store_without_checksums_still_opens(tmp_path, monkeypatch):
     np.testing.assert_array_equal(ds.loss.values, np.linspace(0, 1, 600, dtype=np.float32))
     # a resumed old store appends to its old arrays; a variable new to it is checked
     writer = RunWriter.reopen(run, 600)
-    writer.append("step", {"step": (("step",), np.arange(600, 700)),
-                           "loss": (("step",), np.zeros(100, dtype=np.float32)),
-                           "new": (("step",), np.ones(100))})
+    writer.append(
+        "step",
+        {
+            "step": (("step",), np.arange(600, 700)),
+            "loss": (("step",), np.zeros(100, dtype=np.float32)),
+            "new": (("step",), np.ones(100)),
+        },
+    )
     ds = open_run(run).load()
     assert ds.sizes["step"] == 700 and np.isnan(ds.new.values[:600]).all() and (ds.new.values[600:] == 1).all()
 

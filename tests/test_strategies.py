@@ -29,11 +29,23 @@ SMALL = {"dataset": "gaussian", "num_samples": 400, "epochs": 4, "batch_size": 4
 
 
 # ---- General Cyclical Training schedule: E = 11 epochs (E - 1 = 10), values by hand ----
-@pytest.mark.parametrize(("factor", "epoch", "eta"), [
-    (1, 0, 1.0), (1, 5, 0.5), (1, 10, 0.0),                     # plain ramp: 1 - e/10
-    (2, 0, 1.0), (2, 3, 0.4), (2, 5, 0.0), (2, 6, 0.2), (2, 10, 1.0),   # 2e < 11: 1 - 2e/10, else 2e/10 - 1
-    (4, 2, 0.2), (4, 3, 0.2 / 3), (4, 7, 1.8 / 3), (4, 10, 1.0),        # 4e >= 11: (4e/10 - 1)/3
-])
+@pytest.mark.parametrize(
+    ("factor", "epoch", "eta"),
+    [
+        (1, 0, 1.0),
+        (1, 5, 0.5),
+        (1, 10, 0.0),  # plain ramp: 1 - e/10
+        (2, 0, 1.0),
+        (2, 3, 0.4),
+        (2, 5, 0.0),
+        (2, 6, 0.2),
+        (2, 10, 1.0),  # 2e < 11: 1 - 2e/10, else 2e/10 - 1
+        (4, 2, 0.2),
+        (4, 3, 0.2 / 3),
+        (4, 7, 1.8 / 3),
+        (4, 10, 1.0),  # 4e >= 11: (4e/10 - 1)/3
+    ],
+)
 def test_cyclical_schedule_values(factor: float, epoch: int, eta: float) -> None:
     assert cyclical_eta(epoch, 11, factor) == pytest.approx(eta, abs=1e-12)
     assert cyclical_value(epoch, 11, 1.0, 3.0, factor) == pytest.approx(3.0 - 2.0 * eta, abs=1e-12)
@@ -48,8 +60,9 @@ def test_cyclical_schedule_rejects_bad_arguments() -> None:
 
 
 # ---- Cyclical focal loss against a direct numpy formula ----
-def focal_numpy(logits: np.ndarray, labels: np.ndarray, eta: float, g_hc: float, g_pos: float, g_neg: float,
-                eps: float) -> np.ndarray:
+def focal_numpy(
+    logits: np.ndarray, labels: np.ndarray, eta: float, g_hc: float, g_pos: float, g_neg: float, eps: float
+) -> np.ndarray:
     losses = []
     for row, label in zip(logits.astype(np.float64), labels, strict=True):
         p = np.exp(row - row.max())
@@ -75,7 +88,8 @@ def test_cyclical_focal_loss_matches_formula(eta: float) -> None:
     expected = focal_numpy(logits.numpy(), labels.numpy(), eta, 3.0, 2.0, 2.5, 0.1)
     np.testing.assert_allclose(loss.numpy(), expected, rtol=1e-5)
     assert CyclicalFocalLoss()(logits, labels, eta).item() == pytest.approx(
-        focal_numpy(logits.numpy(), labels.numpy(), eta, 3, 2, 2, 0.1).mean(), rel=1e-5)
+        focal_numpy(logits.numpy(), labels.numpy(), eta, 3, 2, 2, 0.1).mean(), rel=1e-5
+    )
 
 
 # ---- Parameter Linear Prediction ----
@@ -143,8 +157,9 @@ def test_mixup_inputs_and_soft_targets(mode: str) -> None:
     mixer = Mixup(3, mixup_alpha=0.4, mode=mode, label_smoothing=0.1, seed=3)
     mixed, target, info = mixer(x, y)
     lam = recovered_lams(x, mixed)
-    np.testing.assert_allclose(mixed.numpy(), (lam.view(-1, 1, 1) * x + (1 - lam.view(-1, 1, 1)) * x.flip(0)).numpy(),
-                               atol=1e-12)
+    np.testing.assert_allclose(
+        mixed.numpy(), (lam.view(-1, 1, 1) * x + (1 - lam.view(-1, 1, 1)) * x.flip(0)).numpy(), atol=1e-12
+    )
     smooth = F.one_hot(y, 3).double() * 0.9 + 0.1 / 3
     expected = lam.view(-1, 1) * smooth + (1 - lam.view(-1, 1)) * smooth.flip(0)
     np.testing.assert_allclose(target.double().numpy(), expected.numpy(), atol=1e-6)
@@ -175,7 +190,7 @@ def test_cutmix_pastes_one_box_and_weights_targets_by_area(mode: str) -> None:
         assert torch.equal(box, from_mirror[1])
         rows, cols = box.any(1).nonzero().flatten(), box.any(0).nonzero().flatten()
         if len(rows):
-            assert box[rows.min():rows.max() + 1, cols.min():cols.max() + 1].all()
+            assert box[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1].all()
         lam = 1 - box.double().mean().item()
         expected = lam * F.one_hot(y[i], 4).double() + (1 - lam) * F.one_hot(y[5 - i], 4).double()
         np.testing.assert_allclose(target[i].double().numpy(), expected.numpy(), atol=1e-6)
@@ -213,13 +228,24 @@ def test_high_loss_removal_loss_is_mean_of_kept_samples() -> None:
 
 # ---- Recorded hyperparameters match what was applied ----
 def test_recorded_cyclical_hyperparameters_match_the_schedule(tmp_path) -> None:
-    config = make_config({**SMALL, "epochs": 5, "momentum": 0.0, "lr": 0.5, "cyclical_factor": 2.0,
-                          "cyclical_wd": "0.001:0.004", "cyclical_temperature": "0.5:2",
-                          "cyclical_clip": "0.05:0.2", "cyclical_batch_size": "20:80", "cyclical_focal": True})
+    config = make_config(
+        {
+            **SMALL,
+            "epochs": 5,
+            "momentum": 0.0,
+            "lr": 0.5,
+            "cyclical_factor": 2.0,
+            "cyclical_wd": "0.001:0.004",
+            "cyclical_temperature": "0.5:2",
+            "cyclical_clip": "0.05:0.2",
+            "cyclical_batch_size": "20:80",
+            "cyclical_focal": True,
+        }
+    )
     train(config, tmp_path / "r", progress=False)
     ds = open_run(tmp_path / "r")
     epoch = ds["epoch"].values
-    eta = {0: 1.0, 1: 0.5, 2: 0.0, 3: 0.5, 4: 1.0}          # E = 5, f = 2: 2e < 5 -> 1 - 2e/4, else 2e/4 - 1
+    eta = {0: 1.0, 1: 0.5, 2: 0.0, 3: 0.5, 4: 1.0}  # E = 5, f = 2: 2e < 5 -> 1 - 2e/4, else 2e/4 - 1
     want = np.array([eta[e] for e in epoch])
     np.testing.assert_allclose(ds["weight_decay"].values, 0.004 - 0.003 * want, rtol=1e-12)
     np.testing.assert_allclose(ds["temperature"].values, 2.0 - 1.5 * want, rtol=1e-12)
@@ -251,8 +277,13 @@ def test_plp_in_the_engine_records_where_it_jumped(tmp_path) -> None:
 
 # ---- Enlightenment strategies in a capture ----
 def collect(*args: str, cwd) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "dynamics.collect", *args, "--no-progress"], cwd=cwd,
-                          capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "dynamics.collect", *args, "--no-progress"],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 QUICK = ["--num-samples", "2000", "--epochs", "4", "--batch-size", "32"]
@@ -269,8 +300,16 @@ def test_mixup_pause_for_two_epochs(tmp_path) -> None:
 
 
 def test_mixup_pause_auto_switches_at_the_detected_step(tmp_path) -> None:
-    config = make_config({"num_samples": 2000, "epochs": 4, "batch_size": 32, "mixup_alpha": 0.4,
-                          "mixup_pause": True, "enp_epochs": "auto"})
+    config = make_config(
+        {
+            "num_samples": 2000,
+            "epochs": 4,
+            "batch_size": 32,
+            "mixup_alpha": 0.4,
+            "mixup_pause": True,
+            "enp_epochs": "auto",
+        }
+    )
     train(config, tmp_path / "r", progress=False)
     ds = open_run(tmp_path / "r")
     smoothed = smooth_ema(ds["step"].values, ds["accuracy"].values.astype(np.float64), 10.0)
@@ -289,16 +328,19 @@ def test_alpha_boost_uses_the_boosted_alpha_only_in_the_period(tmp_path) -> None
     np.testing.assert_allclose(ds["mixup_alpha"].values, np.where(early, 1.5, 0.2), rtol=1e-7)
 
 
-@pytest.mark.parametrize(("args", "words"), [
-    (["--mixup-alpha", "-0.2"], ["alpha", ">= 0"]),
-    (["--high-loss-removal", "1.0", "--enp-epochs", "1"], ["--high-loss-removal", "[0, 1)"]),
-    (["--cyclical-wd", "0.01:0.001"], ["--cyclical-wd", "MIN"]),
-    (["--cyclical-factor", "0.5", "--cyclical-wd", "0:0.01"], ["--cyclical-factor", ">= 1"]),
-    (["--cutmix-alpha", "1.0"], ["CutMix", "image"]),
-    (["--mixup-pause", "--enp-epochs", "1"], ["--mixup-alpha"]),
-    (["--alpha-boost", "2"], ["--enp-epochs"]),
-    (["--enp-epochs", "soon"], ["--enp-epochs"]),
-])
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (["--mixup-alpha", "-0.2"], ["alpha", ">= 0"]),
+        (["--high-loss-removal", "1.0", "--enp-epochs", "1"], ["--high-loss-removal", "[0, 1)"]),
+        (["--cyclical-wd", "0.01:0.001"], ["--cyclical-wd", "MIN"]),
+        (["--cyclical-factor", "0.5", "--cyclical-wd", "0:0.01"], ["--cyclical-factor", ">= 1"]),
+        (["--cutmix-alpha", "1.0"], ["CutMix", "image"]),
+        (["--mixup-pause", "--enp-epochs", "1"], ["--mixup-alpha"]),
+        (["--alpha-boost", "2"], ["--enp-epochs"]),
+        (["--enp-epochs", "soon"], ["--enp-epochs"]),
+    ],
+)
 def test_invalid_strategy_settings_fail_at_start_up(tmp_path, args: list[str], words: list[str]) -> None:
     result = collect("--epochs", "1", *args, "--out", "r", cwd=tmp_path)
     assert result.returncode == 2, result.stderr

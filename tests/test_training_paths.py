@@ -23,8 +23,22 @@ from dynamics.models import build_model
 from dynamics.probes import flat_rule
 from dynamics.steps import autocast, evaluate_split, prepare_model
 
-FULL_VARIABLES = {"loss", "accuracy", "lr", "epoch", "grad_norm", "param_norm", "dist_from_init", "update_norm",
-                  "act_zero_frac", "act_dead_frac", "act_mean", "act_std", "val_loss", "val_accuracy"}
+FULL_VARIABLES = {
+    "loss",
+    "accuracy",
+    "lr",
+    "epoch",
+    "grad_norm",
+    "param_norm",
+    "dist_from_init",
+    "update_norm",
+    "act_zero_frac",
+    "act_dead_frac",
+    "act_mean",
+    "act_std",
+    "val_loss",
+    "val_accuracy",
+}
 
 
 @pytest.fixture(scope="module")
@@ -36,10 +50,29 @@ def fake_cifar(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_cli_captures_resnet18_on_cifar_archive(fake_cifar, tmp_path):
-    args = ["--dataset", "cifar10", "--data-dir", str(fake_cifar), "--model", "resnet18", "--epochs", "1",
-            "--train-size", "256", "--no-progress", "--out", "run"]
-    result = subprocess.run([sys.executable, "-m", "dynamics.collect", *args], cwd=tmp_path, capture_output=True,
-                            text=True, timeout=300, env={**os.environ, "DYNAMICS_CACHE": str(tmp_path / "cache")})
+    args = [
+        "--dataset",
+        "cifar10",
+        "--data-dir",
+        str(fake_cifar),
+        "--model",
+        "resnet18",
+        "--epochs",
+        "1",
+        "--train-size",
+        "256",
+        "--no-progress",
+        "--out",
+        "run",
+    ]
+    result = subprocess.run(
+        [sys.executable, "-m", "dynamics.collect", *args],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "DYNAMICS_CACHE": str(tmp_path / "cache")},
+    )
     assert result.returncode == 0, result.stderr
     meta = json.loads((tmp_path / "run" / "meta.json").read_text())
     config = json.loads((tmp_path / "run" / "config.json").read_text())
@@ -63,9 +96,22 @@ def steps_loss(run: Path) -> np.ndarray:
 
 
 def test_language_model_trains_on_the_default_corpus(one_thread, tmp_path):
-    config = make_config({"dataset": "text", "seq_len": 32, "train_size": 1600, "model": "lm", "depth": 2,
-                          "width_mult": 0.25, "activation": "gelu", "optimizer": "adamw", "lr": 3e-3,
-                          "batch_size": 16, "epochs": 2, "eval_batch_size": 512})
+    config = make_config(
+        {
+            "dataset": "text",
+            "seq_len": 32,
+            "train_size": 1600,
+            "model": "lm",
+            "depth": 2,
+            "width_mult": 0.25,
+            "activation": "gelu",
+            "optimizer": "adamw",
+            "lr": 3e-3,
+            "batch_size": 16,
+            "epochs": 2,
+            "eval_batch_size": 512,
+        }
+    )
     result = train(config, tmp_path / "lm", progress=False)
     loss = steps_loss(tmp_path / "lm")
     assert len(loss) == 200 and result.steps == 200
@@ -79,8 +125,7 @@ def test_language_model_trains_on_the_default_corpus(one_thread, tmp_path):
 
 def test_recorded_accuracy_of_a_language_model_is_per_token(tmp_path):
     torch.manual_seed(0)
-    model = build_model("lm", input_shape=(12,), num_classes=20, width=1, depth=1, activation="gelu",
-                        width_mult=0.25)
+    model = build_model("lm", input_shape=(12,), num_classes=20, width=1, depth=1, activation="gelu", width_mult=0.25)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     ids = torch.randint(0, 20, (5, 12))
     target = torch.randint(0, 20, (5, 12))
@@ -100,8 +145,18 @@ def test_recorded_accuracy_of_a_language_model_is_per_token(tmp_path):
 
 
 def test_time_series_trains(one_thread, tmp_path):
-    config = make_config({"dataset": "timeseries", "num_samples": 2000, "seq_len": 32, "model": "cnn_gru",
-                          "width_mult": 0.5, "lr": 0.02, "batch_size": 32, "epochs": 4})
+    config = make_config(
+        {
+            "dataset": "timeseries",
+            "num_samples": 2000,
+            "seq_len": 32,
+            "model": "cnn_gru",
+            "width_mult": 0.5,
+            "lr": 0.02,
+            "batch_size": 32,
+            "epochs": 4,
+        }
+    )
     result = train(config, tmp_path / "r", progress=False)
     loss = steps_loss(tmp_path / "r")
     assert len(loss) == 200
@@ -110,15 +165,28 @@ def test_time_series_trains(one_thread, tmp_path):
 
 
 def test_bf16_and_channels_last_on_cpu(one_thread, fake_cifar, tmp_path):
-    config = make_config({"dataset": "cifar10", "data_dir": str(fake_cifar), "model": "resnet18",
-                          "width_mult": 0.125, "precision": "bf16", "channels_last": True, "batch_size": 50,
-                          "epochs": 2})
+    config = make_config(
+        {
+            "dataset": "cifar10",
+            "data_dir": str(fake_cifar),
+            "model": "resnet18",
+            "width_mult": 0.125,
+            "precision": "bf16",
+            "channels_last": True,
+            "batch_size": 50,
+            "epochs": 2,
+        }
+    )
     result = train(config, tmp_path / "r", progress=False)
     ds = open_run(tmp_path / "r")
     assert np.isfinite(ds["loss"].values).all() and np.isfinite(ds["grad_norm"].values).all()
     assert np.isfinite(ds["act_mean"].values).all() and result.steps == 12
-    model = prepare_model(build_model("resnet18", input_shape=(3, 32, 32), num_classes=10, width=1, depth=1,
-                                      activation="relu", width_mult=0.125), channels_last=True)
+    model = prepare_model(
+        build_model(
+            "resnet18", input_shape=(3, 32, 32), num_classes=10, width=1, depth=1, activation="relu", width_mult=0.125
+        ),
+        channels_last=True,
+    )
     assert model.conv1.weight.is_contiguous(memory_format=torch.channels_last)
     with autocast(torch.device("cpu"), "bf16"):
         out = model(torch.randn(2, 3, 32, 32).contiguous(memory_format=torch.channels_last))
@@ -130,11 +198,20 @@ def test_bf16_and_channels_last_on_cpu(one_thread, fake_cifar, tmp_path):
 def test_settings_that_do_not_fit_the_data_fail_before_the_run(tmp_path):
     for values in ({"channels_last": True}, {"model": "resnet18"}, {"data_dir": str(tmp_path)}):
         with pytest.raises(ConfigError):
-            train(make_config({"dataset": "gaussian", "num_samples": 200, "epochs": 1, **values}), tmp_path / "r",
-                  progress=False)
+            train(
+                make_config({"dataset": "gaussian", "num_samples": 200, "epochs": 1, **values}),
+                tmp_path / "r",
+                progress=False,
+            )
         assert not (tmp_path / "r").exists()
-    for bad in ({"precision": "fp16"}, {"width_mult": 0}, {"seq_len": 0}, {"image_size": -1}, {"patch_size": 0},
-                {"compile": "yes"}):
+    for bad in (
+        {"precision": "fp16"},
+        {"width_mult": 0},
+        {"seq_len": 0},
+        {"image_size": -1},
+        {"patch_size": 0},
+        {"compile": "yes"},
+    ):
         with pytest.raises(ConfigError):
             make_config(bad)
 
@@ -194,17 +271,36 @@ def test_inductor_compiled_model_records_what_eager_records(tmp_path):
 
 @pytest.mark.slow
 def test_engine_with_compile_on_cpu(tmp_path):
-    config = make_config({"dataset": "gaussian", "num_samples": 400, "model": "mlp", "width": 16, "epochs": 2,
-                          "batch_size": 40, "compile": True})
+    config = make_config(
+        {
+            "dataset": "gaussian",
+            "num_samples": 400,
+            "model": "mlp",
+            "width": 16,
+            "epochs": 2,
+            "batch_size": 40,
+            "compile": True,
+        }
+    )
     train(config, tmp_path / "r", progress=False)
     assert np.isfinite(open_run(tmp_path / "r")["grad_norm"].values).all()
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_gpu_path_bf16_channels_last_compile(fake_cifar, tmp_path):
-    config = make_config({"dataset": "cifar10", "data_dir": str(fake_cifar), "model": "resnet18", "device": "cuda",
-                          "precision": "bf16", "channels_last": True, "compile": True, "batch_size": 100,
-                          "epochs": 2})
+    config = make_config(
+        {
+            "dataset": "cifar10",
+            "data_dir": str(fake_cifar),
+            "model": "resnet18",
+            "device": "cuda",
+            "precision": "bf16",
+            "channels_last": True,
+            "compile": True,
+            "batch_size": 100,
+            "epochs": 2,
+        }
+    )
     result = train(config, tmp_path / "r", progress=False)
     ds = open_run(tmp_path / "r")
     assert set(ds.variables) >= FULL_VARIABLES and result.steps == 6

@@ -40,8 +40,18 @@ from dynamics.strategies.plp import plp_prediction
 from dynamics.surface import fixed_samples, load_parameters, loss_surface, rebuild, write_surface
 from dynamics.surface import main as surface_main
 
-RUN = {"dataset": "mnist1d", "num_samples": 1000, "model": "cnn", "width": 8, "depth": 2, "batch_size": 32,
-       "epochs": 2, "sketch_dim": 6, "sketch_seed": 5, "device": "cpu"}
+RUN = {
+    "dataset": "mnist1d",
+    "num_samples": 1000,
+    "model": "cnn",
+    "width": 8,
+    "depth": 2,
+    "batch_size": 32,
+    "epochs": 2,
+    "sketch_dim": 6,
+    "sketch_seed": 5,
+    "device": "cpu",
+}
 """800 training samples: 25 steps per epoch, 50 in all; every step up to 10 is a snapshot."""
 
 
@@ -79,6 +89,7 @@ def _assert_rel(actual: np.ndarray, expected: np.ndarray, rel: float) -> None:
 
 # ------------------------------------------------------------------------------------------- sketch
 
+
 def test_sketch_equals_brute_force_projection_from_the_seed(run: xr.Dataset) -> None:
     attrs = run["traj_proj"].attrs
     assert (attrs["k"], attrs["seed"], attrs["mode"]) == (6, 5, "sign")
@@ -108,8 +119,7 @@ def test_sketch_never_exceeds_the_distance_from_init(run: xr.Dataset) -> None:
 
 @pytest.mark.parametrize(("width", "threads"), [(16, 1), (1500, 2)])
 @pytest.mark.parametrize(("mode", "k"), [("hashed", 4), ("dense", 4), ("sign", 11)])
-def test_every_sketch_mode_in_a_user_loop_matches_its_directions(tmp_path, request, mode, k, width,
-                                                                  threads) -> None:
+def test_every_sketch_mode_in_a_user_loop_matches_its_directions(tmp_path, request, mode, k, width, threads) -> None:
     """The recorded sketch against the regenerated directions, with k across a byte boundary for the packed
     sign bits, on a small model and on one above 16384 parameters with two threads."""
     request.addfinalizer(functools.partial(torch.set_num_threads, torch.get_num_threads()))
@@ -119,8 +129,9 @@ def test_every_sketch_mode_in_a_user_loop_matches_its_directions(tmp_path, reque
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     initial = torch.cat([p.detach().reshape(-1) for p in model.parameters()]).double()
     thetas = []
-    with Recorder(model, optimizer, tmp_path / "r", probes=["loss", "dist_from_init",
-                                                            Sketch(k=k, seed=11, mode=mode)]) as rec:
+    with Recorder(
+        model, optimizer, tmp_path / "r", probes=["loss", "dist_from_init", Sketch(k=k, seed=11, mode=mode)]
+    ) as rec:
         for _ in range(5):
             x, y = torch.randn(8, 12), torch.randint(0, 3, (8,))
             loss = F.cross_entropy(model(x), y)
@@ -142,6 +153,7 @@ def test_every_sketch_mode_in_a_user_loop_matches_its_directions(tmp_path, reque
 
 
 # ---------------------------------------------------------------------------------------- snapshots
+
 
 def test_snapshot_plan_is_dense_early_has_epoch_ends_and_thins_evenly() -> None:
     planned = snapshot_steps(1000, [249, 499, 749, 999])
@@ -166,8 +178,10 @@ def test_engine_snapshots_are_exact_epoch_ends_included_and_lazy(run: xr.Dataset
 
 def test_uncommitted_snapshot_rows_stay_hidden(tmp_path) -> None:
     model = torch.nn.Linear(3, 2)
-    with Recorder(model, None, tmp_path / "r", probes="loss") as rec, \
-            SnapshotWriter(model, tmp_path / "r", [INITIAL_STEP, 0, 1]) as snapshots:
+    with (
+        Recorder(model, None, tmp_path / "r", probes="loss") as rec,
+        SnapshotWriter(model, tmp_path / "r", [INITIAL_STEP, 0, 1]) as snapshots,
+    ):
         for step in range(3):
             with torch.no_grad():
                 model.weight.add_(1.0)
@@ -184,32 +198,38 @@ def test_uncommitted_snapshot_rows_stay_hidden(tmp_path) -> None:
 
 # -------------------------------------------------------------------------------------- PCA, linearity
 
+
 def test_pca_matches_numpy_on_the_stored_snapshots(run: xr.Dataset, traj: Trajectory) -> None:
     pca = trajectory_pca(traj, n_components=5)
     rows = _rows(run)
     module = traj.groups[1]
-    columns = np.concatenate([np.arange(s.offset, s.offset + s.numel) for s in traj.layout
-                              if s.name.rsplit(".", 1)[0] == module])
+    columns = np.concatenate(
+        [np.arange(s.offset, s.offset + s.numel) for s in traj.layout if s.name.rsplit(".", 1)[0] == module]
+    )
     for group, points in ((WHOLE, rows), (module, rows[:, columns])):
         centred = points - points.mean(0)
         u, sv, _ = np.linalg.svd(centred, full_matrices=False)
-        np.testing.assert_allclose(pca["explained_ratio"].sel(group=group).values, (sv ** 2 / (sv ** 2).sum())[:5],
-                                   rtol=1e-7, atol=1e-12)
+        np.testing.assert_allclose(
+            pca["explained_ratio"].sel(group=group).values, (sv**2 / (sv**2).sum())[:5], rtol=1e-7, atol=1e-12
+        )
         scores = pca["scores"].sel(group=group).values
         np.testing.assert_allclose(np.abs(scores), np.abs(u[:, :5] * sv[:5]), rtol=1e-6, atol=1e-9)
     end = 20  # the path so far, snapshots 0..20
-    prefix = rows[:end + 1] - rows[:end + 1].mean(0)
+    prefix = rows[: end + 1] - rows[: end + 1].mean(0)
     sv = np.linalg.svd(prefix, compute_uv=False)
-    np.testing.assert_allclose(pca["explained_over_time"].sel(group=WHOLE).isel(snap_step=end).values,
-                               np.cumsum(sv ** 2 / (sv ** 2).sum())[:5], rtol=1e-7)
+    np.testing.assert_allclose(
+        pca["explained_over_time"].sel(group=WHOLE).isel(snap_step=end).values,
+        np.cumsum(sv**2 / (sv**2).sum())[:5],
+        rtol=1e-7,
+    )
 
 
 def test_linearity_error_matches_numpy_on_the_stored_snapshots(run: xr.Dataset, traj: Trajectory) -> None:
     rows, steps = _rows(run), run["snap_step"].values.astype(np.float64)
     expected = []
     for i in range(len(rows) - 3):
-        s1, s2, s3, s4 = steps[i:i + 4]
-        t1, t2, t3, t4 = rows[i:i + 4]
+        s1, s2, s3, s4 = steps[i : i + 4]
+        t1, t2, t3, t4 = rows[i : i + 4]
         k = (s4 - s2) / (s3 - s1)
         predicted = (t2 + t3) / 2 + k * (t3 - t1) / 2
         expected.append(np.linalg.norm(predicted - (t3 + t4) / 2) / np.linalg.norm((t4 - t2) / 2))
@@ -221,9 +241,16 @@ def test_linearity_error_matches_numpy_on_the_stored_snapshots(run: xr.Dataset, 
 
 def _synthetic(steps: list[int], points: np.ndarray) -> xr.Dataset:
     """A run holding only snapshots ``points`` (S, 6) of two tensors ``a.weight`` (2, 2) and ``b.bias`` (2,)."""
-    return xr.Dataset({"snapshot": (("snap_step", "flat"), points, {
-        "param_names": ["a.weight", "b.bias"], "param_shapes": [[2, 2], [2]], "param_offsets": [0, 4]})},
-        coords={"snap_step": steps})
+    return xr.Dataset(
+        {
+            "snapshot": (
+                ("snap_step", "flat"),
+                points,
+                {"param_names": ["a.weight", "b.bias"], "param_shapes": [[2, 2], [2]], "param_offsets": [0, 4]},
+            )
+        },
+        coords={"snap_step": steps},
+    )
 
 
 def test_straight_line_has_zero_linearity_error_and_one_component() -> None:
@@ -239,9 +266,13 @@ def test_straight_line_has_zero_linearity_error_and_one_component() -> None:
     # the sketch estimate: a straight line in parameter space is a straight line in every projection
     recorded = np.arange(40)
     line = np.outer(recorded + 1.0, np.arange(1.0, 7.0))
-    sketch = xr.Dataset({"traj_proj": (("step", "param", "proj"), line.reshape(40, 2, 3), {"param_numel": [4, 2]}),
-                         "traj_proj_total": (("step", "proj"), line[:, :3])},
-                        coords={"step": recorded, "param": ["a.weight", "b.bias"]})
+    sketch = xr.Dataset(
+        {
+            "traj_proj": (("step", "param", "proj"), line.reshape(40, 2, 3), {"param_numel": [4, 2]}),
+            "traj_proj_total": (("step", "proj"), line[:, :3]),
+        },
+        coords={"step": recorded, "param": ["a.weight", "b.bias"]},
+    )
     assert float(sketch_linearity(sketch, window=5).max()) < 1e-9
 
 
@@ -273,14 +304,17 @@ def test_movement_share_from_update_norm(run: xr.Dataset, traj: Trajectory) -> N
 
 # --------------------------------------------------------------------------------------- loss surface
 
+
 def test_loss_surface_at_the_final_point_is_the_trained_models_loss(tmp_path) -> None:
     torch.manual_seed(0)
     x, y = torch.randn(96, 1, 40), torch.randint(0, 10, (96,))
     model = build_model("cnn", input_shape=(1, 40), num_classes=10, width=4, depth=1, activation="relu")
     optimizer = torch.optim.SGD(model.parameters(), lr=0.2, momentum=0.9)
     steps = snapshot_steps(30)
-    with Recorder(model, optimizer, tmp_path / "r", probes="loss") as rec, \
-            SnapshotWriter(model, tmp_path / "r", steps) as snapshots:
+    with (
+        Recorder(model, optimizer, tmp_path / "r", probes="loss") as rec,
+        SnapshotWriter(model, tmp_path / "r", steps) as snapshots,
+    ):
         for step in range(30):
             batch = slice(32 * (step % 3), 32 * (step % 3 + 1))
             loss = F.cross_entropy(model(x[batch]), y[batch])
@@ -312,8 +346,10 @@ def test_loss_surface_rebuilds_the_runs_model(run: xr.Dataset, traj: Trajectory)
 
 # ------------------------------------------------------------------------------------------------ CLI
 
-def test_stored_surface_round_trips_exactly_and_goes_stale_with_the_snapshots(run: xr.Dataset, traj: Trajectory,
-                                                                               tmp_path) -> None:
+
+def test_stored_surface_round_trips_exactly_and_goes_stale_with_the_snapshots(
+    run: xr.Dataset, traj: Trajectory, tmp_path
+) -> None:
     surface = loss_surface(run, traj, resolution=2, num_samples=32, batch_size=32, device="cpu")
     surface.loss[0, 0] = np.nan  # a diverged grid point survives the file
     payload = surface.to_json()
@@ -340,8 +376,12 @@ def test_surface_cli_writes_the_surface_then_the_analysis_reads_it(run: xr.Datas
     assert main([str(run_dir), "--no-progress", "--out", str(out)]) == 0  # no surface yet: says how to get one
     printed = capsys.readouterr().out
     assert f"loss surface         not computed; python -m dynamics.surface {run_dir}" in printed
-    assert surface_main([str(run_dir), "--resolution", "3", "--samples", "64", "--device", "cpu", "--no-progress",
-                         "--no-analysis"]) == 0
+    assert (
+        surface_main(
+            [str(run_dir), "--resolution", "3", "--samples", "64", "--device", "cpu", "--no-progress", "--no-analysis"]
+        )
+        == 0
+    )
     assert capsys.readouterr().out == f"loss surface written {(run_dir / SURFACE_NAME).resolve()}\n"
     assert main([str(run_dir), "--no-progress", "--out", str(out)]) == 0
     printed = capsys.readouterr().out
@@ -358,16 +398,23 @@ def test_surface_cli_writes_the_surface_then_the_analysis_reads_it(run: xr.Datas
 
 def test_surface_cli_runs_the_analysis_afterwards(run: xr.Dataset, capsys) -> None:
     run_dir = Path(run.attrs["run_dir"])
-    assert surface_main([str(run_dir), "--resolution", "2", "--samples", "32", "--device", "cpu",
-                         "--no-progress"]) == 0
+    assert surface_main([str(run_dir), "--resolution", "2", "--samples", "32", "--device", "cpu", "--no-progress"]) == 0
     printed = capsys.readouterr().out
     assert printed.startswith("loss surface written ") and "PCA (whole model)" in printed
     assert "32 training samples" in printed and (run_dir / "trajectory.png").exists()
     (run_dir / SURFACE_NAME).unlink()
 
 
-@pytest.mark.parametrize("args", [["/nonexistent/run"], ["RUN", "--window", "0"], ["RUN", "--bogus"],
-                                  ["RUN", "--resolution", "3"], ["RUN", "--samples", "64", "--device", "cpu"]])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["/nonexistent/run"],
+        ["RUN", "--window", "0"],
+        ["RUN", "--bogus"],
+        ["RUN", "--resolution", "3"],
+        ["RUN", "--samples", "64", "--device", "cpu"],
+    ],
+)
 def test_cli_errors_are_one_line_and_exit_2(run: xr.Dataset, args: list[str], capsys) -> None:
     args = [run.attrs["run_dir"] if a == "RUN" else a for a in args]
     assert main(args) == 2

@@ -81,12 +81,21 @@ def main() -> None:
     torch.manual_seed(args.seed)
     parent = os.getppid()
     data = load_dataset("gaussian", num_samples=640, seed=args.seed)
-    model = build_model("cnn", input_shape=data.input_shape, num_classes=data.num_classes, width=8, depth=2,
-                        activation="relu")
+    model = build_model(
+        "cnn", input_shape=data.input_shape, num_classes=data.num_classes, width=8, depth=2, activation="relu"
+    )
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
     instrument(args.slow_store, args.slow_after)
-    recorder = Recorder(model, optimizer, args.run_dir, every=args.every, flush_steps=args.flush_steps,
-                        flush_seconds=3600.0, seed=args.seed, config=vars(args))
+    recorder = Recorder(
+        model,
+        optimizer,
+        args.run_dir,
+        every=args.every,
+        flush_steps=args.flush_steps,
+        flush_seconds=3600.0,
+        seed=args.seed,
+        config=vars(args),
+    )
     report("ready")
     if args.wait_go:
         sys.stdin.readline()
@@ -97,7 +106,7 @@ def main() -> None:
     while args.max_steps is None or step < args.max_steps:
         order = torch.randperm(len(data.x_train), generator=generator)
         for start in range(0, len(order) - args.batch_size + 1, args.batch_size):
-            index = order[start:start + args.batch_size]
+            index = order[start : start + args.batch_size]
             x, y = data.x_train[index], data.y_train[index]
             out = model(x)
             loss = F.cross_entropy(out, y)
@@ -115,8 +124,9 @@ def main() -> None:
         recorder.epoch += 1
         with torch.no_grad():
             out = model(data.x_test)
-            recorder.record_eval(val_loss=F.cross_entropy(out, data.y_test),
-                                 val_accuracy=(out.argmax(1) == data.y_test).float().mean())
+            recorder.record_eval(
+                val_loss=F.cross_entropy(out, data.y_test), val_accuracy=(out.argmax(1) == data.y_test).float().mean()
+            )
     recorder.close()
     report(f"done {step}")
 

@@ -16,7 +16,14 @@ from dynamics.data.timeseries import make_timeseries
 from dynamics.errors import ConfigError, parameters_as
 
 DATASETS: tuple[str, ...] = (
-    "mnist1d", "gaussian", "timeseries", "cifar10", "cifar100", "tinyimagenet", "imagefolder", "text",
+    "mnist1d",
+    "gaussian",
+    "timeseries",
+    "cifar10",
+    "cifar100",
+    "tinyimagenet",
+    "imagefolder",
+    "text",
 )
 GENERATED: tuple[str, ...] = ("mnist1d", "gaussian", "timeseries")
 """Data sets made locally from a seed: the only ones ``num_samples`` applies to."""
@@ -48,8 +55,9 @@ __all__ = [
 
 def _refuse(name: str, setting: str, value: object, applies_to: str) -> None:
     if value is not None:
-        raise ConfigError(f"{setting} does not apply to {name} (only to {applies_to}); leave {setting} unset",
-                          key=setting)
+        raise ConfigError(
+            f"{setting} does not apply to {name} (only to {applies_to}); leave {setting} unset", key=setting
+        )
 
 
 def load_dataset(
@@ -91,16 +99,18 @@ def load_dataset(
         data = make_gaussian_mixture(num_samples=5000 if num_samples is None else num_samples, seed=seed)
     elif name == "timeseries":
         with parameters_as({"length": "seq_len"}):
-            data = make_timeseries(num_samples=5000 if num_samples is None else num_samples,
-                                   length=128 if seq_len is None else seq_len, seed=seed)
+            data = make_timeseries(
+                num_samples=5000 if num_samples is None else num_samples,
+                length=128 if seq_len is None else seq_len,
+                seed=seed,
+            )
     elif name in ("cifar10", "cifar100"):
         data = load_cifar(name, data_dir)
     elif name == "tinyimagenet":
         data = load_tiny_imagenet(data_dir, image_size=64 if image_size is None else image_size, cache_dir=cache_dir)
     elif name == "imagefolder":
         with parameters_as({"root": "data_dir"}):
-            data = load_imagefolder(data_dir, image_size=64 if image_size is None else image_size,
-                                    cache_dir=cache_dir)
+            data = load_imagefolder(data_dir, image_size=64 if image_size is None else image_size, cache_dir=cache_dir)
     else:
         with parameters_as({"path": "data_dir"}):
             data = load_text(data_dir, seq_len=128 if seq_len is None else seq_len)

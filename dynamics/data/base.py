@@ -57,9 +57,12 @@ def to_device(data: Dataset, device: torch.device) -> Dataset:
         need = sum(t.numel() * t.element_size() for t in tensors)
         free, _ = torch.cuda.mem_get_info(device)
         if need > free // 2:
-            raise ConfigError(f"{data.name} takes {need / 2**30:.1f} GiB but only half of the {free / 2**30:.1f} GiB "
-                              f"free on {device} may hold data; load fewer samples (train_size) or smaller images "
-                              "(image_size)", key=("train_size", "image_size"))
+            raise ConfigError(
+                f"{data.name} takes {need / 2**30:.1f} GiB but only half of the {free / 2**30:.1f} GiB "
+                f"free on {device} may hold data; load fewer samples (train_size) or smaller images "
+                "(image_size)",
+                key=("train_size", "image_size"),
+            )
     x_train, y_train, x_test, y_test = (t.to(device) for t in tensors)
     return replace(data, x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test)
 
@@ -84,8 +87,9 @@ def channel_stats(images: np.ndarray) -> tuple[tuple[float, ...], tuple[float, .
 def random_subset(n: int, size: int, seed: int) -> torch.Tensor:
     """Sorted indices of a seeded uniform subset of ``size`` out of ``n`` samples (unlabelled sequences)."""
     if not 1 <= size <= n:
-        raise ConfigError(f"size {size} must lie between 1 and the number of samples ({n}); choose one in that "
-                          "range", key="size")
+        raise ConfigError(
+            f"size {size} must lie between 1 and the number of samples ({n}); choose one in that range", key="size"
+        )
     generator = torch.Generator().manual_seed(seed)
     return torch.randperm(n, generator=generator)[:size].sort().values
 
@@ -104,7 +108,8 @@ def stratified_subset(y: torch.Tensor, size: int, seed: int) -> torch.Tensor:
     if not classes.numel() <= size <= n:
         raise ConfigError(
             f"size {size} must lie between the number of classes ({classes.numel()}) and the number "
-            f"of samples ({n}); choose one in that range", key="size"
+            f"of samples ({n}); choose one in that range",
+            key="size",
         )
     quota = counts.double() * size / n
     take = quota.floor().long()

@@ -44,12 +44,27 @@ class CifarLayout:
 
 LAYOUTS: dict[str, CifarLayout] = {
     "cifar10": CifarLayout(
-        "cifar-10-python.tar.gz", "cifar-10-batches-py", tuple(f"data_batch_{i}" for i in range(1, 6)),
-        "test_batch", "batches.meta", b"labels", b"label_names", 10,
-        "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"),
+        "cifar-10-python.tar.gz",
+        "cifar-10-batches-py",
+        tuple(f"data_batch_{i}" for i in range(1, 6)),
+        "test_batch",
+        "batches.meta",
+        b"labels",
+        b"label_names",
+        10,
+        "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
+    ),
     "cifar100": CifarLayout(
-        "cifar-100-python.tar.gz", "cifar-100-python", ("train",), "test", "meta", b"fine_labels",
-        b"fine_label_names", 100, "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz"),
+        "cifar-100-python.tar.gz",
+        "cifar-100-python",
+        ("train",),
+        "test",
+        "meta",
+        b"fine_labels",
+        b"fine_label_names",
+        100,
+        "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz",
+    ),
 }
 
 _ALLOWED: dict[tuple[str, str], Callable[..., Any]] = {}
@@ -95,8 +110,9 @@ def find_cifar(name: str, data_dir: str | os.PathLike[str] | None) -> Path:
     for candidate in (root / layout.archive, root):
         if candidate.is_file():
             return candidate
-    raise ConfigError(f"{name}: expected {layout.archive} or {layout.folder}/ in {root}, found neither; {hint}",
-                      key="data_dir")
+    raise ConfigError(
+        f"{name}: expected {layout.archive} or {layout.folder}/ in {root}, found neither; {hint}", key="data_dir"
+    )
 
 
 def _read_members(source: Path, layout: CifarLayout) -> dict[str, bytes]:
@@ -128,8 +144,9 @@ def _images_and_labels(batch: dict[bytes, Any], layout: CifarLayout, file: str) 
         raise _Damaged(f"{file} holds no uint8 image array of shape (N, 3072)")
     labels = np.asarray(labels if labels is not None else [], dtype=np.int64)
     if labels.shape != (len(data),) or (len(labels) and not 0 <= labels.min() <= labels.max() < layout.num_classes):
-        raise _Damaged(f"{file} has {len(labels)} labels for {len(data)} images or labels outside "
-                       f"0..{layout.num_classes - 1}")
+        raise _Damaged(
+            f"{file} has {len(labels)} labels for {len(data)} images or labels outside 0..{layout.num_classes - 1}"
+        )
     return data.reshape(-1, 3, 32, 32), labels
 
 
@@ -145,8 +162,9 @@ def load_cifar(name: str, data_dir: str | os.PathLike[str] | None) -> Dataset:
             splits[split] = (np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]))
         names = _unpickle(raw[layout.meta]).get(layout.names_key, [])
     except _Damaged as err:
-        raise ConfigError(f"{name}: {source} is damaged ({err}); download {layout.url} again into data_dir",
-                          key="data_dir") from None
+        raise ConfigError(
+            f"{name}: {source} is damaged ({err}); download {layout.url} again into data_dir", key="data_dir"
+        ) from None
     x_train, y_train = splits["train"]
     x_test, y_test = splits["test"]
     mean, std = channel_stats(x_train)
@@ -186,8 +204,12 @@ def write_cifar(
     def batch(labels: np.ndarray, label: str) -> dict[bytes, Any]:
         noise = rng.integers(-40, 41, size=(len(labels), 3, 1024), dtype=np.int16)
         data = np.clip(colours[labels] + noise, 0, 255).astype(np.uint8).reshape(len(labels), 3072)
-        entry = {b"batch_label": label.encode(), layout.label_key: labels.tolist(), b"data": data,
-                 b"filenames": [f"fake_{i}.png".encode() for i in range(len(labels))]}
+        entry = {
+            b"batch_label": label.encode(),
+            layout.label_key: labels.tolist(),
+            b"data": data,
+            b"filenames": [f"fake_{i}.png".encode() for i in range(len(labels))],
+        }
         if name == "cifar100":
             entry[b"coarse_labels"] = (labels // 5).tolist()
         return entry
@@ -196,8 +218,10 @@ def write_cifar(
         return rng.permutation(np.repeat(np.arange(layout.num_classes), per_class))
 
     shards = np.array_split(shuffled_labels(train_per_class), len(layout.train))
-    files = {file: batch(labels, f"training batch {i + 1} of {len(shards)}")
-             for i, (file, labels) in enumerate(zip(layout.train, shards, strict=True))}
+    files = {
+        file: batch(labels, f"training batch {i + 1} of {len(shards)}")
+        for i, (file, labels) in enumerate(zip(layout.train, shards, strict=True))
+    }
     files[layout.test] = batch(shuffled_labels(test_per_class), "testing batch 1 of 1")
     names = [f"class_{c}".encode() for c in range(layout.num_classes)]
     if name == "cifar100":

@@ -26,8 +26,9 @@ def make_gaussian_mixture(
         if isinstance(value, bool) or not isinstance(value, int) or value < least:
             raise ConfigError(f"gaussian {what} must be an int >= {least}, got {value!r}; {fix}", key=what)
     if not (math.isfinite(separation) and separation >= 0):
-        raise ConfigError(f"gaussian separation must be a finite number >= 0, got {separation!r}; pass one",
-                          key="separation")
+        raise ConfigError(
+            f"gaussian separation must be a finite number >= 0, got {separation!r}; pass one", key="separation"
+        )
     generator = torch.Generator().manual_seed(seed)
     directions = torch.randn(num_classes, dim, generator=generator)
     means = separation * directions / directions.norm(dim=1, keepdim=True)

@@ -88,21 +88,30 @@ def decode_images(tree: _Tree, names: Sequence[str], size: int, what: str) -> np
         try:
             return _decode(tree.read(name), size)
         except (UnidentifiedImageError, OSError, ValueError) as err:
-            raise ConfigError(f"{what}: {tree.path / name} is not a readable image ({err}); "
-                              "replace or remove it") from None
+            raise ConfigError(
+                f"{what}: {tree.path / name} is not a readable image ({err}); replace or remove it"
+            ) from None
 
     workers = min(32, os.cpu_count() or 1)
-    with ThreadPoolExecutor(workers) as pool, tqdm(total=len(names), desc=f"decoding {what} (once)",
-                                                   unit="img", disable=None) as bar:
+    with (
+        ThreadPoolExecutor(workers) as pool,
+        tqdm(total=len(names), desc=f"decoding {what} (once)", unit="img", disable=None) as bar,
+    ):
         for start in range(0, len(names), _CHUNK):
-            chunk = names[start:start + _CHUNK]
-            out[start:start + len(chunk)] = np.stack(list(pool.map(work, chunk)))
+            chunk = names[start : start + _CHUNK]
+            out[start : start + len(chunk)] = np.stack(list(pool.map(work, chunk)))
             bar.update(len(chunk))
     return out
 
 
-def _cached(name: str, tree: _Tree, depth: int, size: int, cache_dir: str | os.PathLike[str] | None,
-            build: Callable[[], dict[str, np.ndarray | list[str]]]) -> Dataset:
+def _cached(
+    name: str,
+    tree: _Tree,
+    depth: int,
+    size: int,
+    cache_dir: str | os.PathLike[str] | None,
+    build: Callable[[], dict[str, np.ndarray | list[str]]],
+) -> Dataset:
     """Load the arrays of ``tree`` at ``size`` from the cache, or ``build`` and cache them atomically."""
     key = hashlib.sha1(f"v{CACHE_VERSION}\n{size}\n{tree.fingerprint(depth)}".encode()).hexdigest()[:16]
     root = Path(cache_dir if cache_dir is not None else default_cache_dir()) / "images"
@@ -125,8 +134,15 @@ def _cached(name: str, tree: _Tree, depth: int, size: int, cache_dir: str | os.P
     loaded = {array: np.load(entry / f"{array}.npy") for array in arrays}
     labels = json.loads((entry / "meta.json").read_text())["labels"]
     mean, std = channel_stats(loaded["x_train"])
-    return Dataset(name, *(torch.from_numpy(loaded[a]) for a in arrays), num_classes=len(labels), kind="image",
-                   mean=mean, std=std, labels=tuple(labels))
+    return Dataset(
+        name,
+        *(torch.from_numpy(loaded[a]) for a in arrays),
+        num_classes=len(labels),
+        kind="image",
+        mean=mean,
+        std=std,
+        labels=tuple(labels),
+    )
 
 
 def _check_size(image_size: int) -> None:
@@ -134,8 +150,9 @@ def _check_size(image_size: int) -> None:
         raise ConfigError(f"image_size must be an int >= 8, got {image_size!r}; fix it", key="image_size")
 
 
-def load_imagefolder(root: str | os.PathLike[str] | None, *, image_size: int = 64,
-                     cache_dir: str | os.PathLike[str] | None = None) -> Dataset:
+def load_imagefolder(
+    root: str | os.PathLike[str] | None, *, image_size: int = 64, cache_dir: str | os.PathLike[str] | None = None
+) -> Dataset:
     """An ImageFolder tree (``train/<class>/...``, ``val/`` or ``test/``) as uint8 images of ``image_size``."""
     _check_size(image_size)
     layout = "train/<class>/<image> and val/<class>/<image> (or test/)"
@@ -155,14 +172,18 @@ def load_imagefolder(root: str | os.PathLike[str] | None, *, image_size: int = 6
             names, labels = [], []
             for class_dir in sorted(d for d in folder.iterdir() if d.is_dir()):
                 if class_dir.name not in index:
-                    raise ConfigError(f"imagefolder: class {class_dir.name!r} of {folder} is not in {path / 'train'}; "
-                                      "give both splits the same class folders")
+                    raise ConfigError(
+                        f"imagefolder: class {class_dir.name!r} of {folder} is not in {path / 'train'}; "
+                        "give both splits the same class folders"
+                    )
                 files = sorted(p for p in class_dir.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
                 names += [f.relative_to(path).as_posix() for f in files]
                 labels += [index[class_dir.name]] * len(files)
             if not names:
-                raise ConfigError(f"imagefolder: no images ({', '.join(sorted(IMAGE_SUFFIXES))}) under "
-                                  f"{folder}/<class>/; add some", key="root")
+                raise ConfigError(
+                    f"imagefolder: no images ({', '.join(sorted(IMAGE_SUFFIXES))}) under {folder}/<class>/; add some",
+                    key="root",
+                )
             out[f"x_{split}"] = decode_images(tree, names, image_size, "imagefolder")
             out[f"y_{split}"] = np.asarray(labels, dtype=np.int64)
         return out
@@ -182,12 +203,14 @@ def find_tiny_imagenet(data_dir: str | os.PathLike[str] | None) -> Path:
     for candidate in (root / f"{TINY_FOLDER}.zip", root):
         if candidate.is_file():
             return candidate
-    raise ConfigError(f"tinyimagenet: expected {TINY_FOLDER}.zip or {TINY_FOLDER}/ in {root}, found neither; {hint}",
-                      key="data_dir")
+    raise ConfigError(
+        f"tinyimagenet: expected {TINY_FOLDER}.zip or {TINY_FOLDER}/ in {root}, found neither; {hint}", key="data_dir"
+    )
 
 
-def load_tiny_imagenet(data_dir: str | os.PathLike[str] | None, *, image_size: int = 64,
-                       cache_dir: str | os.PathLike[str] | None = None) -> Dataset:
+def load_tiny_imagenet(
+    data_dir: str | os.PathLike[str] | None, *, image_size: int = 64, cache_dir: str | os.PathLike[str] | None = None
+) -> Dataset:
     """Tiny-ImageNet (200 classes, 500 train and 50 val images each, 64x64) as uint8 images."""
     _check_size(image_size)
     source = find_tiny_imagenet(data_dir)
@@ -201,21 +224,26 @@ def load_tiny_imagenet(data_dir: str | os.PathLike[str] | None, *, image_size: i
         prefix = next((n[: -len("wnids.txt")] for n in files if n.rsplit("/", 1)[-1] == "wnids.txt"), None)
         annotations = f"{prefix}val/val_annotations.txt"
         if prefix is None or annotations not in files:
-            raise ConfigError(f"tinyimagenet: {source} lacks wnids.txt or val/val_annotations.txt; "
-                              f"download {TINY_URL} again")
+            raise ConfigError(
+                f"tinyimagenet: {source} lacks wnids.txt or val/val_annotations.txt; download {TINY_URL} again"
+            )
         wnids = tree.read(f"{prefix}wnids.txt").decode().split()
         index = {w: i for i, w in enumerate(wnids)}
         words = f"{prefix}words.txt"
-        described = dict(line.split("\t", 1) for line in tree.read(words).decode().splitlines()
-                         if "\t" in line) if words in files else {}
+        described = (
+            dict(line.split("\t", 1) for line in tree.read(words).decode().splitlines() if "\t" in line)
+            if words in files
+            else {}
+        )
         train = sorted(n for n in files if n.startswith(f"{prefix}train/") and n.lower().endswith(".jpeg"))
-        train_labels = [index.get(n[len(prefix) + 6:].split("/", 1)[0], -1) for n in train]
+        train_labels = [index.get(n[len(prefix) + 6 :].split("/", 1)[0], -1) for n in train]
         rows = [line.split("\t") for line in tree.read(annotations).decode().splitlines() if line.strip()]
         test = [f"{prefix}val/images/{row[0]}" for row in rows]
         test_labels = [index.get(row[1], -1) if len(row) > 1 else -1 for row in rows]
         if not train or -1 in train_labels or -1 in test_labels or not set(test) <= set(files):
-            raise ConfigError(f"tinyimagenet: {source} is incomplete (images or labels missing); "
-                              f"download {TINY_URL} again")
+            raise ConfigError(
+                f"tinyimagenet: {source} is incomplete (images or labels missing); download {TINY_URL} again"
+            )
         return {
             "x_train": decode_images(tree, train, image_size, "tinyimagenet"),
             "y_train": np.asarray(train_labels, dtype=np.int64),

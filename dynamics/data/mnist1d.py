@@ -62,7 +62,8 @@ def load_mnist1d(
     if num_samples % NUM_CLASSES:
         raise ConfigError(
             f"mnist1d num_samples must be a multiple of {NUM_CLASSES} (one equal share per class), "
-            f"got {num_samples}; round it", key="num_samples"
+            f"got {num_samples}; round it",
+            key="num_samples",
         )
     path = cache_path(cache_dir if cache_dir is not None else default_cache_dir(), num_samples, seed)
     if path.exists():

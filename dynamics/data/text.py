@@ -53,8 +53,9 @@ def load_text(path: str | os.PathLike[str] | None = None, *, seq_len: int = 128)
             text = file.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as err:
             reason = getattr(err, "strerror", None) or err
-            raise ConfigError(f"text: {file} is not a readable UTF-8 text file ({reason}); convert it to UTF-8",
-                              key="path") from None
+            raise ConfigError(
+                f"text: {file} is not a readable UTF-8 text file ({reason}); convert it to UTF-8", key="path"
+            ) from None
     codes = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
     points, inverse = np.unique(codes, return_inverse=True)
     vocabulary = [chr(point) for point in points]
@@ -63,7 +64,11 @@ def load_text(path: str | os.PathLike[str] | None = None, *, seq_len: int = 128)
     x_train, y_train = _windows(ids[:split], seq_len)
     x_test, y_test = _windows(ids[split:], seq_len)
     if len(x_train) < 2 or len(x_test) < 1:
-        raise ConfigError(f"text: {len(text)} characters are too few for windows of {seq_len + 1} "
-                          "(at least 2 to train and 1 to test); use a longer text or a smaller seq_len", key="seq_len")
-    return Dataset("text", x_train, y_train, x_test, y_test, num_classes=len(vocabulary), kind="sequence",
-                   labels=tuple(vocabulary))
+        raise ConfigError(
+            f"text: {len(text)} characters are too few for windows of {seq_len + 1} "
+            "(at least 2 to train and 1 to test); use a longer text or a smaller seq_len",
+            key="seq_len",
+        )
+    return Dataset(
+        "text", x_train, y_train, x_test, y_test, num_classes=len(vocabulary), kind="sequence", labels=tuple(vocabulary)
+    )

@@ -24,12 +24,14 @@ NUM_CLASSES = len(SHAPES) * len(BANDS)
 def _wave(shape: torch.Tensor, cycles: torch.Tensor, phase: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     """Unit-amplitude waves, one row per sample: ``shape`` indexes SHAPES, ``cycles`` per window of t in [0, 1)."""
     u = torch.frac(cycles[:, None] * t[None, :] + phase[:, None])  # position in the cycle, [0, 1)
-    waves = torch.stack([
-        torch.sin(2 * math.pi * u),
-        torch.where(u < 0.5, 1.0, -1.0),
-        2 * u - 1,
-        1 - 4 * (u - 0.5).abs(),
-    ])
+    waves = torch.stack(
+        [
+            torch.sin(2 * math.pi * u),
+            torch.where(u < 0.5, 1.0, -1.0),
+            2 * u - 1,
+            1 - 4 * (u - 0.5).abs(),
+        ]
+    )
     return waves.gather(0, shape[None, :, None].expand(1, -1, t.numel()))[0]
 
 
@@ -39,8 +41,10 @@ def make_timeseries(*, num_samples: int = 5000, length: int = 128, noise: float 
     ``noise`` is the standard deviation of the additive noise (amplitudes lie in 0.8..1.2).
     """
     if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 5 * NUM_CLASSES:
-        raise ConfigError(f"timeseries num_samples must be an int >= {5 * NUM_CLASSES}, got {num_samples!r}; "
-                          "raise it", key="num_samples")
+        raise ConfigError(
+            f"timeseries num_samples must be an int >= {5 * NUM_CLASSES}, got {num_samples!r}; raise it",
+            key="num_samples",
+        )
     if isinstance(length, bool) or not isinstance(length, int) or length < 16:
         raise ConfigError(f"timeseries length must be an int >= 16, got {length!r}; raise it", key="length")
     if not (math.isfinite(noise) and noise >= 0):

@@ -32,13 +32,28 @@ MODEL_KINDS: dict[str, tuple[str, ...]] = {
 MODELS: tuple[str, ...] = tuple(MODEL_KINDS)
 
 __all__ = [
-    "ACTIVATIONS", "CNN1d", "CausalLM", "ConvGRU", "GoogLeNet", "MLP", "MODELS", "MODEL_KINDS", "ResNet", "VGG",
-    "ViT", "build_model", "make_activation",
+    "ACTIVATIONS",
+    "CNN1d",
+    "CausalLM",
+    "ConvGRU",
+    "GoogLeNet",
+    "MLP",
+    "MODELS",
+    "MODEL_KINDS",
+    "ResNet",
+    "VGG",
+    "ViT",
+    "build_model",
+    "make_activation",
 ]
 
 _SCALED = {
-    "cnn_gru": ConvGRU, "resnet18": resnet18, "preact_resnet18": preact_resnet18, "preact_resnet50": preact_resnet50,
-    "vgg16_bn": VGG, "googlenet": GoogLeNet,
+    "cnn_gru": ConvGRU,
+    "resnet18": resnet18,
+    "preact_resnet18": preact_resnet18,
+    "preact_resnet50": preact_resnet50,
+    "vgg16_bn": VGG,
+    "googlenet": GoogLeNet,
 }
 
 
@@ -64,14 +79,20 @@ def build_model(
         raise ConfigError(f"unknown model {name!r}; choose one of: {', '.join(MODELS)}", key="name")
     if kind is not None and kind not in MODEL_KINDS[name]:
         fits = ", ".join(m for m, kinds in MODEL_KINDS.items() if kind in kinds)
-        raise ConfigError(f"model {name} trains on {' or '.join(MODEL_KINDS[name])} data, not {kind} data; "
-                          f"for this data set choose one of: {fits}", key="name")
+        raise ConfigError(
+            f"model {name} trains on {' or '.join(MODEL_KINDS[name])} data, not {kind} data; "
+            f"for this data set choose one of: {fits}",
+            key="name",
+        )
     if name in ("mlp", "cnn") and width_mult != 1.0:
-        raise ConfigError(f"width_mult does not apply to {name}; size it with width instead and leave width_mult "
-                          "at 1.0", key=("width_mult", "width"))
+        raise ConfigError(
+            f"width_mult does not apply to {name}; size it with width instead and leave width_mult at 1.0",
+            key=("width_mult", "width"),
+        )
     if patch_size is not None and name not in ("vit_tiny", "vit_small"):
-        raise ConfigError(f"patch_size applies to vit_tiny and vit_small only, not {name}; leave patch_size unset",
-                          key="patch_size")
+        raise ConfigError(
+            f"patch_size applies to vit_tiny and vit_small only, not {name}; leave patch_size unset", key="patch_size"
+        )
     if name == "mlp":
         return MLP(input_shape, num_classes, width=width, depth=depth, activation=activation)
     if name == "cnn":

@@ -32,7 +32,8 @@ class CNN1d(nn.Module):
         if len(input_shape) != 2:
             raise ConfigError(
                 f"the cnn needs samples shaped (channels, length), got {tuple(input_shape)}; "
-                "use a 1-D signal data set or the mlp", key="input_shape"
+                "use a 1-D signal data set or the mlp",
+                key="input_shape",
             )
         check_positive_int("width", width, "pass e.g. 32")
         check_positive_int("depth", depth, "pass e.g. 3")

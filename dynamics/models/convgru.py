@@ -18,17 +18,23 @@ class ConvGRU(nn.Module):
     ``head`` classifies its last hidden state. Inputs are ``(N, channels, length)``.
     """
 
-    def __init__(self, input_shape: Sequence[int], num_classes: int, *, width_mult: float = 1.0,
-                 activation: str = "relu") -> None:
+    def __init__(
+        self, input_shape: Sequence[int], num_classes: int, *, width_mult: float = 1.0, activation: str = "relu"
+    ) -> None:
         super().__init__()
         if len(input_shape) != 2:
-            raise ConfigError(f"cnn_gru needs samples shaped (channels, length), got {tuple(input_shape)}; "
-                              "use a time-series data set", key="input_shape")
+            raise ConfigError(
+                f"cnn_gru needs samples shaped (channels, length), got {tuple(input_shape)}; "
+                "use a time-series data set",
+                key="input_shape",
+            )
         check_positive_int("num_classes", num_classes, "pass num_classes >= 1")
         width_mult = check_width_mult(width_mult)
         narrow, wide = scaled(32, width_mult), scaled(64, width_mult)
-        self.features = nn.Sequential(conv_bn_act(input_shape[0], narrow, 5, activation, dims=1),
-                                      conv_bn_act(narrow, wide, 5, activation, stride=2, dims=1))
+        self.features = nn.Sequential(
+            conv_bn_act(input_shape[0], narrow, 5, activation, dims=1),
+            conv_bn_act(narrow, wide, 5, activation, stride=2, dims=1),
+        )
         self.gru = nn.GRU(wide, wide, batch_first=True)
         self.head = nn.Linear(wide, num_classes)
 

@@ -33,13 +33,17 @@ class Inception(nn.Module):
         super().__init__()
         n1, r3, n3, r5, n5, pool = widths
         self.branch1 = conv_bn_act(in_channels, n1, 1, activation, bias=True)
-        self.branch2 = nn.Sequential(conv_bn_act(in_channels, r3, 1, activation, bias=True),
-                                     conv_bn_act(r3, n3, 3, activation, bias=True))
-        self.branch3 = nn.Sequential(conv_bn_act(in_channels, r5, 1, activation, bias=True),
-                                     conv_bn_act(r5, n5, 3, activation, bias=True),
-                                     conv_bn_act(n5, n5, 3, activation, bias=True))
-        self.branch4 = nn.Sequential(nn.MaxPool2d(3, stride=1, padding=1),
-                                     conv_bn_act(in_channels, pool, 1, activation, bias=True))
+        self.branch2 = nn.Sequential(
+            conv_bn_act(in_channels, r3, 1, activation, bias=True), conv_bn_act(r3, n3, 3, activation, bias=True)
+        )
+        self.branch3 = nn.Sequential(
+            conv_bn_act(in_channels, r5, 1, activation, bias=True),
+            conv_bn_act(r5, n5, 3, activation, bias=True),
+            conv_bn_act(n5, n5, 3, activation, bias=True),
+        )
+        self.branch4 = nn.Sequential(
+            nn.MaxPool2d(3, stride=1, padding=1), conv_bn_act(in_channels, pool, 1, activation, bias=True)
+        )
         self.out_channels = n1 + n3 + n5 + pool
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -50,8 +54,9 @@ class GoogLeNet(nn.Module):
     """``stem`` (3x3 conv-bn-act, 192 channels), ``blocks`` (inception blocks ``a3``..``b5`` with 3x3/2 max
     pools after ``b3`` and ``e4``), global average pool and ``fc``: 6,166,250 parameters for 10 classes."""
 
-    def __init__(self, input_shape: Sequence[int], num_classes: int, *, width_mult: float = 1.0,
-                 activation: str = "relu") -> None:
+    def __init__(
+        self, input_shape: Sequence[int], num_classes: int, *, width_mult: float = 1.0, activation: str = "relu"
+    ) -> None:
         super().__init__()
         channels, _, _ = image_shape(input_shape, "googlenet")
         check_positive_int("num_classes", num_classes, "pass num_classes >= 1")

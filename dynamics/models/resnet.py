@@ -95,7 +95,9 @@ class PreActBottleneck(nn.Module):
 
 
 BLOCKS: dict[str, type[BasicBlock | PreActBlock | PreActBottleneck]] = {
-    "basic": BasicBlock, "preact": PreActBlock, "preact_bottleneck": PreActBottleneck,
+    "basic": BasicBlock,
+    "preact": PreActBlock,
+    "preact_bottleneck": PreActBottleneck,
 }
 
 
@@ -107,8 +109,16 @@ class ResNet(nn.Module):
     ``bn1``/``act1`` (post-activation stem), ``layer1..4.<i>``, ``bn``/``act`` (pre-activation end), ``fc``.
     """
 
-    def __init__(self, input_shape: Sequence[int], num_classes: int, *, block: str, layers: Sequence[int],
-                 width_mult: float = 1.0, activation: str = "relu") -> None:
+    def __init__(
+        self,
+        input_shape: Sequence[int],
+        num_classes: int,
+        *,
+        block: str,
+        layers: Sequence[int],
+        width_mult: float = 1.0,
+        activation: str = "relu",
+    ) -> None:
         super().__init__()
         channels, _, _ = image_shape(input_shape, "a resnet")
         check_positive_int("num_classes", num_classes, "pass num_classes >= 1")
@@ -146,22 +156,33 @@ class ResNet(nn.Module):
         return self.fc(self.flatten(self.pool(out)))
 
 
-def resnet18(input_shape: Sequence[int], num_classes: int, *, width_mult: float = 1.0,
-             activation: str = "relu") -> ResNet:
+def resnet18(
+    input_shape: Sequence[int], num_classes: int, *, width_mult: float = 1.0, activation: str = "relu"
+) -> ResNet:
     """ResNet-18 (basic blocks 2-2-2-2): 11,173,962 parameters for 10 classes at width 1."""
-    return ResNet(input_shape, num_classes, block="basic", layers=(2, 2, 2, 2), width_mult=width_mult,
-                  activation=activation)
+    return ResNet(
+        input_shape, num_classes, block="basic", layers=(2, 2, 2, 2), width_mult=width_mult, activation=activation
+    )
 
 
-def preact_resnet18(input_shape: Sequence[int], num_classes: int, *, width_mult: float = 1.0,
-                    activation: str = "relu") -> ResNet:
+def preact_resnet18(
+    input_shape: Sequence[int], num_classes: int, *, width_mult: float = 1.0, activation: str = "relu"
+) -> ResNet:
     """Pre-activation ResNet-18 (basic pre-activation blocks 2-2-2-2)."""
-    return ResNet(input_shape, num_classes, block="preact", layers=(2, 2, 2, 2), width_mult=width_mult,
-                  activation=activation)
+    return ResNet(
+        input_shape, num_classes, block="preact", layers=(2, 2, 2, 2), width_mult=width_mult, activation=activation
+    )
 
 
-def preact_resnet50(input_shape: Sequence[int], num_classes: int, *, width_mult: float = 1.0,
-                    activation: str = "relu") -> ResNet:
+def preact_resnet50(
+    input_shape: Sequence[int], num_classes: int, *, width_mult: float = 1.0, activation: str = "relu"
+) -> ResNet:
     """Pre-activation ResNet-50 (bottleneck blocks 3-4-6-3, 4x expansion)."""
-    return ResNet(input_shape, num_classes, block="preact_bottleneck", layers=(3, 4, 6, 3), width_mult=width_mult,
-                  activation=activation)
+    return ResNet(
+        input_shape,
+        num_classes,
+        block="preact_bottleneck",
+        layers=(3, 4, 6, 3),
+        width_mult=width_mult,
+        activation=activation,
+    )

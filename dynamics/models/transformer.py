@@ -47,8 +47,9 @@ class Block(nn.Module):
         self.norm1 = nn.LayerNorm(dim)
         self.attn = Attention(dim, heads, causal)
         self.norm2 = nn.LayerNorm(dim)
-        self.mlp = nn.Sequential(OrderedDict(fc1=nn.Linear(dim, mlp_dim), act=make_activation(activation),
-                                             fc2=nn.Linear(mlp_dim, dim)))
+        self.mlp = nn.Sequential(
+            OrderedDict(fc1=nn.Linear(dim, mlp_dim), act=make_activation(activation), fc2=nn.Linear(mlp_dim, dim))
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x + self.attn(self.norm1(x))
@@ -75,16 +76,27 @@ class ViT(nn.Module):
     ``patch_size`` defaults to ``height // 8`` (4 at 32x32, 8 at 64x64: 64 patches plus the class token).
     """
 
-    def __init__(self, input_shape: Sequence[int], num_classes: int, *, dim: int, depth: int, heads: int,
-                 patch_size: int | None = None, width_mult: float = 1.0, activation: str = "gelu") -> None:
+    def __init__(
+        self,
+        input_shape: Sequence[int],
+        num_classes: int,
+        *,
+        dim: int,
+        depth: int,
+        heads: int,
+        patch_size: int | None = None,
+        width_mult: float = 1.0,
+        activation: str = "gelu",
+    ) -> None:
         super().__init__()
         channels, height, width = image_shape(input_shape, "a vit")
         check_positive_int("num_classes", num_classes, "pass num_classes >= 1")
         patch = height // 8 if patch_size is None else patch_size
         check_positive_int("patch_size", patch, "pass one that divides the image side")
         if height % patch or width % patch:
-            raise ConfigError(f"patch_size {patch} must divide the image size {height}x{width}; fix it",
-                              key="patch_size")
+            raise ConfigError(
+                f"patch_size {patch} must divide the image size {height}x{width}; fix it", key="patch_size"
+            )
         dim, mlp_dim = _dims(dim, heads, width_mult)
         self.patch_embed = nn.Conv2d(channels, dim, patch, stride=patch)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
@@ -103,18 +115,46 @@ class ViT(nn.Module):
         return self.head(self.norm(self.blocks(tokens))[:, 0])
 
 
-def vit_tiny(input_shape: Sequence[int], num_classes: int, *, patch_size: int | None = None,
-             width_mult: float = 1.0, activation: str = "gelu") -> ViT:
+def vit_tiny(
+    input_shape: Sequence[int],
+    num_classes: int,
+    *,
+    patch_size: int | None = None,
+    width_mult: float = 1.0,
+    activation: str = "gelu",
+) -> ViT:
     """ViT-Tiny: width 192, 12 blocks, 3 heads, MLP 768."""
-    return ViT(input_shape, num_classes, dim=192, depth=12, heads=3, patch_size=patch_size, width_mult=width_mult,
-               activation=activation)
+    return ViT(
+        input_shape,
+        num_classes,
+        dim=192,
+        depth=12,
+        heads=3,
+        patch_size=patch_size,
+        width_mult=width_mult,
+        activation=activation,
+    )
 
 
-def vit_small(input_shape: Sequence[int], num_classes: int, *, patch_size: int | None = None,
-              width_mult: float = 1.0, activation: str = "gelu") -> ViT:
+def vit_small(
+    input_shape: Sequence[int],
+    num_classes: int,
+    *,
+    patch_size: int | None = None,
+    width_mult: float = 1.0,
+    activation: str = "gelu",
+) -> ViT:
     """ViT-Small: width 384, 12 blocks, 6 heads, MLP 1536."""
-    return ViT(input_shape, num_classes, dim=384, depth=12, heads=6, patch_size=patch_size, width_mult=width_mult,
-               activation=activation)
+    return ViT(
+        input_shape,
+        num_classes,
+        dim=384,
+        depth=12,
+        heads=6,
+        patch_size=patch_size,
+        width_mult=width_mult,
+        activation=activation,
+    )
 
 
 class CausalLM(nn.Module):
@@ -124,12 +164,23 @@ class CausalLM(nn.Module):
     next-token logits ``(N, T, vocab)``. Width 256 x ``width_mult``, 4 heads, ``depth`` blocks.
     """
 
-    def __init__(self, input_shape: Sequence[int], vocab_size: int, *, depth: int = 4, width_mult: float = 1.0,
-                 activation: str = "gelu", heads: int = 4) -> None:
+    def __init__(
+        self,
+        input_shape: Sequence[int],
+        vocab_size: int,
+        *,
+        depth: int = 4,
+        width_mult: float = 1.0,
+        activation: str = "gelu",
+        heads: int = 4,
+    ) -> None:
         super().__init__()
         if len(input_shape) != 1:
-            raise ConfigError(f"the lm needs token sequences shaped (length,), got samples shaped "
-                              f"{tuple(input_shape)}; use the text data set", key="input_shape")
+            raise ConfigError(
+                f"the lm needs token sequences shaped (length,), got samples shaped "
+                f"{tuple(input_shape)}; use the text data set",
+                key="input_shape",
+            )
         check_positive_int("vocab_size", vocab_size, "pass the vocabulary size")
         check_positive_int("depth", depth, "pass e.g. 4")
         dim, mlp_dim = _dims(256, heads, width_mult)
@@ -146,4 +197,4 @@ class CausalLM(nn.Module):
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         """Next-token logits ``(N, T, vocab)`` of token ids ``(N, T)``."""
-        return self.head(self.norm(self.blocks(self.embed(ids) + self.pos_embed[:, :ids.shape[1]])))
+        return self.head(self.norm(self.blocks(self.embed(ids) + self.pos_embed[:, : ids.shape[1]])))

@@ -10,8 +10,26 @@ from torch import nn
 from dynamics.models.layers import check_width_mult, conv_bn_act, image_shape, scaled
 from dynamics.models.mlp import check_positive_int
 
-CONFIG_16: tuple[int | str, ...] = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M",
-                                    512, 512, 512, "M")
+CONFIG_16: tuple[int | str, ...] = (
+    64,
+    64,
+    "M",
+    128,
+    128,
+    "M",
+    256,
+    256,
+    256,
+    "M",
+    512,
+    512,
+    512,
+    "M",
+    512,
+    512,
+    512,
+    "M",
+)
 """Channels of each conv layer; "M" is a 2x2 max pool."""
 
 
@@ -23,8 +41,15 @@ class VGG(nn.Module):
     layers keep their biases, as in torchvision's ``vgg16_bn``: 14,728,266 parameters for 10 classes.
     """
 
-    def __init__(self, input_shape: Sequence[int], num_classes: int, *, width_mult: float = 1.0,
-                 activation: str = "relu", config: Sequence[int | str] = CONFIG_16) -> None:
+    def __init__(
+        self,
+        input_shape: Sequence[int],
+        num_classes: int,
+        *,
+        width_mult: float = 1.0,
+        activation: str = "relu",
+        config: Sequence[int | str] = CONFIG_16,
+    ) -> None:
         super().__init__()
         channels, _, _ = image_shape(input_shape, "vgg16_bn", smallest=32)
         check_positive_int("num_classes", num_classes, "pass num_classes >= 1")

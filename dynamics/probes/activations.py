@@ -118,9 +118,11 @@ class ActivationStats(Probe):
             names.setdefault(id(module), []).append(name)
         for name, module, _ in layers:
             if len(names[id(module)]) > 1:
-                warnings.warn(f"activation module {name!r} is registered under several names "
-                              f"{names[id(module)]}; it is recorded once, as {name!r}, pooling every call",
-                              stacklevel=3)
+                warnings.warn(
+                    f"activation module {name!r} is registered under several names "
+                    f"{names[id(module)]}; it is recorded once, as {name!r}, pooling every call",
+                    stacklevel=3,
+                )
         for name, module, rule in layers:
             index = len(self.layer_names)
             self.layer_names.append(name)
@@ -176,15 +178,28 @@ class ActivationStats(Probe):
         rules = {name: rule.as_attrs() for name, rule in zip(self.layer_names, self.rules, strict=True)}
         flat = {"flat_rules": rules, "units": "1"}
         return [
-            Variable("act_zero_frac", ("layer",), {
-                **flat, "long_name": "flat-region fraction",
-                "description": "fraction of activation entries in the flat region (zero or saturated)"}),
-            Variable("act_dead_frac", ("layer",), {
-                **flat, "long_name": "dead-unit fraction",
-                "description": "fraction of units flat for every sample of the batch (unit = non-batch coordinate)"}),
+            Variable(
+                "act_zero_frac",
+                ("layer",),
+                {
+                    **flat,
+                    "long_name": "flat-region fraction",
+                    "description": "fraction of activation entries in the flat region (zero or saturated)",
+                },
+            ),
+            Variable(
+                "act_dead_frac",
+                ("layer",),
+                {
+                    **flat,
+                    "long_name": "dead-unit fraction",
+                    "description": "fraction of units flat for every sample of the batch (unit = non-batch coordinate)",
+                },
+            ),
             Variable("act_mean", ("layer",), {"units": "activation", "long_name": "activation mean"}),
-            Variable("act_std", ("layer",), {"units": "activation",
-                                             "long_name": "activation standard deviation (ddof=0)"}),
+            Variable(
+                "act_std", ("layer",), {"units": "activation", "long_name": "activation standard deviation (ddof=0)"}
+            ),
         ]
 
     def measure(self, context: Context, data: StepData) -> dict[str, torch.Tensor]:
@@ -211,9 +226,12 @@ class ActivationStats(Probe):
         for index, passes in enumerate(self._passes):
             if len(passes) > self._forwards > 0 and index not in self._warned:
                 self._warned.add(index)
-                warnings.warn(f"activation module {self.layer_names[index]!r} ran {len(passes)} times in "
-                              f"{self._forwards} forward pass(es) of the model at step {self._context.step}; its "
-                              "statistics pool every call (README: what a run holds)", stacklevel=4)
+                warnings.warn(
+                    f"activation module {self.layer_names[index]!r} ran {len(passes)} times in "
+                    f"{self._forwards} forward pass(es) of the model at step {self._context.step}; its "
+                    "statistics pool every call (README: what a run holds)",
+                    stacklevel=4,
+                )
             passes.clear()
         self._forwards = 0
 

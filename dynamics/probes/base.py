@@ -43,18 +43,24 @@ class StepData:
     def check(self) -> None:
         """Raise ConfigError when the loss is not one value or the output and target do not fit together."""
         if self.loss.numel() != 1:
-            raise ConfigError(f"loss must be one value, got a tensor of shape {tuple(self.loss.shape)}; reduce it "
-                              "(e.g. loss.mean()) before Recorder.step")
+            raise ConfigError(
+                f"loss must be one value, got a tensor of shape {tuple(self.loss.shape)}; reduce it "
+                "(e.g. loss.mean()) before Recorder.step"
+            )
         output, target = self.output, self.target
         if output is None or target is None:
             return
         if output.dim() < 1 or not (target.shape == output.shape[:-1] or target.shape == output.shape):
-            raise ConfigError(f"output of shape {tuple(output.shape)} and target of shape {tuple(target.shape)} do "
-                              "not fit: give class indices of shape output.shape[:-1] or soft targets of the "
-                              "output's shape")
+            raise ConfigError(
+                f"output of shape {tuple(output.shape)} and target of shape {tuple(target.shape)} do "
+                "not fit: give class indices of shape output.shape[:-1] or soft targets of the "
+                "output's shape"
+            )
         if target.shape == output.shape[:-1] and target.is_floating_point():
-            raise ConfigError(f"target holds class indices of shape {tuple(target.shape)} but is "
-                              f"{target.dtype}; give integer class indices (e.g. target.long())")
+            raise ConfigError(
+                f"target holds class indices of shape {tuple(target.shape)} but is "
+                f"{target.dtype}; give integer class indices (e.g. target.long())"
+            )
 
 
 class Context:

@@ -35,14 +35,18 @@ class GeometricCadence:
     max_interval: int | None = None
 
     def __post_init__(self) -> None:
-        if isinstance(self.growth, bool) or not isinstance(self.growth, int | float) \
-                or not (math.isfinite(self.growth) and self.growth > 0):
-            raise ConfigError(f"growth must be a finite number > 0, got {self.growth!r}; pass e.g. 0.1",
-                              key="growth")
-        if self.max_interval is not None and (isinstance(self.max_interval, bool)
-                                              or not isinstance(self.max_interval, int) or self.max_interval < 1):
-            raise ConfigError(f"max_interval must be a positive integer or None, got {self.max_interval!r}",
-                              key="max_interval")
+        if (
+            isinstance(self.growth, bool)
+            or not isinstance(self.growth, int | float)
+            or not (math.isfinite(self.growth) and self.growth > 0)
+        ):
+            raise ConfigError(f"growth must be a finite number > 0, got {self.growth!r}; pass e.g. 0.1", key="growth")
+        if self.max_interval is not None and (
+            isinstance(self.max_interval, bool) or not isinstance(self.max_interval, int) or self.max_interval < 1
+        ):
+            raise ConfigError(
+                f"max_interval must be a positive integer or None, got {self.max_interval!r}", key="max_interval"
+            )
 
     def interval(self, step: int) -> int:
         """Steps from a measurement at ``step`` to the next due one."""
@@ -70,8 +74,7 @@ class FixedCadence:
     interval_steps: int
 
     def __post_init__(self) -> None:
-        if isinstance(self.interval_steps, bool) or not isinstance(self.interval_steps, int) \
-                or self.interval_steps < 1:
+        if isinstance(self.interval_steps, bool) or not isinstance(self.interval_steps, int) or self.interval_steps < 1:
             raise ConfigError(f"cadence interval must be a positive integer, got {self.interval_steps!r}")
 
     def interval(self, step: int) -> int:

@@ -39,7 +39,7 @@ def fisher_trace(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, b
     per_sample = vmap(grad(loss), in_dims=(None, 0, 0))
     total = torch.zeros((), dtype=torch.float64, device=inputs.device)
     for start in range(0, len(inputs), batch_size):
-        grads = per_sample(params, inputs[start:start + batch_size], labels[start:start + batch_size])
+        grads = per_sample(params, inputs[start : start + batch_size], labels[start : start + batch_size])
         total = total + sum(g.double().square().sum() for g in grads.values())
     return total / len(inputs)
 
@@ -58,8 +58,15 @@ class FisherTrace(SparseProbe):
     name = "fisher"
     state_attrs = (*SparseProbe.state_attrs, "generator")
 
-    def __init__(self, probe_set: ProbeSet, *, cadence: GeometricCadence | None = None, every: int = 1,
-                 seed: int = 0, batch_size: int = 128) -> None:
+    def __init__(
+        self,
+        probe_set: ProbeSet,
+        *,
+        cadence: GeometricCadence | None = None,
+        every: int = 1,
+        seed: int = 0,
+        batch_size: int = 128,
+    ) -> None:
         super().__init__(cadence or GeometricCadence(), every)
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
@@ -72,18 +79,31 @@ class FisherTrace(SparseProbe):
         self.generator = torch.Generator(device=self.probe_set.x_train.device).manual_seed(self.seed)
 
     def variables(self, context: Context) -> list[Variable]:
-        return [Variable("fisher_trace", (), {
-            "units": "(loss/param)^2", "long_name": "Fisher information trace",
-            "description": "labels sampled from the model's predictive distribution, eval mode",
-            "num_classes": self.probe_set.num_classes, "seed": self.seed,
-            "probe_samples": len(self.probe_set.x_train) + len(self.probe_set.x_test), **self.cadence_attrs,
-        })]
+        return [
+            Variable(
+                "fisher_trace",
+                (),
+                {
+                    "units": "(loss/param)^2",
+                    "long_name": "Fisher information trace",
+                    "description": "labels sampled from the model's predictive distribution, eval mode",
+                    "num_classes": self.probe_set.num_classes,
+                    "seed": self.seed,
+                    "probe_samples": len(self.probe_set.x_train) + len(self.probe_set.x_test),
+                    **self.cadence_attrs,
+                },
+            )
+        ]
 
     def sample_labels(self, context: Context, inputs: torch.Tensor) -> torch.Tensor:
         """One label per input drawn from the model's softmax, with the probe's generator."""
         with torch.no_grad():
-            logits = torch.cat([context.model(inputs[start:start + self.batch_size])
-                                for start in range(0, len(inputs), self.batch_size)])
+            logits = torch.cat(
+                [
+                    context.model(inputs[start : start + self.batch_size])
+                    for start in range(0, len(inputs), self.batch_size)
+                ]
+            )
         return torch.multinomial(logits.float().softmax(1), 1, generator=self.generator).squeeze(1)
 
     def measure_now(self, context: Context) -> dict[str, torch.Tensor]:

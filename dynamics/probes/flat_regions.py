@@ -68,17 +68,23 @@ def flat_rule(module: nn.Module) -> FlatRule | None:
         beta = float(module.beta)
         x_low = math.log(SLOPE / (1 - SLOPE)) / beta
         y_low = math.log1p(math.exp(beta * x_low)) / beta
-        return FlatRule(y_low, None, "output", f"x <= {x_low:.4f} (|f'| <= {SLOPE}), i.e. y <= {y_low:.4f}",
-                        nonnegative=True)
+        return FlatRule(
+            y_low, None, "output", f"x <= {x_low:.4f} (|f'| <= {SLOPE}), i.e. y <= {y_low:.4f}", nonnegative=True
+        )
     if isinstance(module, nn.Tanh):
         y_edge = math.tanh(TANH_EDGE)
-        return FlatRule(-y_edge, y_edge, "output",
-                        f"|x| >= {TANH_EDGE:.4f} (|f'| <= {SLOPE}), i.e. |y| >= {y_edge:.4f}")
+        return FlatRule(
+            -y_edge, y_edge, "output", f"|x| >= {TANH_EDGE:.4f} (|f'| <= {SLOPE}), i.e. |y| >= {y_edge:.4f}"
+        )
     if isinstance(module, nn.Sigmoid):
         y_low = 1 / (1 + math.exp(-SIGMOID_EDGE))
-        return FlatRule(y_low, 1 - y_low, "output",
-                        f"|x| >= {-SIGMOID_EDGE:.4f} (|f'| <= {SLOPE}), i.e. y <= {y_low:.4f} or y >= {1 - y_low:.4f}",
-                        nonnegative=True)
+        return FlatRule(
+            y_low,
+            1 - y_low,
+            "output",
+            f"|x| >= {-SIGMOID_EDGE:.4f} (|f'| <= {SLOPE}), i.e. y <= {y_low:.4f} or y >= {1 - y_low:.4f}",
+            nonnegative=True,
+        )
     if isinstance(module, nn.GELU):
         return FlatRule(GELU_LOW, None, "input", f"x <= {GELU_LOW:.4f} (|f'| <= {SLOPE} on the left tail)")
     if isinstance(module, nn.SiLU):

@@ -72,8 +72,10 @@ Reduced = tuple[torch.Tensor, torch.Tensor, int]
 """One call of an activation module on a batch: per-unit active mask, flat-entry count, entries."""
 
 
-def gradient_interference(clean: Sequence[torch.Tensor], mixed: Sequence[torch.Tensor],
-                          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+def gradient_interference(
+    clean: Sequence[torch.Tensor],
+    mixed: Sequence[torch.Tensor],
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per-tensor cos and ratio r, then whole-model cos and r, of gradients ``mixed`` against ``clean`` (float64).
 
     r = |g_m - (<g_m, g_c> / |g_c|^2) g_c| / |g_m|, the perpendicular part taken explicitly (no cancellation
@@ -94,19 +96,25 @@ def gradient_interference(clean: Sequence[torch.Tensor], mixed: Sequence[torch.T
     return cos, ratio, cos_model, ratio_model
 
 
-def revival(clean: Sequence[Reduced], mixed: Sequence[Reduced], device: torch.device,
-            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def revival(
+    clean: Sequence[Reduced],
+    mixed: Sequence[Reduced],
+    device: torch.device,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Revival fraction and flat fractions (clean, mixed) of one layer from its calls on both batches.
 
     Float64 on ``device``; NaN for a layer that did not run.
     """
     if len(clean) != len(mixed) or any(a[0].shape != b[0].shape for a, b in zip(clean, mixed, strict=True)):
-        raise ConfigError("an activation module ran differently on the clean and the mixed batch; "
-                          "the interference probe needs one forward path for both")
+        raise ConfigError(
+            "an activation module ran differently on the clean and the mixed batch; "
+            "the interference probe needs one forward path for both"
+        )
     zero = torch.zeros((), dtype=torch.float64, device=device)
     dead = sum(((1.0 - active).double().sum() for active, _, _ in clean), zero)
-    revived = sum((((1.0 - a).double() * b.double()).sum() for (a, _, _), (b, _, _) in zip(clean, mixed,
-                                                                                          strict=True)), zero)
+    revived = sum(
+        (((1.0 - a).double() * b.double()).sum() for (a, _, _), (b, _, _) in zip(clean, mixed, strict=True)), zero
+    )
     entries = sum((n for _, _, n in clean), zero)
     zero_clean = sum((flat.double() for _, flat, _ in clean), zero) / entries
     zero_mixed = sum((flat.double() for _, flat, _ in mixed), zero) / entries
@@ -140,12 +148,23 @@ class Interference(SparseProbe):
     name = "interference"
     state_attrs = (*SparseProbe.state_attrs, "_previous", "_mixer_rng")
 
-    def __init__(self, mixer: Mixup, *, interval: int = 10, every: int = 1, probe_set: ProbeSet | None = None,
-                 batch_size: int = 512, sample_alignment: bool = False) -> None:
+    def __init__(
+        self,
+        mixer: Mixup,
+        *,
+        interval: int = 10,
+        every: int = 1,
+        probe_set: ProbeSet | None = None,
+        batch_size: int = 512,
+        sample_alignment: bool = False,
+    ) -> None:
         super().__init__(FixedCadence(interval), every)
         if not mixer.enabled:
-            raise ConfigError("the interference probe needs a mixer that mixes: give it mixup_alpha > 0 (or "
-                              "cutmix_alpha > 0) and prob > 0", key="mixup_alpha")
+            raise ConfigError(
+                "the interference probe needs a mixer that mixes: give it mixup_alpha > 0 (or "
+                "cutmix_alpha > 0) and prob > 0",
+                key="mixup_alpha",
+            )
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
         self.mixer = mixer
@@ -177,12 +196,14 @@ class Interference(SparseProbe):
         def hook(module: nn.Module, args: tuple) -> None:
             if self._sink is not None:
                 self._sink(index, args[0].detach().float(), "input")
+
         return hook
 
     def _output_hook(self, index: int) -> Callable[[nn.Module, tuple, torch.Tensor], None]:
         def hook(module: nn.Module, args: tuple, output: torch.Tensor) -> None:
             if self._sink is not None:
                 self._sink(index, output.detach().float(), "output")
+
         return hook
 
     @contextmanager
@@ -205,7 +226,7 @@ class Interference(SparseProbe):
         x = self.probe_set.x_train
         with torch.no_grad(), side_pass(context), self._reading(keep):
             for start in range(0, len(x), self.batch_size):
-                batch = x[start:start + self.batch_size]
+                batch = x[start : start + self.batch_size]
                 context.model(batch)
                 for layer, seen in zip(rows, calls, strict=True):  # a layer that did not run has no units
                     layer.append(torch.cat(seen, dim=1) if seen else batch.new_zeros(len(batch), 0))
@@ -219,54 +240,111 @@ class Interference(SparseProbe):
         return coords
 
     def variables(self, context: Context) -> list[Variable]:
-        common = {"units": "1", "mixup_alpha": self.mixer.mixup_alpha, "cutmix_alpha": self.mixer.cutmix_alpha,
-                  "mix_mode": self.mixer.mode, **self.cadence_attrs}
+        common = {
+            "units": "1",
+            "mixup_alpha": self.mixer.mixup_alpha,
+            "cutmix_alpha": self.mixer.cutmix_alpha,
+            "mix_mode": self.mixer.mode,
+            **self.cadence_attrs,
+        }
         ratio = "|g_mix - proj_{g_clean} g_mix| / |g_mix| (sine of the angle)"
         variables = [
             Variable("interference_cos", ("param",), {**common, "long_name": "cos(g_clean, g_mix) per tensor"}),
-            Variable("interference_ratio", ("param",), {**common, "long_name": "interference ratio per tensor",
-                                                        "description": ratio}),
+            Variable(
+                "interference_ratio",
+                ("param",),
+                {**common, "long_name": "interference ratio per tensor", "description": ratio},
+            ),
             Variable("interference_cos_model", (), {**common, "long_name": "cos(g_clean, g_mix), whole model"}),
-            Variable("interference_ratio_model", (), {**common, "long_name": "interference ratio, whole model",
-                                                      "description": ratio}),
-            Variable("mix_strength", (), {**common, "long_name": "mixing strength of the probe's mixed batch",
-                                          "description": "mean over samples of min(lambda, 1 - lambda)"}),
+            Variable(
+                "interference_ratio_model",
+                (),
+                {**common, "long_name": "interference ratio, whole model", "description": ratio},
+            ),
+            Variable(
+                "mix_strength",
+                (),
+                {
+                    **common,
+                    "long_name": "mixing strength of the probe's mixed batch",
+                    "description": "mean over samples of min(lambda, 1 - lambda)",
+                },
+            ),
         ]
         if self.sample_alignment:
-            variables.append(Variable("sample_align_cos", (), {
-                **common, "long_name": "mean per-sample cos(g_clean_i, g_mixed_i), whole model",
-                "description": "per-sample gradients of each clean sample and its mixed counterpart, "
-                               "BatchNorm on running statistics"}))
-            clean = {**common, "description": "per-sample gradients of the clean batch, BatchNorm on running "
-                                              "statistics (dynamics.probes.gradient_stats)"}
+            variables.append(
+                Variable(
+                    "sample_align_cos",
+                    (),
+                    {
+                        **common,
+                        "long_name": "mean per-sample cos(g_clean_i, g_mixed_i), whole model",
+                        "description": "per-sample gradients of each clean sample and its mixed counterpart, "
+                        "BatchNorm on running statistics",
+                    },
+                )
+            )
+            clean = {
+                **common,
+                "description": "per-sample gradients of the clean batch, BatchNorm on running "
+                "statistics (dynamics.probes.gradient_stats)",
+            }
             variables += [
                 Variable("stiffness_same", (), {**clean, "long_name": "stiffness within classes (mean cosine)"}),
                 Variable("stiffness_diff", (), {**clean, "long_name": "stiffness between classes (mean cosine)"}),
                 Variable("grad_diversity", (), {**clean, "long_name": "gradient diversity, whole model"}),
-                Variable("gsnr", ("param",), {**clean, "long_name": "gradient signal-to-noise ratio per tensor",
-                                              "description": "|mean g|^2 / summed per-element variance "
-                                                             "(population), clean batch"}),
+                Variable(
+                    "gsnr",
+                    ("param",),
+                    {
+                        **clean,
+                        "long_name": "gradient signal-to-noise ratio per tensor",
+                        "description": "|mean g|^2 / summed per-element variance (population), clean batch",
+                    },
+                ),
             ]
         if not self.layer_names:
             return variables
-        flat = {**common, "flat_rules": {name: rule.as_attrs() for name, rule in zip(self.layer_names, self.rules,
-                                                                                     strict=True)}}
+        flat = {
+            **common,
+            "flat_rules": {name: rule.as_attrs() for name, rule in zip(self.layer_names, self.rules, strict=True)},
+        }
         variables += [
-            Variable("revival_frac", ("layer",), {
-                **flat, "long_name": "activation revival fraction",
-                "description": "units flat for every clean sample that are active for some mixed sample, "
-                               "over the units flat for every clean sample"}),
+            Variable(
+                "revival_frac",
+                ("layer",),
+                {
+                    **flat,
+                    "long_name": "activation revival fraction",
+                    "description": "units flat for every clean sample that are active for some mixed sample, "
+                    "over the units flat for every clean sample",
+                },
+            ),
             Variable("zero_frac_clean", ("layer",), {**flat, "long_name": "flat-entry fraction, clean batch"}),
             Variable("zero_frac_mixed", ("layer",), {**flat, "long_name": "flat-entry fraction, mixed batch"}),
         ]
         if self.probe_set is not None:
             atd = {**common, "units": "activation", "probe_samples": len(self.probe_set.x_train)}
             variables += [
-                Variable("atd_mean", ("layer",), {**atd, "long_name": "activation trajectory distance, mean",
-                                                  "description": "mean over probe samples of |a(t) - a(t_prev)|"}),
-                Variable("atd_var", ("layer",), {**atd, "units": "activation^2",
-                                                 "long_name": "activation trajectory distance, variance",
-                                                 "description": "population variance over probe samples"}),
+                Variable(
+                    "atd_mean",
+                    ("layer",),
+                    {
+                        **atd,
+                        "long_name": "activation trajectory distance, mean",
+                        "description": "mean over probe samples of |a(t) - a(t_prev)|",
+                    },
+                ),
+                Variable(
+                    "atd_var",
+                    ("layer",),
+                    {
+                        **atd,
+                        "units": "activation^2",
+                        "long_name": "activation trajectory distance, variance",
+                        "description": "population variance over probe samples",
+                    },
+                ),
             ]
         return variables
 
@@ -277,8 +355,12 @@ class Interference(SparseProbe):
         finally:
             self._data = None
 
-    def _batch_pass(self, context: Context, x: torch.Tensor, target: torch.Tensor,
-                    ) -> tuple[tuple[torch.Tensor, ...], list[list[Reduced]]]:
+    def _batch_pass(
+        self,
+        context: Context,
+        x: torch.Tensor,
+        target: torch.Tensor,
+    ) -> tuple[tuple[torch.Tensor, ...], list[list[Reduced]]]:
         """Gradient of the mean cross-entropy and the reduced activations of one pass; buffers and RNG restored."""
         calls: list[list[Reduced]] = [[] for _ in self.layer_names]
 
@@ -290,17 +372,20 @@ class Interference(SparseProbe):
         with preserved_state(context.model, x.device), torch.enable_grad(), self._reading(reduce):
             loss = _per_sample_loss(context.model(x), target).mean()
             grads = torch.autograd.grad(loss, context.params, allow_unused=True)
-        return tuple(torch.zeros_like(p) if g is None else g for p, g in zip(context.params, grads, strict=True)), \
-            calls
+        return tuple(torch.zeros_like(p) if g is None else g for p, g in zip(context.params, grads, strict=True)), calls
 
     def measure_now(self, context: Context) -> dict[str, torch.Tensor]:
         data = self._data
         if data is None or data.inputs is None or data.target is None:
-            raise ConfigError("the interference probe reruns the step's batch; pass Recorder.step(..., "
-                              "target=labels, inputs=clean_inputs)")
+            raise ConfigError(
+                "the interference probe reruns the step's batch; pass Recorder.step(..., "
+                "target=labels, inputs=clean_inputs)"
+            )
         if data.target.ndim != 1:
-            raise ConfigError("the interference probe mixes classification batches; it needs one integer label "
-                              f"per sample, got targets shaped {tuple(data.target.shape)}")
+            raise ConfigError(
+                "the interference probe mixes classification batches; it needs one integer label "
+                f"per sample, got targets shaped {tuple(data.target.shape)}"
+            )
         x, y = data.inputs.detach(), data.target.detach()
         mixed_x, mixed_y, mix = self.mixer(x, y)
         _, clean_y, _ = self.mixer(x, y, 0.0)  # alpha 0: the same soft targets unmixed, no random draw
@@ -310,42 +395,60 @@ class Interference(SparseProbe):
             g_clean, a_clean = self._batch_pass(context, x, clean_y)
             g_mixed, a_mixed = self._batch_pass(context, mixed_x, mixed_y)
             if self.sample_alignment:
-                grams = per_sample_gram(context.model, _per_sample_loss, torch.cat([x, mixed_x]),
-                                        torch.cat([clean_y, mixed_y]), batchnorm="eval")
+                grams = per_sample_gram(
+                    context.model,
+                    _per_sample_loss,
+                    torch.cat([x, mixed_x]),
+                    torch.cat([clean_y, mixed_y]),
+                    batchnorm="eval",
+                )
                 per_sample = self._per_sample_statistics(grams, y, context.param_names)
         finally:
             context.paused = paused
         cos, ratio, cos_model, ratio_model = gradient_interference(g_clean, g_mixed)
-        values = {"interference_cos": cos, "interference_ratio": ratio,
-                  "interference_cos_model": cos_model, "interference_ratio_model": ratio_model,
-                  "mix_strength": torch.tensor(mix.strength, device=x.device)}
+        values = {
+            "interference_cos": cos,
+            "interference_ratio": ratio,
+            "interference_cos_model": cos_model,
+            "interference_ratio_model": ratio_model,
+            "mix_strength": torch.tensor(mix.strength, device=x.device),
+        }
         if self.sample_alignment:
             values.update(per_sample)
         if self.layer_names:
-            revived, zero_clean, zero_mixed = zip(*(revival(c, m, x.device) for c, m in zip(a_clean, a_mixed,
-                                                                                             strict=True)),
-                                                  strict=True)
-            values.update(revival_frac=torch.stack(revived), zero_frac_clean=torch.stack(zero_clean),
-                          zero_frac_mixed=torch.stack(zero_mixed))
+            revived, zero_clean, zero_mixed = zip(
+                *(revival(c, m, x.device) for c, m in zip(a_clean, a_mixed, strict=True)), strict=True
+            )
+            values.update(
+                revival_frac=torch.stack(revived),
+                zero_frac_clean=torch.stack(zero_clean),
+                zero_frac_mixed=torch.stack(zero_mixed),
+            )
             if self.probe_set is not None:
                 current = self.probe_activations(context)
-                mean, var = zip(*(trajectory_distance(old, new) for old, new in zip(self._previous, current,
-                                                                                   strict=True)), strict=True)
+                mean, var = zip(
+                    *(trajectory_distance(old, new) for old, new in zip(self._previous, current, strict=True)),
+                    strict=True,
+                )
                 self._previous = current
                 values.update(atd_mean=torch.stack(mean), atd_var=torch.stack(var))
         return {name: value.float() for name, value in values.items()}
 
     @staticmethod
-    def _per_sample_statistics(grams: dict[str, torch.Tensor], labels: torch.Tensor,
-                               param_names: Sequence[str]) -> dict[str, torch.Tensor]:
+    def _per_sample_statistics(
+        grams: dict[str, torch.Tensor], labels: torch.Tensor, param_names: Sequence[str]
+    ) -> dict[str, torch.Tensor]:
         """Alignment from the Gram of [clean; mixed]; stiffness, diversity and GSNR from its clean block."""
         n = len(labels)
         clean = grams["total"][:n, :n]
         stiff = stiffness(clean, labels)
-        return {"sample_align_cos": alignment(grams["total"]).pair_cos.nanmean(),
-                "stiffness_same": stiff.same, "stiffness_diff": stiff.diff,
-                "grad_diversity": gradient_diversity(clean),
-                "gsnr": torch.stack([gsnr_aggregate(grams[name][:n, :n]) for name in param_names])}
+        return {
+            "sample_align_cos": alignment(grams["total"]).pair_cos.nanmean(),
+            "stiffness_same": stiff.same,
+            "stiffness_diff": stiff.diff,
+            "grad_diversity": gradient_diversity(clean),
+            "gsnr": torch.stack([gsnr_aggregate(grams[name][:n, :n]) for name in param_names]),
+        }
 
     def detach(self) -> None:
         for handle in self._handles:

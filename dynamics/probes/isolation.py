@@ -17,8 +17,7 @@ def preserved_state(model: nn.Module, device: torch.device) -> Iterator[None]:
     Passes inside see the RNG state the caller left (the same dropout masks as the caller's next pass would)
     and leave it as it was, so a probe's passes change neither training's random draws nor its statistics.
     """
-    cuda = [device.index if device.index is not None else torch.cuda.current_device()] \
-        if device.type == "cuda" else []
+    cuda = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else []
     buffers = [(buffer, buffer.detach().clone()) for buffer in model.buffers()]
     try:
         with torch.random.fork_rng(devices=cuda):

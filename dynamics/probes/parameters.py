@@ -96,9 +96,17 @@ class GradNorm(Probe):
     coords = staticmethod(_param_coords)
 
     def variables(self, context: Context) -> list[Variable]:
-        return [Variable("grad_norm", _PARAM, {"units": "loss/param", "long_name": "gradient L2 norm",
-                                               "description": "as backward produced it, before clipping; "
-                                                              "NaN where the parameter got no gradient"})]
+        return [
+            Variable(
+                "grad_norm",
+                _PARAM,
+                {
+                    "units": "loss/param",
+                    "long_name": "gradient L2 norm",
+                    "description": "as backward produced it, before clipping; NaN where the parameter got no gradient",
+                },
+            )
+        ]
 
     def measure(self, context: Context, data: StepData) -> dict[str, torch.Tensor]:
         self._read_norms()  # gradients noted outside a backward callback, if any

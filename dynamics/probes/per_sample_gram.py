@@ -71,8 +71,9 @@ Call = tuple[torch.Tensor, torch.Tensor]
 """One call of a handled layer: its input and the gradient of the summed loss with respect to its output."""
 
 
-def per_sample_gram(model: nn.Module, loss_fn: LossFn, inputs: torch.Tensor, targets: torch.Tensor, *,
-                    batchnorm: str = "raise") -> dict[str, torch.Tensor]:
+def per_sample_gram(
+    model: nn.Module, loss_fn: LossFn, inputs: torch.Tensor, targets: torch.Tensor, *, batchnorm: str = "raise"
+) -> dict[str, torch.Tensor]:
     """Per trainable parameter name, and ``"total"`` (their sum), the B x B per-sample gradient Gram (float64).
 
     ``loss_fn(model(inputs), targets)`` must return the B per-sample losses. ``batchnorm`` ("raise" or
@@ -82,9 +83,14 @@ def per_sample_gram(model: nn.Module, loss_fn: LossFn, inputs: torch.Tensor, tar
     return grams
 
 
-def per_sample_gram_with_moments(model: nn.Module, loss_fn: LossFn, inputs: torch.Tensor, targets: torch.Tensor,
-                                 *, batchnorm: str = "raise",
-                                 ) -> tuple[dict[str, torch.Tensor], dict[str, Moments]]:
+def per_sample_gram_with_moments(
+    model: nn.Module,
+    loss_fn: LossFn,
+    inputs: torch.Tensor,
+    targets: torch.Tensor,
+    *,
+    batchnorm: str = "raise",
+) -> tuple[dict[str, torch.Tensor], dict[str, Moments]]:
     """:func:`per_sample_gram` plus, per parameter name, the per-element moments of the per-sample gradients.
 
     The moments feed the exact per-element GSNR (:func:`~dynamics.probes.gradient_stats.gsnr_elementwise`);
@@ -142,15 +148,17 @@ def _patches(module: nn.Conv1d | nn.Conv2d | nn.Conv3d, x: torch.Tensor) -> torc
     Built contiguous as (B, C_in * K, L), a copy whose inner loop runs along the input's positions, and
     returned transposed (a view that matrix products read without copying).
     """
-    x = F.pad(x, module._reversed_padding_repeated_twice,
-              mode="constant" if module.padding_mode == "zeros" else module.padding_mode)
+    x = F.pad(
+        x,
+        module._reversed_padding_repeated_twice,
+        mode="constant" if module.padding_mode == "zeros" else module.padding_mode,
+    )
     spatial = x.dim() - 2
-    for axis, (k, dilation, stride) in enumerate(zip(module.kernel_size, module.dilation, module.stride,
-                                                     strict=True)):
+    for axis, (k, dilation, stride) in enumerate(zip(module.kernel_size, module.dilation, module.stride, strict=True)):
         x = x.unfold(2 + axis, dilation * (k - 1) + 1, stride)[..., ::dilation]  # views
     # (B, C, *out, *kernel) -> (B, C, *kernel, *out)
     x = x.permute(0, 1, *range(2 + spatial, 2 + 2 * spatial), *range(2, 2 + spatial))
-    positions = math.prod(x.shape[2 + spatial:])
+    positions = math.prod(x.shape[2 + spatial :])
     return x.reshape(len(x), -1, positions).contiguous().transpose(1, 2)  # contiguous: windows may overlap
 
 
@@ -195,8 +203,10 @@ def _embedding(module: nn.Embedding, calls: list[Call], moments: bool) -> dict[s
     per = d.new_zeros(batch * distinct, dim).index_add_(0, rows, d.reshape(-1, dim)).view(batch, distinct, dim)
     gram, mom = _rows(per, moments)
     if mom is not None:
-        full = [module.weight.new_zeros(module.weight.shape, dtype=torch.float64).index_copy_(0, unique, m)
-                for m in (mom.sum, mom.sum_sq)]
+        full = [
+            module.weight.new_zeros(module.weight.shape, dtype=torch.float64).index_copy_(0, unique, m)
+            for m in (mom.sum, mom.sum_sq)
+        ]
         mom = Moments(*full)
     return {"weight": (gram, mom)}
 
@@ -228,8 +238,13 @@ def _normalisation(module: nn.LayerNorm | _BatchNorm, calls: list[Call], moments
 
 
 _RULES: tuple[tuple[type[nn.Module], Callable[[Any, list[Call], bool], dict[str, Result]]], ...] = (
-    (nn.Linear, _linear), (nn.Conv1d, _conv), (nn.Conv2d, _conv), (nn.Conv3d, _conv), (nn.Embedding, _embedding),
-    (nn.LayerNorm, _normalisation), (_BatchNorm, _normalisation),
+    (nn.Linear, _linear),
+    (nn.Conv1d, _conv),
+    (nn.Conv2d, _conv),
+    (nn.Conv3d, _conv),
+    (nn.Embedding, _embedding),
+    (nn.LayerNorm, _normalisation),
+    (_BatchNorm, _normalisation),
 )
 
 
@@ -281,15 +296,18 @@ class _Capture(TorchFunctionMode):
             output.register_hook(lambda g: entry.__setitem__(1, g))
 
 
-def _compute(model: nn.Module, loss_fn: LossFn, inputs: torch.Tensor, targets: torch.Tensor, batchnorm: str,
-             moments: bool) -> tuple[dict[str, torch.Tensor], dict[str, Moments | None]]:
+def _compute(
+    model: nn.Module, loss_fn: LossFn, inputs: torch.Tensor, targets: torch.Tensor, batchnorm: str, moments: bool
+) -> tuple[dict[str, torch.Tensor], dict[str, Moments | None]]:
     if batchnorm not in BATCHNORM_POLICIES:
         raise ConfigError(f"batchnorm must be one of {', '.join(BATCHNORM_POLICIES)}, got {batchnorm!r}")
     coupled = [m for m in model.modules() if isinstance(m, _BatchNorm) and (m.training or m.running_mean is None)]
     if any(m.running_mean is None for m in coupled) or (coupled and batchnorm == "raise"):
-        raise ConfigError("per-sample gradients are undefined while BatchNorm normalises with batch statistics "
-                          "(it couples the samples); put the model in eval mode, or pass batchnorm='eval' to use "
-                          "the running statistics (BatchNorm without running statistics cannot be evaluated)")
+        raise ConfigError(
+            "per-sample gradients are undefined while BatchNorm normalises with batch statistics "
+            "(it couples the samples); put the model in eval mode, or pass batchnorm='eval' to use "
+            "the running statistics (BatchNorm without running statistics cannot be evaluated)"
+        )
     modes = [(m, m.training) for m in model.modules()]
     try:
         for m in coupled:
@@ -301,8 +319,13 @@ def _compute(model: nn.Module, loss_fn: LossFn, inputs: torch.Tensor, targets: t
             m.training = mode
 
 
-def _passes(model: nn.Module, loss_fn: LossFn, inputs: torch.Tensor, targets: torch.Tensor, moments: bool,
-            ) -> tuple[dict[str, torch.Tensor], dict[str, Moments | None]]:
+def _passes(
+    model: nn.Module,
+    loss_fn: LossFn,
+    inputs: torch.Tensor,
+    targets: torch.Tensor,
+    moments: bool,
+) -> tuple[dict[str, torch.Tensor], dict[str, Moments | None]]:
     """The hooked forward/backward for handled layers, then the fallback for the other parameters."""
     batch = len(inputs)
     names = {id(p): name for name, p in model.named_parameters() if p.requires_grad}
@@ -331,8 +354,9 @@ def _passes(model: nn.Module, loss_fn: LossFn, inputs: torch.Tensor, targets: to
     # Weight gradients of layers whose every call had a gradient-carrying input are not needed: every such
     # layer lies on a path to the inputs or to a requested parameter, so its output hooks fire regardless.
     skipped = {pid for pid in handled if owners[pid] not in capture.constant_input}
-    requested = ([x] if x.requires_grad else []) + [p for p in model.parameters() if id(p) in names
-                                                    and id(p) not in skipped]
+    requested = ([x] if x.requires_grad else []) + [
+        p for p in model.parameters() if id(p) in names and id(p) not in skipped
+    ]
     if requested and losses.requires_grad:
         torch.autograd.grad(losses.sum(), requested, allow_unused=True)
     del output, losses
@@ -370,8 +394,9 @@ def _passes(model: nn.Module, loss_fn: LossFn, inputs: torch.Tensor, targets: to
     return grams, {names[pid]: results[pid][1] for pid in params}
 
 
-def _fallback(model: nn.Module, loss_fn: LossFn, inputs: torch.Tensor, targets: torch.Tensor,
-              group: list[str]) -> dict[str, torch.Tensor]:
+def _fallback(
+    model: nn.Module, loss_fn: LossFn, inputs: torch.Tensor, targets: torch.Tensor, group: list[str]
+) -> dict[str, torch.Tensor]:
     """Per-sample gradients (B, *shape) of the named parameters: torch.func over the whole model, the rest fixed."""
     from torch.func import functional_call, grad, vmap
 

@@ -38,11 +38,15 @@ class ProbeSet:
     index_test: torch.Tensor
 
     def __post_init__(self) -> None:
-        for split, x, y, index in (("train", self.x_train, self.y_train, self.index_train),
-                                   ("test", self.x_test, self.y_test, self.index_test)):
+        for split, x, y, index in (
+            ("train", self.x_train, self.y_train, self.index_train),
+            ("test", self.x_test, self.y_test, self.index_test),
+        ):
             if not (len(x) == len(y) == len(index)) or len(x) < 2:
-                raise ConfigError(f"probe set {split} part needs >= 2 samples with one label and index each, got "
-                                  f"{len(x)} inputs, {len(y)} labels, {len(index)} indices")
+                raise ConfigError(
+                    f"probe set {split} part needs >= 2 samples with one label and index each, got "
+                    f"{len(x)} inputs, {len(y)} labels, {len(index)} indices"
+                )
 
     @property
     def x(self) -> torch.Tensor:
@@ -60,8 +64,9 @@ class ProbeSet:
         return [f"train/{i}" for i in self.index_train.tolist()] + [f"test/{i}" for i in self.index_test.tolist()]
 
 
-def make_probe_set(data: Dataset, samples: int = 256, seed: int = 0,
-                   prepare: Callable[[torch.Tensor], torch.Tensor] | None = None) -> ProbeSet:
+def make_probe_set(
+    data: Dataset, samples: int = 256, seed: int = 0, prepare: Callable[[torch.Tensor], torch.Tensor] | None = None
+) -> ProbeSet:
     """A seeded class-stratified probe set of ``samples`` training and ``samples`` test samples of ``data``.
 
     A split with fewer samples is used whole. ``prepare`` turns stored inputs into model inputs (e.g. the
@@ -70,9 +75,11 @@ def make_probe_set(data: Dataset, samples: int = 256, seed: int = 0,
     if isinstance(samples, bool) or not isinstance(samples, int) or samples < 2:
         raise ConfigError(f"samples must be an integer >= 2 (the probe set's size), got {samples!r}", key="samples")
     if data.kind == "sequence":
-        raise ConfigError(f"the probe set needs one class label per sample, but {data.name} is sequence data; "
-                          "drop representation, fisher and interference",
-                          key=("representation", "fisher", "interference"))
+        raise ConfigError(
+            f"the probe set needs one class label per sample, but {data.name} is sequence data; "
+            "drop representation, fisher and interference",
+            key=("representation", "fisher", "interference"),
+        )
     parts = []
     for x, y in ((data.x_train, data.y_train), (data.x_test, data.y_test)):
         labels = y.cpu()

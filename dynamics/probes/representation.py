@@ -71,8 +71,14 @@ def nc1(features: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch
     return (projected.square().mean(0) * inverse).sum()
 
 
-def ridge_accuracy(gram: torch.Tensor, cross_gram: torch.Tensor, y_train: torch.Tensor, y_test: torch.Tensor,
-                   num_classes: int, ridge: float = 1e-3) -> torch.Tensor:
+def ridge_accuracy(
+    gram: torch.Tensor,
+    cross_gram: torch.Tensor,
+    y_train: torch.Tensor,
+    y_test: torch.Tensor,
+    num_classes: int,
+    ridge: float = 1e-3,
+) -> torch.Tensor:
     """Ridge-probe accuracies ``[leave-one-out on train, test]`` from centred Gram matrices.
 
     ``gram`` is the n x n Gram matrix of the training features centred by their mean, ``cross_gram`` the
@@ -87,16 +93,24 @@ def ridge_accuracy(gram: torch.Tensor, cross_gram: torch.Tensor, y_train: torch.
     lam = ridge * torch.where(scale > 0, scale, torch.ones_like(scale))
     factor, _ = torch.linalg.cholesky_ex(gram + lam * torch.eye(n, dtype=gram.dtype, device=gram.device))
     alpha = torch.cholesky_solve(targets - mean, factor)
-    inverse_factor = torch.linalg.solve_triangular(factor, torch.eye(n, dtype=gram.dtype, device=gram.device),
-                                                   upper=False)
+    inverse_factor = torch.linalg.solve_triangular(
+        factor, torch.eye(n, dtype=gram.dtype, device=gram.device), upper=False
+    )
     leverage = 1.0 / n + 1.0 - lam * inverse_factor.square().sum(0)
     loo = (targets - lam * alpha - leverage[:, None] * targets) / (1.0 - leverage)[:, None]
     test = mean + cross_gram @ alpha
     return torch.stack([(loo.argmax(1) == y_train).double().mean(), (test.argmax(1) == y_test).double().mean()])
 
 
-def knn_accuracy(gram: torch.Tensor, cross_gram: torch.Tensor, test_norms: torch.Tensor, y_train: torch.Tensor,
-                 y_test: torch.Tensor, num_classes: int, k: int = 10) -> torch.Tensor:
+def knn_accuracy(
+    gram: torch.Tensor,
+    cross_gram: torch.Tensor,
+    test_norms: torch.Tensor,
+    y_train: torch.Tensor,
+    y_test: torch.Tensor,
+    num_classes: int,
+    k: int = 10,
+) -> torch.Tensor:
     """k-NN accuracies ``[leave-one-out on train, test]`` from Gram matrices (see module docstring).
 
     ``gram``: n x n training Gram matrix; ``cross_gram``: m x n test-by-training products; ``test_norms``:
@@ -119,6 +133,7 @@ def knn_accuracy(gram: torch.Tensor, cross_gram: torch.Tensor, test_norms: torch
 
 def linear_cka(gram_a: torch.Tensor, gram_b: torch.Tensor) -> torch.Tensor:
     """Linear CKA of two representations of the same samples, from their (uncentred or centred) Gram matrices."""
+
     def centre(gram: torch.Tensor) -> torch.Tensor:
         return gram - gram.mean(0, keepdim=True) - gram.mean(1, keepdim=True) + gram.mean()
 
@@ -130,8 +145,10 @@ def last_linear(model: nn.Module) -> str:
     """Name of the model's last ``nn.Linear`` in registration order (the classifier head, in most models)."""
     names = [name for name, module in model.named_modules() if isinstance(module, nn.Linear)]
     if not names:
-        raise ConfigError("the model has no nn.Linear whose input could serve as penultimate features; "
-                          "pass module='<name of the module whose input to read>'")
+        raise ConfigError(
+            "the model has no nn.Linear whose input could serve as penultimate features; "
+            "pass module='<name of the module whose input to read>'"
+        )
     return names[-1]
 
 
@@ -152,9 +169,18 @@ class Representation(SparseProbe):
     name = "representation"
     state_attrs = (*SparseProbe.state_attrs, "_previous")
 
-    def __init__(self, probe_set: ProbeSet, *, module: str | None = None,
-                 cadence: GeometricCadence | None = None, every: int = 1, ridge: float = 1e-3, knn: int = 10,
-                 batch_size: int = 512, features_dir: str | os.PathLike[str] | None = None) -> None:
+    def __init__(
+        self,
+        probe_set: ProbeSet,
+        *,
+        module: str | None = None,
+        cadence: GeometricCadence | None = None,
+        every: int = 1,
+        ridge: float = 1e-3,
+        knn: int = 10,
+        batch_size: int = 512,
+        features_dir: str | os.PathLike[str] | None = None,
+    ) -> None:
         super().__init__(cadence or GeometricCadence(), every)
         if not ridge > 0:
             raise ConfigError(f"ridge must be > 0, got {ridge!r}")
@@ -196,10 +222,12 @@ class Representation(SparseProbe):
             try:
                 for start in range(0, len(x), self.batch_size):
                     self._captured.clear()
-                    context.model(x[start:start + self.batch_size])
+                    context.model(x[start : start + self.batch_size])
                     if len(self._captured) != 1:
-                        raise ConfigError(f"module {self.module_name!r} ran {len(self._captured)} times in one "
-                                          "forward pass; choose a module that runs once (module=)")
+                        raise ConfigError(
+                            f"module {self.module_name!r} ran {len(self._captured)} times in one "
+                            "forward pass; choose a module that runs once (module=)"
+                        )
                     rows.append(self._captured[0].double())
             finally:
                 self._reading = False
@@ -217,16 +245,43 @@ class Representation(SparseProbe):
         return {"split": list(SPLITS)}
 
     def variables(self, context: Context) -> list[Variable]:
-        common = {"units": "1", "num_classes": self.probe_set.num_classes, "module": self.module_name,
-                  "probe_samples": [len(self.probe_set.x_train), len(self.probe_set.x_test)], **self.cadence_attrs}
+        common = {
+            "units": "1",
+            "num_classes": self.probe_set.num_classes,
+            "module": self.module_name,
+            "probe_samples": [len(self.probe_set.x_train), len(self.probe_set.x_test)],
+            **self.cadence_attrs,
+        }
         return [
-            Variable("rep_nc1", ("split",), {**common, "long_name": "NC1 class separability tr(S_W S_B^+)/C",
-                                             "description": "lower is more ordered"}),
-            Variable("rep_linear_acc", ("split",), {**common, "long_name": "ridge linear-probe accuracy",
-                                                    "ridge": self.ridge,
-                                                    "description": "train: leave-one-out; test: held out"}),
-            Variable("rep_knn_acc", ("split",), {**common, "long_name": "k-NN accuracy", "k": self.knn,
-                                                 "description": "train: leave-one-out; test: held out"}),
+            Variable(
+                "rep_nc1",
+                ("split",),
+                {
+                    **common,
+                    "long_name": "NC1 class separability tr(S_W S_B^+)/C",
+                    "description": "lower is more ordered",
+                },
+            ),
+            Variable(
+                "rep_linear_acc",
+                ("split",),
+                {
+                    **common,
+                    "long_name": "ridge linear-probe accuracy",
+                    "ridge": self.ridge,
+                    "description": "train: leave-one-out; test: held out",
+                },
+            ),
+            Variable(
+                "rep_knn_acc",
+                ("split",),
+                {
+                    **common,
+                    "long_name": "k-NN accuracy",
+                    "k": self.knn,
+                    "description": "train: leave-one-out; test: held out",
+                },
+            ),
             Variable("rep_cka", ("split",), {**common, "long_name": "linear CKA to the previous measurement"}),
         ]
 
@@ -238,11 +293,16 @@ class Representation(SparseProbe):
         cka = torch.stack([linear_cka(old, new) for old, new in zip(self._previous, (gram, test_gram), strict=True)])
         self._previous = (gram, test_gram)
         values = {
-            "rep_nc1": torch.stack([nc1(features[:n], probe.y_train, probe.num_classes),
-                                    nc1(features[n:], probe.y_test, probe.num_classes)]),
+            "rep_nc1": torch.stack(
+                [
+                    nc1(features[:n], probe.y_train, probe.num_classes),
+                    nc1(features[n:], probe.y_test, probe.num_classes),
+                ]
+            ),
             "rep_linear_acc": ridge_accuracy(gram, cross, probe.y_train, probe.y_test, probe.num_classes, self.ridge),
-            "rep_knn_acc": knn_accuracy(gram, cross, torch.diagonal(test_gram), probe.y_train, probe.y_test,
-                                        probe.num_classes, self.knn),
+            "rep_knn_acc": knn_accuracy(
+                gram, cross, torch.diagonal(test_gram), probe.y_train, probe.y_test, probe.num_classes, self.knn
+            ),
             "rep_cka": cka,
         }
         if self.features_dir is not None:
@@ -263,8 +323,12 @@ class Representation(SparseProbe):
         path = self.features_dir / f"step-{self.step:09d}.npz"
         tmp = path.with_name(f".{path.name}.tmp")
         with open(tmp, "wb") as handle:
-            np.savez(handle, features=features.float().cpu().numpy(), labels=self.probe_set.y.cpu().numpy(),
-                     samples=np.asarray(self.probe_set.sample_labels))
+            np.savez(
+                handle,
+                features=features.float().cpu().numpy(),
+                labels=self.probe_set.y.cpu().numpy(),
+                samples=np.asarray(self.probe_set.sample_labels),
+            )
         os.replace(tmp, path)
 
     def detach(self) -> None:
@@ -273,15 +337,17 @@ class Representation(SparseProbe):
             self._handle = None
 
 
-def load_features(features_dir: str | os.PathLike[str],
-                  steps: Callable[[int], bool] | None = None) -> xr.Dataset:
+def load_features(features_dir: str | os.PathLike[str], steps: Callable[[int], bool] | None = None) -> xr.Dataset:
     """Raw probe features written by :class:`Representation`: ``features(step, sample, feature)``, ``label(sample)``.
 
     ``steps`` optionally selects which measurement steps to read (e.g. ``lambda s: s < 1000``).
     """
     directory = Path(features_dir)
-    files = sorted((int(m.group(1)), path) for path in (directory.iterdir() if directory.is_dir() else [])
-                   if (m := _FEATURE_FILE.fullmatch(path.name)))
+    files = sorted(
+        (int(m.group(1)), path)
+        for path in (directory.iterdir() if directory.is_dir() else [])
+        if (m := _FEATURE_FILE.fullmatch(path.name))
+    )
     files = [(step, path) for step, path in files if steps is None or steps(step)]
     if not files:
         raise StoreError(f"no probe features (step-*.npz) in {directory}; record with features_dir set")
@@ -291,7 +357,9 @@ def load_features(features_dir: str | os.PathLike[str],
             arrays.append(data["features"])
             labels, samples = data["labels"], data["samples"]
     return xr.Dataset(
-        {"features": (("step", "sample", "feature"), np.stack(arrays), {"long_name": "penultimate features"}),
-         "label": (("sample",), labels)},
+        {
+            "features": (("step", "sample", "feature"), np.stack(arrays), {"long_name": "penultimate features"}),
+            "label": (("sample",), labels),
+        },
         coords={"step": [step for step, _ in files], "sample": samples},
     )

@@ -93,8 +93,9 @@ def _check(k: int, seed: int, mode: str) -> None:
         raise ConfigError(f"unknown sketch mode {mode!r}; choose one of: {', '.join(SKETCH_MODES)}", key="mode")
 
 
-def sketch_directions(numels: Sequence[int], k: int = 8, seed: int = 0,
-                      mode: str = "sign") -> tuple[list[np.ndarray], np.ndarray]:
+def sketch_directions(
+    numels: Sequence[int], k: int = 8, seed: int = 0, mode: str = "sign"
+) -> tuple[list[np.ndarray], np.ndarray]:
     """The sketch's directions as dense float64 matrices, regenerated from the seed (a reference; not used per step).
 
     Returns ``(per_param, total)``: ``per_param[i]`` is ``(k, numels[i])`` with the unit rows ``d_ij`` (a zero
@@ -114,7 +115,7 @@ def sketch_directions(numels: Sequence[int], k: int = 8, seed: int = 0,
         per_param.append(rows / np.where(norms > 0, norms, 1.0)[:, None])
         weights.append(norms)
     w = np.stack(weights, axis=1) if weights else np.zeros((k, 0))
-    total_norm = np.sqrt((w ** 2).sum(axis=1))
+    total_norm = np.sqrt((w**2).sum(axis=1))
     blocks = [d * (w[:, i] / np.where(total_norm > 0, total_norm, 1.0))[:, None] for i, d in enumerate(per_param)]
     total = np.concatenate(blocks, axis=1) if blocks else np.zeros((k, 0))
     return per_param, total
@@ -176,7 +177,7 @@ class Sketch(Probe):
                 if self.mode == "sign":
                     shifts = torch.arange(8, device=table.device, dtype=torch.uint8)
                     bits = (table.unsqueeze(1) >> shifts[:, None]) & 1
-                    table = bits.reshape(-1, table.shape[1])[:self.k].double() * 2.0 - 1.0
+                    table = bits.reshape(-1, table.shape[1])[: self.k].double() * 2.0 - 1.0
                 rows.append(table.double() * scale[:, None])
             self._rows64 = rows
         return self._rows64
@@ -185,15 +186,34 @@ class Sketch(Probe):
         return {"param": list(context.param_names), "proj": [str(j) for j in range(self.k)]}
 
     def variables(self, context: Context) -> list[Variable]:
-        attrs = {"units": "param", "seed": self.seed, "k": self.k, "mode": self.mode,
-                 "param_numel": [int(p.numel()) for p in context.params],
-                 "directions": "regenerated from (seed, parameter index, k, numel, mode): "
-                               "dynamics.probes.trajectory.sketch_directions"}
+        attrs = {
+            "units": "param",
+            "seed": self.seed,
+            "k": self.k,
+            "mode": self.mode,
+            "param_numel": [int(p.numel()) for p in context.params],
+            "directions": "regenerated from (seed, parameter index, k, numel, mode): "
+            "dynamics.probes.trajectory.sketch_directions",
+        }
         return [
-            Variable("traj_proj", ("param", "proj"), {**attrs, "long_name": "trajectory sketch per parameter",
-                                                      "description": "d_ij . (theta_i - theta_i,0), d_ij unit"}),
-            Variable("traj_proj_total", ("proj",), {**attrs, "long_name": "trajectory sketch of the whole model",
-                                                    "description": "D_j . (theta - theta_0), D_j unit"}),
+            Variable(
+                "traj_proj",
+                ("param", "proj"),
+                {
+                    **attrs,
+                    "long_name": "trajectory sketch per parameter",
+                    "description": "d_ij . (theta_i - theta_i,0), d_ij unit",
+                },
+            ),
+            Variable(
+                "traj_proj_total",
+                ("proj",),
+                {
+                    **attrs,
+                    "long_name": "trajectory sketch of the whole model",
+                    "description": "D_j . (theta - theta_0), D_j unit",
+                },
+            ),
         ]
 
     def _project(self, context: Context) -> tuple[torch.Tensor, torch.Tensor]:
@@ -203,10 +223,11 @@ class Sketch(Probe):
             sums = torch.zeros((len(params), 2 * self.k), dtype=torch.float64, device=self._weights.device)
             for row, bins, p in zip(sums, self._tables, params, strict=True):
                 row.index_add_(0, bins, p.reshape(-1).double())
-            proj = (sums[:, :self.k] - sums[:, self.k:]) * self._scale
+            proj = (sums[:, : self.k] - sums[:, self.k :]) * self._scale
         else:
-            proj = torch.stack([torch.mv(d, p.reshape(-1).double())
-                                for d, p in zip(self._unit_rows(), params, strict=True)])
+            proj = torch.stack(
+                [torch.mv(d, p.reshape(-1).double()) for d, p in zip(self._unit_rows(), params, strict=True)]
+            )
         proj = proj if self._origin is None else proj.sub_(self._origin)
         return proj, (proj * self._weights).sum(0)
 

@@ -57,8 +57,9 @@ class EnlightenmentTracker:
         if self.epochs != "auto" or self.end_step is not None:
             return
         accuracy = accuracy.detach().double()
-        self._smoothed = accuracy if self._smoothed is None else self._smoothed + self.alpha * (
-            accuracy - self._smoothed)
+        self._smoothed = (
+            accuracy if self._smoothed is None else self._smoothed + self.alpha * (accuracy - self._smoothed)
+        )
         if float(self._smoothed) >= self.threshold:
             self.end_step = step + 1
 

@@ -32,15 +32,25 @@ class CyclicalFocalLoss(nn.Module):
         reduction: ``"mean"`` or ``"none"``.
     """
 
-    def __init__(self, gamma_hc: float = 3.0, gamma_pos: float = 2.0, gamma_neg: float = 2.0,
-                 label_smoothing: float = 0.1, reduction: str = "mean") -> None:
+    def __init__(
+        self,
+        gamma_hc: float = 3.0,
+        gamma_pos: float = 2.0,
+        gamma_neg: float = 2.0,
+        label_smoothing: float = 0.1,
+        reduction: str = "mean",
+    ) -> None:
         super().__init__()
         if not all(math.isfinite(g) and g >= 0 for g in (gamma_hc, gamma_pos, gamma_neg)):
-            raise ConfigError(f"gamma_hc, gamma_pos and gamma_neg must be finite numbers >= 0, got {gamma_hc}, "
-                              f"{gamma_pos}, {gamma_neg}; fix them", key=("gamma_hc", "gamma_pos", "gamma_neg"))
+            raise ConfigError(
+                f"gamma_hc, gamma_pos and gamma_neg must be finite numbers >= 0, got {gamma_hc}, "
+                f"{gamma_pos}, {gamma_neg}; fix them",
+                key=("gamma_hc", "gamma_pos", "gamma_neg"),
+            )
         if not 0 <= label_smoothing < 1:
-            raise ConfigError(f"label_smoothing must lie in [0, 1), got {label_smoothing}; fix it",
-                              key="label_smoothing")
+            raise ConfigError(
+                f"label_smoothing must lie in [0, 1), got {label_smoothing}; fix it", key="label_smoothing"
+            )
         if reduction not in ("mean", "none"):
             raise ConfigError(f"reduction must be 'mean' or 'none', got {reduction!r}", key="reduction")
         self.gamma_hc, self.gamma_pos, self.gamma_neg = gamma_hc, gamma_pos, gamma_neg

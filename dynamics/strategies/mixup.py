@@ -62,8 +62,17 @@ class Mixup:
         seed: seed of the private generator.
     """
 
-    def __init__(self, num_classes: int, mixup_alpha: float = 1.0, cutmix_alpha: float = 0.0, prob: float = 1.0,
-                 switch_prob: float = 0.5, mode: str = "batch", label_smoothing: float = 0.0, seed: int = 0) -> None:
+    def __init__(
+        self,
+        num_classes: int,
+        mixup_alpha: float = 1.0,
+        cutmix_alpha: float = 0.0,
+        prob: float = 1.0,
+        switch_prob: float = 0.5,
+        mode: str = "batch",
+        label_smoothing: float = 0.0,
+        seed: int = 0,
+    ) -> None:
         if not all(math.isfinite(a) and a >= 0 for a in (mixup_alpha, cutmix_alpha)):
             bad = "mixup_alpha" if not (math.isfinite(mixup_alpha) and mixup_alpha >= 0) else "cutmix_alpha"
             value = mixup_alpha if bad == "mixup_alpha" else cutmix_alpha
@@ -74,8 +83,9 @@ class Mixup:
         if mode not in MODES:
             raise ConfigError(f"unknown mode {mode!r}; choose one of: {', '.join(MODES)}", key="mode")
         if not 0 <= label_smoothing < 1:
-            raise ConfigError(f"label_smoothing must lie in [0, 1), got {label_smoothing}; fix it",
-                              key="label_smoothing")
+            raise ConfigError(
+                f"label_smoothing must lie in [0, 1), got {label_smoothing}; fix it", key="label_smoothing"
+            )
         self.num_classes = num_classes
         self.mixup_alpha = mixup_alpha
         self.cutmix_alpha = cutmix_alpha
@@ -101,8 +111,12 @@ class Mixup:
         keep = self.rng.random(count) >= self.prob
         return np.where(keep, 1.0, lam)
 
-    def __call__(self, x: torch.Tensor, y: torch.Tensor, alpha: float | None = None,
-                 ) -> tuple[torch.Tensor, torch.Tensor, MixInfo]:
+    def __call__(
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        alpha: float | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, MixInfo]:
         """Mix a batch. ``alpha`` overrides the alpha of the chosen kind for this call (Alpha Boost)."""
         batch = x.shape[0]
         targets = soft_targets(y, self.num_classes, self.label_smoothing)
@@ -110,20 +124,25 @@ class Mixup:
             return x, targets, MixInfo(0.0, 0.0, "none")
         kind = self._kind()
         if kind == "cutmix" and x.ndim != 4:
-            raise ConfigError(f"CutMix needs images shaped (N, C, H, W), got {tuple(x.shape)}; mix with mixup_alpha "
-                              "instead of cutmix_alpha", key=("cutmix_alpha", "mixup_alpha"))
+            raise ConfigError(
+                f"CutMix needs images shaped (N, C, H, W), got {tuple(x.shape)}; mix with mixup_alpha "
+                "instead of cutmix_alpha",
+                key=("cutmix_alpha", "mixup_alpha"),
+            )
         used_alpha = (self.cutmix_alpha if kind == "cutmix" else self.mixup_alpha) if alpha is None else alpha
         if self.mode == "batch":
             lam = np.full(batch, self._lams(1, used_alpha)[0])
         elif self.mode == "pair":
             if batch % 2:
-                raise ConfigError(f"mode='pair' needs an even batch size, got {batch}; mix an even batch or choose "
-                                  "another mode", key="mode")
+                raise ConfigError(
+                    f"mode='pair' needs an even batch size, got {batch}; mix an even batch or choose another mode",
+                    key="mode",
+                )
             half = self._lams(batch // 2, used_alpha)
             lam = np.concatenate([half, half[::-1]])
         else:
             lam = self._lams(batch, used_alpha)
-        mixed_x, lam = (self._cutmix(x, lam) if kind == "cutmix" else (self._mixup(x, lam), lam))
+        mixed_x, lam = self._cutmix(x, lam) if kind == "cutmix" else (self._mixup(x, lam), lam)
         lam_t = torch.as_tensor(lam, dtype=targets.dtype).to(targets.device, non_blocking=True).unsqueeze(1)
         mixed_y = lam_t * targets + (1 - lam_t) * targets.flip(0)
         strength = float(np.mean(np.minimum(lam, 1.0 - lam)))
@@ -152,7 +171,11 @@ class Mixup:
         bounds = torch.as_tensor(np.stack([top, bottom, left, right]), device=x.device)
         rows = torch.arange(height, device=x.device).view(1, height, 1)
         cols = torch.arange(width, device=x.device).view(1, 1, width)
-        inside = ((rows >= bounds[0].view(-1, 1, 1)) & (rows < bounds[1].view(-1, 1, 1))
-                  & (cols >= bounds[2].view(-1, 1, 1)) & (cols < bounds[3].view(-1, 1, 1)))
+        inside = (
+            (rows >= bounds[0].view(-1, 1, 1))
+            & (rows < bounds[1].view(-1, 1, 1))
+            & (cols >= bounds[2].view(-1, 1, 1))
+            & (cols < bounds[3].view(-1, 1, 1))
+        )
         mixed = torch.where(inside.unsqueeze(1), x.flip(0), x)
         return mixed, np.where(lam < 1.0, corrected, 1.0)

@@ -31,8 +31,12 @@ if TYPE_CHECKING:  # dynamics.config imports the strategies' choices
 MIXUP_KEYS = {"prob": "mix_prob", "mode": "mix_mode"}
 """Mixup's arguments that RunConfig names otherwise (the others have the same names)."""
 TRACKER_KEYS = {"epochs": "enp_epochs", "tau": "enp_tau", "threshold": "enp_threshold"}
-FOCAL_KEYS = {"gamma_hc": "focal_gamma_hc", "gamma_pos": "focal_gamma_pos", "gamma_neg": "focal_gamma_neg",
-              "label_smoothing": "focal_label_smoothing"}
+FOCAL_KEYS = {
+    "gamma_hc": "focal_gamma_hc",
+    "gamma_pos": "focal_gamma_pos",
+    "gamma_neg": "focal_gamma_neg",
+    "label_smoothing": "focal_label_smoothing",
+}
 PLP_KEYS = {"k": "plp_k", "unit": "plp_unit", "weights_only": "plp_weights_only"}
 
 
@@ -42,8 +46,16 @@ def _range(text: str | None, name: str, *, positive: bool = False) -> Range | No
 
 def _mixer(config: RunConfig, num_classes: int, seed: int = 0) -> Mixup:
     with parameters_as(MIXUP_KEYS):
-        return Mixup(num_classes, config.mixup_alpha, config.cutmix_alpha, config.mix_prob, config.switch_prob,
-                     config.mix_mode, config.label_smoothing, seed=seed)
+        return Mixup(
+            num_classes,
+            config.mixup_alpha,
+            config.cutmix_alpha,
+            config.mix_prob,
+            config.switch_prob,
+            config.mix_mode,
+            config.label_smoothing,
+            seed=seed,
+        )
 
 
 def validate_strategies(config: RunConfig) -> None:
@@ -53,52 +65,76 @@ def validate_strategies(config: RunConfig) -> None:
     """
     mixing = config.mixup_alpha > 0 or config.cutmix_alpha > 0
     _mixer(config, 2)
-    period_strategies = [name for name, on in (("mixup_pause", config.mixup_pause),
-                                               ("alpha_boost", config.alpha_boost is not None),
-                                               ("high_loss_removal", config.high_loss_removal is not None)) if on]
+    period_strategies = [
+        name
+        for name, on in (
+            ("mixup_pause", config.mixup_pause),
+            ("alpha_boost", config.alpha_boost is not None),
+            ("high_loss_removal", config.high_loss_removal is not None),
+        )
+        if on
+    ]
     if period_strategies and config.enp_epochs is None:
-        raise ConfigError(f"{period_strategies[0]} acts during the Enlightenment Period; set enp_epochs to a "
-                          "number of epochs or 'auto'", key=(period_strategies[0], "enp_epochs"))
+        raise ConfigError(
+            f"{period_strategies[0]} acts during the Enlightenment Period; set enp_epochs to a "
+            "number of epochs or 'auto'",
+            key=(period_strategies[0], "enp_epochs"),
+        )
     if config.enp_epochs is not None:
         with parameters_as(TRACKER_KEYS):
             EnlightenmentTracker(config.enp_epochs, config.enp_tau, config.enp_threshold)
         if config.enp_epochs != "auto" and config.enp_epochs > config.epochs:
-            raise ConfigError(f"enp_epochs {config.enp_epochs} exceeds epochs {config.epochs}; shorten enp_epochs",
-                              key=("enp_epochs", "epochs"))
+            raise ConfigError(
+                f"enp_epochs {config.enp_epochs} exceeds epochs {config.epochs}; shorten enp_epochs",
+                key=("enp_epochs", "epochs"),
+            )
     if config.mixup_pause and not mixing:
-        raise ConfigError("mixup_pause pauses Mixup, but no Mixup is configured; set mixup_alpha (e.g. 0.4)",
-                          key=("mixup_pause", "mixup_alpha"))
+        raise ConfigError(
+            "mixup_pause pauses Mixup, but no Mixup is configured; set mixup_alpha (e.g. 0.4)",
+            key=("mixup_pause", "mixup_alpha"),
+        )
     if config.mixup_pause and config.alpha_boost is not None:
-        raise ConfigError("mixup_pause and alpha_boost contradict each other; choose one",
-                          key=("mixup_pause", "alpha_boost"))
+        raise ConfigError(
+            "mixup_pause and alpha_boost contradict each other; choose one", key=("mixup_pause", "alpha_boost")
+        )
     if config.alpha_boost is not None and not (math.isfinite(config.alpha_boost) and config.alpha_boost > 0):
-        raise ConfigError(f"alpha_boost must be a finite number > 0, got {config.alpha_boost}; fix it",
-                          key="alpha_boost")
+        raise ConfigError(
+            f"alpha_boost must be a finite number > 0, got {config.alpha_boost}; fix it", key="alpha_boost"
+        )
     if config.high_loss_removal is not None and not 0 <= config.high_loss_removal < 1:
-        raise ConfigError(f"high_loss_removal takes a fraction in [0, 1), got {config.high_loss_removal}; fix it",
-                          key="high_loss_removal")
+        raise ConfigError(
+            f"high_loss_removal takes a fraction in [0, 1), got {config.high_loss_removal}; fix it",
+            key="high_loss_removal",
+        )
     if not (math.isfinite(config.cyclical_factor) and config.cyclical_factor >= 1):
-        raise ConfigError(f"cyclical_factor must be a finite number >= 1, got {config.cyclical_factor}; fix it",
-                          key="cyclical_factor")
+        raise ConfigError(
+            f"cyclical_factor must be a finite number >= 1, got {config.cyclical_factor}; fix it", key="cyclical_factor"
+        )
     _range(config.cyclical_wd, "cyclical_wd")
     _range(config.cyclical_temperature, "cyclical_temperature", positive=True)
     _range(config.cyclical_clip, "cyclical_clip", positive=True)
     _range(config.cyclical_aug, "cyclical_aug")
     if config.cyclical_wd is not None and config.weight_decay > 0:
-        raise ConfigError("weight_decay and cyclical_wd both set the weight decay; keep one",
-                          key=("weight_decay", "cyclical_wd"))
+        raise ConfigError(
+            "weight_decay and cyclical_wd both set the weight decay; keep one", key=("weight_decay", "cyclical_wd")
+        )
     sizes = _range(config.cyclical_batch_size, "cyclical_batch_size", positive=True)
     if sizes is not None and (sizes.low != int(sizes.low) or sizes.high != int(sizes.high)):
-        raise ConfigError(f"cyclical_batch_size takes integers MIN:MAX, got {config.cyclical_batch_size}; fix it",
-                          key="cyclical_batch_size")
+        raise ConfigError(
+            f"cyclical_batch_size takes integers MIN:MAX, got {config.cyclical_batch_size}; fix it",
+            key="cyclical_batch_size",
+        )
     mixes = mixing or config.alpha_boost is not None or config.cyclical_aug is not None
     if mixes and config.mix_mode == "pair" and config.cyclical_batch_size is None and config.batch_size % 2:
-        raise ConfigError(f"mix_mode='pair' mixes pairs of samples and needs an even batch_size, got "
-                          f"{config.batch_size}; make batch_size even or choose another mix_mode",
-                          key=("mix_mode", "batch_size"))
+        raise ConfigError(
+            f"mix_mode='pair' mixes pairs of samples and needs an even batch_size, got "
+            f"{config.batch_size}; make batch_size even or choose another mix_mode",
+            key=("mix_mode", "batch_size"),
+        )
     with parameters_as(FOCAL_KEYS):
-        CyclicalFocalLoss(config.focal_gamma_hc, config.focal_gamma_pos, config.focal_gamma_neg,
-                          config.focal_label_smoothing)
+        CyclicalFocalLoss(
+            config.focal_gamma_hc, config.focal_gamma_pos, config.focal_gamma_neg, config.focal_label_smoothing
+        )
     if config.plp and not config.plp_k > 0:
         raise ConfigError(f"plp_k must be > 0, got {config.plp_k}; pass e.g. 1.0", key="plp_k")
 
@@ -106,12 +142,17 @@ def validate_strategies(config: RunConfig) -> None:
 def check_strategies_fit_data(config: RunConfig, input_shape: Sequence[int], train_samples: int) -> None:
     """Raise ConfigError for a strategy that the loaded data cannot support (CutMix, batch sizes)."""
     if config.cutmix_alpha > 0 and len(input_shape) != 3:
-        raise ConfigError(f"CutMix needs image data (C, H, W), but samples are shaped {tuple(input_shape)}; "
-                          "mix with mixup_alpha instead of cutmix_alpha", key=("cutmix_alpha", "mixup_alpha"))
+        raise ConfigError(
+            f"CutMix needs image data (C, H, W), but samples are shaped {tuple(input_shape)}; "
+            "mix with mixup_alpha instead of cutmix_alpha",
+            key=("cutmix_alpha", "mixup_alpha"),
+        )
     sizes = _range(config.cyclical_batch_size, "cyclical_batch_size", positive=True)
     if sizes is not None and sizes.high > train_samples:
-        raise ConfigError(f"cyclical_batch_size MAX {int(sizes.high)} exceeds the {train_samples} training "
-                          "samples; lower it", key="cyclical_batch_size")
+        raise ConfigError(
+            f"cyclical_batch_size MAX {int(sizes.high)} exceeds the {train_samples} training samples; lower it",
+            key="cyclical_batch_size",
+        )
 
 
 def per_sample_cross_entropy(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -125,8 +166,9 @@ def per_sample_cross_entropy(output: torch.Tensor, target: torch.Tensor) -> torc
 class StrategyPlan:
     """The strategies of ``config`` bound to one model and optimizer."""
 
-    def __init__(self, config: RunConfig, model: nn.Module, optimizer: torch.optim.Optimizer,
-                 num_classes: int, seed: int) -> None:
+    def __init__(
+        self, config: RunConfig, model: nn.Module, optimizer: torch.optim.Optimizer, num_classes: int, seed: int
+    ) -> None:
         self.config = config
         self.model = model
         self.optimizer = optimizer
@@ -134,15 +176,27 @@ class StrategyPlan:
         self.epochs = config.epochs
         self.mixer = _mixer(config, num_classes, seed + 7919)
         with parameters_as(TRACKER_KEYS):
-            self.tracker = (None if config.enp_epochs is None
-                            else EnlightenmentTracker(config.enp_epochs, config.enp_tau, config.enp_threshold))
+            self.tracker = (
+                None
+                if config.enp_epochs is None
+                else EnlightenmentTracker(config.enp_epochs, config.enp_tau, config.enp_threshold)
+            )
         with parameters_as(PLP_KEYS):
-            self.plp = (PLP(model.parameters(), config.plp_k, config.plp_unit, config.plp_weights_only)
-                        if config.plp else None)
+            self.plp = (
+                PLP(model.parameters(), config.plp_k, config.plp_unit, config.plp_weights_only) if config.plp else None
+            )
         with parameters_as(FOCAL_KEYS):
-            self.focal = (CyclicalFocalLoss(config.focal_gamma_hc, config.focal_gamma_pos, config.focal_gamma_neg,
-                                            config.focal_label_smoothing, reduction="none")
-                          if config.cyclical_focal else None)
+            self.focal = (
+                CyclicalFocalLoss(
+                    config.focal_gamma_hc,
+                    config.focal_gamma_pos,
+                    config.focal_gamma_neg,
+                    config.focal_label_smoothing,
+                    reduction="none",
+                )
+                if config.cyclical_focal
+                else None
+            )
         self.wd_range = _range(config.cyclical_wd, "cyclical_wd")
         self.temperature_range = _range(config.cyclical_temperature, "cyclical_temperature", positive=True)
         self.clip_range = _range(config.cyclical_clip, "cyclical_clip", positive=True)
@@ -227,8 +281,9 @@ class StrategyPlan:
         if self.clip_norm is not None:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.clip_norm)
 
-    def after_step(self, step: int, output: torch.Tensor, labels: torch.Tensor, epoch_end: bool,
-                   skipped: bool = False) -> None:
+    def after_step(
+        self, step: int, output: torch.Tensor, labels: torch.Tensor, epoch_end: bool, skipped: bool = False
+    ) -> None:
         """After ``optimizer.step()``, before the step is recorded: PLP and the online period detection.
 
         PLP observes after every step (``unit="iteration"``) or after the last step of each epoch
@@ -248,9 +303,11 @@ class StrategyPlan:
 
         The per-epoch values (cyclical schedules) are set again by :meth:`start_epoch`.
         """
-        return {"mixer": self.mixer.rng.bit_generator.state,
-                "tracker": None if self.tracker is None else self.tracker.state_dict(),
-                "plp": None if self.plp is None else self.plp.state_dict()}
+        return {
+            "mixer": self.mixer.rng.bit_generator.state,
+            "tracker": None if self.tracker is None else self.tracker.state_dict(),
+            "plp": None if self.plp is None else self.plp.state_dict(),
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore what :meth:`state_dict` saved."""

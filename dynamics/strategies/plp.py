@@ -32,16 +32,18 @@ class PLP:
     ``observe`` returns True when it replaced the parameters with the prediction.
     """
 
-    def __init__(self, params: Iterable[torch.nn.Parameter], k: float = 1.0, unit: str = "iteration",
-                 weights_only: bool = False) -> None:
+    def __init__(
+        self, params: Iterable[torch.nn.Parameter], k: float = 1.0, unit: str = "iteration", weights_only: bool = False
+    ) -> None:
         if unit not in UNITS:
             raise ConfigError(f"unknown unit {unit!r}; choose one of: {', '.join(UNITS)}", key="unit")
         if not k > 0:
             raise ConfigError(f"k must be > 0, got {k}; pass e.g. 1.0", key="k")
         self.params = [p for p in params if p.requires_grad and (p.ndim > 1 or not weights_only)]
         if not self.params:
-            raise ConfigError("PLP found no parameters to predict; set weights_only=False or check the model",
-                              key="weights_only")
+            raise ConfigError(
+                "PLP found no parameters to predict; set weights_only=False or check the model", key="weights_only"
+            )
         self.k = k
         self.unit = unit
         self._points: list[list[torch.Tensor]] = []

@@ -49,14 +49,23 @@ class Preset:
 
 PRESETS = {
     "quick": Preset(sizes=(500, 2000, 4000, 16000), widths=(4, 8, 16, 32), seeds=(0, 1), steps=500),
-    "full": Preset(sizes=(500, 1000, 2000, 4000, 8000, 16000), widths=(4, 8, 16, 32, 64), seeds=(0, 1, 2, 3, 4),
-                   steps=2000),
+    "full": Preset(
+        sizes=(500, 1000, 2000, 4000, 8000, 16000), widths=(4, 8, 16, 32, 64), seeds=(0, 1, 2, 3, 4), steps=2000
+    ),
 }
 """``quick``: 4 x 4 x 2 seeds x 2 strategies = 64 runs of ~500 steps; ``full``: 300 runs of ~2000 steps."""
 
 BASE: dict[str, Any] = {
-    "dataset": "mnist1d", "model": "cnn", "depth": 3, "mixup_alpha": 1.0, "probes": "loss", "snapshots": False,
-    "interference_every": 10, "probe_samples": 64, "enp_epochs": "auto", "device": "cpu",
+    "dataset": "mnist1d",
+    "model": "cnn",
+    "depth": 3,
+    "mixup_alpha": 1.0,
+    "probes": "loss",
+    "snapshots": False,
+    "interference_every": 10,
+    "probe_samples": 64,
+    "enp_epochs": "auto",
+    "device": "cpu",
 }
 """Settings shared by every run of the study (the rest are RunConfig defaults)."""
 
@@ -65,12 +74,22 @@ def run_settings(preset: Preset, size: int, width: int, seed: int, strategy: str
     """RunConfig settings of one run of the study."""
     steps_per_epoch = size // preset.batch_size
     if steps_per_epoch < 1:
-        raise ConfigError(f"training-set size {size} is smaller than the batch size {preset.batch_size}; "
-                          "raise --sizes or lower --batch-size")
+        raise ConfigError(
+            f"training-set size {size} is smaller than the batch size {preset.batch_size}; "
+            "raise --sizes or lower --batch-size"
+        )
     epochs = max(1, round(preset.steps / steps_per_epoch))
-    return {**BASE, "num_samples": preset.num_samples, "train_size": size, "width": width, "seed": seed,
-            "batch_size": preset.batch_size, "epochs": epochs, "interference": strategy == "mixup",
-            "mixup_pause": strategy == "pause"}
+    return {
+        **BASE,
+        "num_samples": preset.num_samples,
+        "train_size": size,
+        "width": width,
+        "seed": seed,
+        "batch_size": preset.batch_size,
+        "epochs": epochs,
+        "interference": strategy == "mixup",
+        "mixup_pause": strategy == "pause",
+    }
 
 
 def run_name(size: int, width: int, seed: int, strategy: str) -> str:
@@ -80,12 +99,18 @@ def run_name(size: int, width: int, seed: int, strategy: str) -> str:
 
 def capture(preset: Preset, root: Path, *, progress: bool = True) -> int:
     """Train every run of ``preset`` missing from ``root`` (finished runs are kept); returns how many ran."""
-    plan = [(size, width, seed, strategy) for size in preset.sizes for width in preset.widths
-            for seed in preset.seeds for strategy in STRATEGIES]
+    plan = [
+        (size, width, seed, strategy)
+        for size in preset.sizes
+        for width in preset.widths
+        for seed in preset.seeds
+        for strategy in STRATEGIES
+    ]
     configs = [(root / run_name(*key), make_config(run_settings(preset, *key))) for key in plan]
     todo = [(path, config) for path, config in configs if not finished(path)]
-    for path, config in tqdm(todo, desc="interference study", unit="run", disable=not progress or None,
-                             dynamic_ncols=True):
+    for path, config in tqdm(
+        todo, desc="interference study", unit="run", disable=not progress or None, dynamic_ncols=True
+    ):
         train(config, path, overwrite=True, progress=False)
     return len(todo)
 
@@ -109,8 +134,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     """The command line; a usage error raises ConfigError (one line, exit status 2, from :func:`main`)."""
     parser = UsageParser(prog="python -m dynamics.studies.interference_scale", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="the quick preset (CPU, under 30 minutes)")
-    parser.add_argument("--root", type=Path, default=None,
-                        help="where the runs are kept (default: runs/interference-study[-quick])")
+    parser.add_argument(
+        "--root", type=Path, default=None, help="where the runs are kept (default: runs/interference-study[-quick])"
+    )
     parser.add_argument("--out", type=Path, default=None, help="folder of the JSON and figure (default: the runs)")
     parser.add_argument("--sizes", type=_ints, help="training-set sizes, e.g. 500,2000 (overrides the preset)")
     parser.add_argument("--widths", type=_ints, help="CNN widths, e.g. 4,8 (overrides the preset)")
@@ -118,8 +144,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--steps", type=int, help="optimizer steps per run (overrides the preset)")
     parser.add_argument("--num-samples", type=int, help="MNIST-1D samples generated, train + test")
     parser.add_argument("--batch-size", type=int, help="samples per step")
-    parser.add_argument("--train-only", action="store_true",
-                        help="only capture the missing runs; do not summarise and draw them")
+    parser.add_argument(
+        "--train-only", action="store_true", help="only capture the missing runs; do not summarise and draw them"
+    )
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     return parser.parse_args(argv)
 
@@ -129,8 +156,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = parse_args(argv)
         preset = PRESETS["quick" if args.quick else "full"]
-        overrides = {key: getattr(args, key) for key in ("sizes", "widths", "seeds", "steps", "num_samples",
-                                                         "batch_size") if getattr(args, key) is not None}
+        overrides = {
+            key: getattr(args, key)
+            for key in ("sizes", "widths", "seeds", "steps", "num_samples", "batch_size")
+            if getattr(args, key) is not None
+        }
         preset = Preset(**{**asdict(preset), **overrides})
         root = args.root or default_root(args.quick)
         capture(preset, root, progress=not args.no_progress)
