@@ -24,7 +24,7 @@ from dynamics.data import DATASETS
 from dynamics.errors import ConfigError
 from dynamics.models import ACTIVATIONS, MODELS
 from dynamics.optim import OPTIMIZERS, SCHEDULES
-from dynamics.probes import PRESETS, PROBES, SKETCH_MODES
+from dynamics.probes import PRESETS, PROBES, SKETCH_MODES, import_probe_modules
 from dynamics.recorder import NONFINITE_POLICIES
 from dynamics.steps import PRECISIONS
 from dynamics.strategies.mixup import MODES as MIX_MODES
@@ -132,6 +132,13 @@ class RunConfig:
     # probes
     every: int = _setting(1, "probes", "record every k-th optimizer step")
     probes: str = _setting("default", "probes", _probes_help(), metavar="PRESET|PROBE,...")
+    probe_modules: str | None = _setting(
+        None,
+        "probes",
+        "comma-separated importable modules that register probes (dynamics.probes.register_probe), imported "
+        "before probes is read (and again on resume)",
+        metavar="MODULE,...",
+    )
     # run
     device: str = _setting("auto", "run", "auto (CUDA when present), cpu or cuda", DEVICES)
     precision: str = _setting(
@@ -419,8 +426,10 @@ def make_config(values: Mapping[str, Any]) -> RunConfig:
     return config
 
 
-def _check_probes(spec: str) -> None:
-    """A preset name, or a comma-separated list of probes registered in ``dynamics.probes.PROBES``, each once."""
+def _check_probes(spec: str, modules: str | None) -> None:
+    """A preset name, or a comma-separated list of probes registered in ``dynamics.probes.PROBES`` (after importing
+    ``modules``), each once."""
+    import_probe_modules(modules)
     names = probe_names(spec)
     unknown = [name for name in names if name not in PROBES]
     if unknown:
@@ -444,7 +453,7 @@ def validate(config: RunConfig) -> None:
     for key, choices in _CHOICES.items():
         value = getattr(config, key)
         _check(value in choices, key, f"unknown {key} {value!r}; choose one of: {', '.join(choices)}")
-    _check_probes(config.probes)
+    _check_probes(config.probes, config.probe_modules)
     for key in _POSITIVE_INTS:
         value = getattr(config, key)
         _check(value >= 1, key, f"{key} must be a positive integer, got {value}; fix it")

@@ -19,7 +19,7 @@ from dynamics.probes.interference import Interference, gradient_interference, re
 from dynamics.probes.loss import LossAccuracy
 from dynamics.probes.parameters import DistanceFromInit, GradNorm, ParamNorm, UpdateNorm
 from dynamics.probes.per_sample_gram import Moments, per_sample_gram, per_sample_gram_with_moments
-from dynamics.probes.presets import PRESETS, PROBES, register_probe, resolve_probes
+from dynamics.probes.presets import PRESETS, PROBES, import_probe_modules, register_probe, resolve_probes
 from dynamics.probes.probe_set import ProbeSet, make_probe_set, side_pass
 from dynamics.probes.representation import (
     Representation,
@@ -48,6 +48,7 @@ __all__ = [
     "Variable",
     "flat_rule",
     "register_probe",
+    "import_probe_modules",
     "resolve_probes",
     "FisherTrace",
     "GeometricCadence",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable, Sequence
 
 from dynamics.errors import ConfigError
@@ -41,6 +42,21 @@ def register_probe(name: str) -> Callable[[type[Probe]], type[Probe]]:
         return cls
 
     return register
+
+
+def import_probe_modules(modules: str | None) -> None:
+    """Import the comma-separated ``modules`` (None: none), whose ``register_probe`` decorators list their probes."""
+    for name in (part.strip() for part in (modules or "").split(",")):
+        if not name:
+            continue
+        try:
+            importlib.import_module(name)
+        except Exception as err:  # a user module may fail in any way while it runs
+            raise ConfigError(
+                f"probe module {name!r} cannot be imported ({type(err).__name__}: {err}); put it on PYTHONPATH "
+                "or correct probe_modules",
+                key="probe_modules",
+            ) from None
 
 
 def resolve_probes(spec: str | Sequence[str | Probe]) -> list[Probe]:
