@@ -10,7 +10,8 @@ Three lines in a user's loop::
 Values stay on the device; a flush (every ``flush_steps`` recorded steps or ``flush_seconds`` seconds,
 whichever comes first, and at close) moves them to the host in one transfer and appends them to
 ``data.zarr``. The detached loss of every step is kept on the device and checked for NaN/Inf, together
-with the recorded gradient norms, in one stacked operation every ``check_finite_every`` steps, at each
+with the recorded gradient norms, in one stacked operation every ``check_finite_every`` steps (on CUDA
+without waiting: the flag is read one check later, see ``_periodic_check``), at each
 flush and at close, so there is no host synchronisation (and no device work) per step. Only
 ``on_nonfinite="skip"`` checks every step (:meth:`Recorder.skip_nonfinite`: one synchronisation per step).
 """
@@ -199,6 +200,8 @@ class Recorder:
             """Detached losses of the steps since the last host check, oldest first (scanned in one stack)."""
             self._rows_checked = 0
             """Rows of ``_rows`` already scanned for non-finite gradient norms."""
+            self._pending_flag: tuple[Any, torch.Tensor] | None = None
+            """CUDA: the event and pinned host flag of a periodic check in flight (``_periodic_check``)."""
             self._first_bad_step = -1
             self._first_bad_value = math.nan
             self._skipped_steps = 0
@@ -291,7 +294,7 @@ class Recorder:
             for probe in self._preparing:
                 probe.before_recorded_step(context)
         if step % self.check_finite_every == 0:
-            self._check_finite()
+            self._periodic_check()
         if len(self._rows) >= self.flush_steps or time.monotonic() - self._last_flush >= self.flush_seconds:
             self.flush()
 
@@ -376,6 +379,38 @@ class Recorder:
             offset += size
         return None
 
+    def _nonfinite_flags(self, losses: list[torch.Tensor], first_row: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The losses as float64 and, on the device, one flag per loss then per row from ``first_row``: non-finite
+        loss, or a non-finite gradient norm of a parameter that had a gradient."""
+        values = torch.stack([loss.reshape(()).double() for loss in losses])
+        flags = [~torch.isfinite(values)]
+        if self._columns("grad_norm") is not None and len(self._rows) > first_row:
+            flags.append(~self._finite_gradients(first_row).all(1))
+        return values, torch.cat(flags)
+
+    def _periodic_check(self) -> None:
+        """The check every ``check_finite_every`` steps. On a CUDA device the training loop never waits for it: one
+        flag (some unchecked step non-finite) is copied to pinned host memory without blocking and read at a
+        later check, once the copy has landed (``Event.query``); a raised flag runs the full scan then."""
+        if self.device.type != "cuda":
+            self._check_finite()
+            return
+        if self._pending_flag is not None:
+            landed, flag = self._pending_flag
+            if not landed.query():
+                return
+            self._pending_flag = None
+            if bool(flag):
+                self._check_finite()
+                return
+        if not self._unchecked_losses or self._first_bad_step >= 0:
+            return
+        flag = torch.empty((), dtype=torch.bool, pin_memory=True)
+        flag.copy_(self._nonfinite_flags(self._unchecked_losses, self._rows_checked)[1].any(), non_blocking=True)
+        landed = torch.cuda.Event()
+        landed.record()
+        self._pending_flag = (landed, flag)
+
     def _scan_losses(self) -> None:
         """Find the first non-finite loss or recorded gradient norm among the unchecked steps (one host transfer)."""
         losses, self._unchecked_losses = self._unchecked_losses, []
@@ -383,11 +418,8 @@ class Recorder:
         if not losses or self._first_bad_step >= 0:
             return
         first_step = self._step - len(losses)
-        values = torch.stack([loss.reshape(()).double() for loss in losses])
-        flags = [~torch.isfinite(values)]
-        if self._columns("grad_norm") is not None and len(self._rows) > first_row:
-            flags.append(~self._finite_gradients(first_row).all(1))
-        bad = torch.cat(flags).nonzero().flatten().tolist()
+        values, flags = self._nonfinite_flags(losses, first_row)
+        bad = flags.nonzero().flatten().tolist()
         if not bad:
             return
         steps = [first_step + i if i < len(values) else self._host_rows[first_row + i - len(values)][0] for i in bad]
