@@ -29,10 +29,11 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from torch import nn
 
 from dynamics.errors import ConfigError, NonFiniteLossError, StoreError
-from dynamics.probes import Context, GradNorm, Probe, StepData, resolve_probes
+from dynamics.probes import Context, GradNorm, Probe, SparseProbe, StepData, resolve_probes
 from dynamics.rows import Rows
 from dynamics.runinfo import environment, now_iso
 from dynamics.runlock import RunLock
@@ -119,9 +120,23 @@ class Recorder:
         self.device = self.context.params[0].device
         self.dtype = torch.float64 if any(p.dtype == torch.float64 for p in self.context.params) else torch.float32
         """The dtype of the recorded values: float64 for a model with float64 parameters, else float32."""
-        frozen = [name for name, p in model.named_parameters() if not p.requires_grad]
-        self._lock = prepare_run_dir(self.run_dir, overwrite) if resume is None else RunLock(self.run_dir)
+        frozen = [name for name, p in self.context.model.named_parameters() if not p.requires_grad]
+        self.writes = self.context.world_size == 1 or dist.get_rank() == 0
+        """Whether this process writes the run: in a distributed run only rank 0 does (the others measure and
+        take part in the reductions)."""
+        if self.writes:
+            self._lock = prepare_run_dir(self.run_dir, overwrite) if resume is None else RunLock(self.run_dir)
+        else:
+            self._lock = _NotWriting()
         """This process's write lock on the run directory, held until ``close`` (``dynamics.runlock``)."""
+        if self.context.world_size > 1:
+            side = [p.name for p in self.probes if isinstance(p, SparseProbe)]
+            if side:
+                self._lock.release()
+                raise ConfigError(
+                    f"the probes {side} run their own passes on the model and do not support a "
+                    "distributed run yet; leave them out of probes"
+                )
 
         try:
             for probe in self.probes:
@@ -144,7 +159,9 @@ class Recorder:
                     shape = tuple(len(coords[dim]) for dim in variable.dims)
                     self._layout.append((variable.name, math.prod(shape), shape))
             try:
-                if resume is None:
+                if not self.writes:
+                    self._writer = _NotWriting()
+                elif resume is None:
                     self._writer = RunWriter(
                         self.run_dir,
                         coords,
@@ -485,9 +502,9 @@ class Recorder:
             return
         self._scan_losses()  # the rows leave the device now: look at their gradient norms first
         try:
-            if len(self._rows):
+            if self.writes and len(self._rows):
                 self._writer.append("step", self._step_columns())
-            if self._eval_rows:
+            if self.writes and self._eval_rows:
                 self._writer.append("eval_step", self._eval_columns())
         except OSError as err:
             raise write_failed(self.run_dir / DATA_NAME, err) from None
@@ -524,6 +541,8 @@ class Recorder:
         }
 
     def _write_meta(self) -> None:
+        if not self.writes:
+            return
         try:
             write_json_atomic(self.run_dir / "meta.json", self._meta)
         except OSError as err:
@@ -561,6 +580,18 @@ class Recorder:
             self.close()
         else:
             self.close(status="failed", error=f"{kind.__name__}: {value}")
+
+
+class _NotWriting:
+    """The store and lock of a process that does not write the run (a distributed run's other ranks)."""
+
+    lengths = MappingProxyType({"step": 0, "eval_step": 0})
+
+    def describe(self, name: str, attrs: Mapping[str, Any]) -> None:
+        """Nothing to describe."""
+
+    def release(self) -> None:
+        """No lock to release."""
 
 
 def write_failed(path: Path, err: OSError) -> StoreError:

@@ -77,6 +77,15 @@ def _pool_moments(passes: list[_Pass], entries: int) -> tuple[torch.Tensor, torc
     return mean, ((stats[:, 3] + counts * (means - mean).square()).sum() / entries).sqrt()
 
 
+def _union_masks(passes: list[_Pass]) -> list[torch.Tensor]:
+    """Per distinct unit shape among ``passes``, the units active in some pass (dead: flat in every pass)."""
+    by_shape: dict[torch.Size, torch.Tensor] = {}
+    for p in passes:
+        seen = by_shape.get(p.active.shape)
+        by_shape[p.active.shape] = p.active if seen is None else torch.maximum(seen, p.active)
+    return list(by_shape.values())
+
+
 @dataclass
 class _Pass:
     """Statistics of one forward pass through one activation module.
@@ -206,7 +215,9 @@ class ActivationStats(Probe):
         if not self.layer_names:
             return {}
         device = data.loss.device
-        if all(len(passes) == 1 and passes[0].stats is not None for passes in self._passes):
+        if context.world_size > 1:
+            zero, dead, mean, std = self._over_processes(context, device)
+        elif all(len(passes) == 1 and passes[0].stats is not None for passes in self._passes):
             # the usual step, one pass per layer: every layer at once in a few vector operations
             stats = torch.stack([passes[0].stats for passes in self._passes])
             counts = self._denominator([(p[0].entries, p[0].units) for p in self._passes], device)
@@ -220,6 +231,32 @@ class ActivationStats(Probe):
             zero, dead, mean, std = (torch.stack(column) for column in zip(*per_layer, strict=True))
         self._clear()
         return {"act_zero_frac": zero, "act_dead_frac": dead, "act_mean": mean, "act_std": std}
+
+    def _over_processes(self, context: Context, device: torch.device) -> tuple[torch.Tensor, ...]:
+        """The four variables over every process of a distributed run (its global batch): per layer the entries,
+        flat entries, sums and sums of squares (uncentred in float64 from each pass's centred ones) are summed,
+        and the active-unit masks are joined by one max, in two all-reduces for all layers."""
+        sums, counts, masks = [], [], []
+        zero = torch.zeros(3, dtype=torch.float64, device=device)
+        for passes in self._passes:
+            done = [p for p in passes if p.stats is not None]
+            layer_masks = _union_masks(done)
+            counts.append((sum(p.entries for p in done), sum(m.numel() for m in layer_masks)))
+            masks.append(torch.cat([m.reshape(-1).double() for m in layer_masks]) if layer_masks else zero[:0])
+            per_pass = [
+                torch.stack((p.stats[0], p.stats[2], p.stats[3] + p.stats[2].square() / p.entries)).double()
+                for p in done
+            ]
+            sums.append(torch.stack(per_pass).sum(0) if per_pass else zero)
+        totals = torch.cat((torch.stack(sums), torch.tensor(counts, dtype=torch.float64, device=device)), dim=1)
+        nonflat, total, squares, entries, units = context.all_reduce(totals).unbind(1)
+        units = units / context.world_size  # every process has the same units: they are not added up
+        joined = torch.cat(masks)
+        active = context.all_reduce(joined, op="max").split([len(m) for m in masks]) if len(joined) else masks
+        active = torch.stack([m.sum() for m in active])
+        mean = total / entries
+        std = (squares / entries - mean.square()).clamp(min=0.0).sqrt()
+        return (entries - nonflat) / entries, (units - active) / units, mean, std
 
     def _clear(self) -> None:
         """Forget this step's passes (after measuring it), naming once a module called more often than the model."""
@@ -254,12 +291,9 @@ class ActivationStats(Probe):
             return nan, nan, nan, nan
         entries = sum(p.entries for p in passes)
         nonflat = torch.stack([p.stats[0] for p in passes]).sum() if len(passes) > 1 else passes[0].stats[0]
-        by_shape: dict[torch.Size, torch.Tensor] = {}
-        for p in passes:
-            seen = by_shape.get(p.active.shape)
-            by_shape[p.active.shape] = p.active if seen is None else torch.maximum(seen, p.active)
-        units = sum(mask.numel() for mask in by_shape.values())
-        active = sum(mask.sum() for mask in by_shape.values())
+        masks = _union_masks(passes)
+        units = sum(mask.numel() for mask in masks)
+        active = sum(mask.sum() for mask in masks)
         mean, std = _pool_moments(passes, entries)
         return (entries - nonflat) / entries, (units - active) / units, mean, std
 

@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from torch import nn
 
 from dynamics.errors import ConfigError
@@ -67,8 +68,12 @@ class Context:
     """State shared by the probes of one recorder: the model, its trainable parameters, the cadence flag."""
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer | None) -> None:
+        if isinstance(model, nn.parallel.DistributedDataParallel):
+            model = model.module  # the names and hooks of the model itself, as in a single-process run
         self.model = model
         self.optimizer = optimizer
+        self.world_size = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+        """Processes training together (``torch.distributed``); above 1, probes reduce over all of them."""
         named = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
         self.param_names: list[str] = [name for name, _ in named]
         self.params: list[torch.Tensor] = [p for _, p in named]
@@ -78,6 +83,13 @@ class Context:
         """True while another computation (an evaluation, a probe's extra pass) must not be recorded."""
         self.step = 0
         """The optimizer step being measured (set by the recorder before the probes measure)."""
+
+    def all_reduce(self, tensor: torch.Tensor, op: str = "sum") -> torch.Tensor:
+        """``tensor`` summed (or maxed, ``op="max"``) over the processes of a distributed run, in place; as is
+        in a single process. Every process must call it at the same recorded steps, in the same order."""
+        if self.world_size > 1:
+            dist.all_reduce(tensor, op=dist.ReduceOp.MAX if op == "max" else dist.ReduceOp.SUM)
+        return tensor
 
     @property
     def capturing(self) -> bool:

@@ -13,11 +13,14 @@ def batch_accuracy(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     target = target.detach()
     if target.is_floating_point() and target.shape == output.shape:
         target = target.argmax(-1)
-    return (output.argmax(-1) == target).to(output.dtype if output.is_floating_point() else torch.float32).mean()
+    return (output.argmax(-1) == target).to(torch.float64 if output.dtype == torch.float64 else torch.float32).mean()
 
 
 class LossAccuracy(Probe):
-    """``loss(step)`` and ``accuracy(step)``; accuracy is NaN when no output/target is given."""
+    """``loss(step)`` and ``accuracy(step)``; accuracy is NaN when no output/target is given.
+
+    In a distributed run both are means over the processes' equal shards, i.e. over the global batch.
+    """
 
     name = "loss"
 
@@ -33,4 +36,6 @@ class LossAccuracy(Probe):
             accuracy = torch.full((), float("nan"), device=loss.device)
         else:
             accuracy = batch_accuracy(data.output, data.target)
+        if context.world_size > 1:  # the mean over the global batch: shards are of equal size
+            loss, accuracy = context.all_reduce(torch.stack((loss.double(), accuracy.double()))) / context.world_size
         return {"loss": loss, "accuracy": accuracy}

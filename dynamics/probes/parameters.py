@@ -72,13 +72,22 @@ class GradNorm(Probe):
         return hook
 
     def _queue(self) -> None:
-        """Have the engine call ``_read_norms`` at the end of this backward pass (right away outside one)."""
+        """Have the engine call ``_read_norms`` at the end of this backward pass (right away outside one).
+
+        In a distributed (DDP) run the reducer queues its own end-of-backward callback, which waits for the
+        gradients' all-reduce, only when the last bucket is ready, after this one: the read then queues itself
+        once more, to run after it and measure the synchronised gradient.
+        """
+        read = self._read_norms if self._context.world_size == 1 else self._read_after_reducer
         try:
-            torch.autograd.Variable._execution_engine.queue_callback(self._read_norms)
+            torch.autograd.Variable._execution_engine.queue_callback(read)
         except RuntimeError:  # not inside an engine-run backward: read right away
             self._read_norms()
         else:
             self._queued = True
+
+    def _read_after_reducer(self) -> None:
+        torch.autograd.Variable._execution_engine.queue_callback(self._read_norms)
 
     def _read_norms(self) -> None:
         """Norms of every gradient touched since the last call, in one fused call."""
