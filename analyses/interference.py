@@ -54,7 +54,7 @@ from tqdm.auto import tqdm
 
 from analyses.enlightenment import enlightenment_period
 from analyses.overview import save_figure
-from dynamics.cli import UsageParser
+from dynamics.cli import UsageParser, fail, one_line_errors
 from dynamics.errors import ConfigError, DynamicsError
 from dynamics.store import open_run, read_json
 
@@ -384,6 +384,7 @@ def _study_moved(argv: Sequence[str]) -> str:
     )
 
 
+@one_line_errors
 def main(argv: Sequence[str] | None = None) -> int:
     """Summarise and draw the runs under ``--runs``; prints the conclusion and the written paths. Exit status."""
     args_list = sys.argv[1:] if argv is None else list(argv)
@@ -393,8 +394,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parse_args(args_list)
         summary = summarise(args.runs)
         paths = write_study(summary, args.out or args.runs)
-    except DynamicsError as err:
-        print(f"error: {err}", file=sys.stderr)
+    except (DynamicsError, OSError) as err:
+        fail(err)
         return 2
     print(summary["conclusion"])
     for path in paths:

@@ -67,7 +67,7 @@ from tqdm.auto import tqdm
 
 from analyses.enlightenment import EnlightenmentPeriod, check_arguments, enlightenment_period, smooth_ema
 from analyses.overview import ENP_COLOR, save_figure
-from dynamics.cli import UsageParser
+from dynamics.cli import UsageParser, fail, one_line_errors
 from dynamics.errors import ConfigError, DynamicsError
 from dynamics.store import CHUNK_ROWS, distinct_runs, open_run
 
@@ -963,6 +963,7 @@ def plot_phase(result: xr.Dataset, out_stem: str | os.PathLike[str], *, log_time
 # ----------------------------------------------------------------------------------------------- CLI
 
 
+@one_line_errors
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m analyses.phase RUN_DIR [RUN_DIR ...]``: print the summary, write the figure; exit status."""
     parser = UsageParser(prog="python -m analyses.phase", description=__doc__.splitlines()[0])
@@ -988,7 +989,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         png, pdf = plot_phase(result, args.out or args.run_dirs[0] / "phase", log_time=args.log_time)
     except (DynamicsError, OSError) as err:
-        print(f"error: {err}", file=sys.stderr)
+        fail(err)
         return USAGE_ERROR
     print(result.attrs["summary"])
     print(f"phase figure         {png.resolve()}\n                     {pdf.resolve()}")

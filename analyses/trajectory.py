@@ -62,7 +62,7 @@ from tqdm.auto import tqdm
 
 from analyses.enlightenment import EnlightenmentPeriod, check_arguments, enlightenment_period
 from analyses.overview import ENP_COLOR, module_of, save_figure
-from dynamics.cli import UsageParser
+from dynamics.cli import UsageParser, fail, one_line_errors
 from dynamics.errors import ConfigError, DynamicsError, StoreError
 from dynamics.plp_formula import plp_prediction
 from dynamics.snapshots import CHUNK_COLUMNS, ParamSlice, param_layout
@@ -880,6 +880,7 @@ def plot_trajectory(report: TrajectoryReport, out_stem: str | os.PathLike[str]) 
 # ------------------------------------------------------------------------------------------------ CLI
 
 
+@one_line_errors
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m analyses.trajectory RUN_DIR``: print the summary, write the figure; returns the exit status."""
     parser = UsageParser(prog="python -m analyses.trajectory", description=__doc__.splitlines()[0])
@@ -907,7 +908,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         png, pdf = plot_trajectory(report, args.out or args.run_dir / "trajectory")
     except (DynamicsError, OSError) as err:
-        print(f"error: {err}", file=sys.stderr)
+        fail(err)
         return USAGE_ERROR
     print(summary(report))
     print(f"trajectory figure    {png.resolve()}\n                     {pdf.resolve()}")

@@ -4,7 +4,9 @@ translation of the library's parameter names into the entry point's flags."""
 from __future__ import annotations
 
 import argparse
-from collections.abc import Collection, Mapping, Sequence
+import functools
+import sys
+from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any
 
 from dynamics.errors import ConfigError, replace_name
@@ -56,3 +58,44 @@ def flag_message(error: ConfigError, flags: Mapping[str, str], switches: Collect
         if not count:
             unnamed.append(flag)
     return f"{text} ({', '.join(unnamed)})" if unnamed else text
+
+
+RUN_FAILED = 1
+"""Exit status of a command whose work failed (the settings were fine)."""
+
+
+def one_line(text: object) -> str:
+    """``text`` as one printable line: line breaks become spaces, other control characters escapes."""
+    flat = " ".join(str(text).splitlines())
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in flat)
+
+
+def fail(error: BaseException | str) -> None:
+    """Print ``error: ...`` as exactly one printable line on stderr."""
+    print("error: " + one_line(error), file=sys.stderr)
+
+
+def os_error_message(err: OSError) -> str:
+    """An OSError in one line: what failed, on which file, and the fix."""
+    where = f" {err.filename}" if err.filename else ""
+    return f"{err.strerror or err}:{where}; check the path, its permissions and the free space"
+
+
+def one_line_errors(main: Callable[..., int]) -> Callable[..., int]:
+    """The last safety net of an entry point ``main(argv) -> int``: whatever it lets escape ends as one
+    ``error:`` line and exit status 1, never a traceback: an OSError or MemoryError as what failed, anything
+    else as unexpected (a bug to report). ``--help``'s SystemExit and KeyboardInterrupt pass through."""
+
+    @functools.wraps(main)
+    def guarded(argv: Sequence[str] | None = None) -> int:
+        try:
+            return main(argv)
+        except MemoryError as err:
+            fail(f"out of memory ({type(err).__name__}: {err}); use smaller settings")
+        except OSError as err:
+            fail(os_error_message(err))
+        except Exception as err:  # the safety net: a bug, reported in one line
+            fail(f"unexpected {type(err).__name__}: {err}; please report it")
+        return RUN_FAILED
+
+    return guarded

@@ -6,8 +6,8 @@ JSON, same keys as the flags with underscores), then the flags. Usage errors pri
 a diverging loss marks the run failed (keeping every recorded step) and exits 1.
 
 ``--resume RUN_DIR`` continues an interrupted run from its newest checkpoint with the settings of its own
-``config.json``; only ``--no-progress`` and ``--check`` may come with it, since any other flag would make
-the continued run differ from the one it continues.
+``config.json``; only ``--no-progress``, ``--no-figure`` and ``--check`` may come with it, since any other flag
+would make the continued run differ from the one it continues.
 """
 
 from __future__ import annotations
@@ -20,12 +20,16 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from analyses.enlightenment import enlightenment_period
 from analyses.overview import plot_overview
-from dynamics.cli import UsageParser, flag_message
+from dynamics.cli import UsageParser, fail, flag_message, one_line_errors, os_error_message
 from dynamics.config import SECTIONS, RunConfig, make_config, read_config_file
+from dynamics.distributed import is_main_process
 from dynamics.engine import RunResult, default_run_dir, train
 from dynamics.errors import ConfigError, DynamicsError, NonFiniteLossError, StoreError, parameters_as
+from dynamics.paths import check_path
 from dynamics.store import open_run, read_json
 from dynamics.strategies import validate_strategies
 
@@ -41,6 +45,7 @@ FLAGS: dict[str, str] = {
     **{field.name: _flag(field.name) for field in fields(RunConfig)},
     "config": "--config",
     "run_dir": "--out",
+    "resume": "--resume",
     "overwrite": "--overwrite",
 }
 """The flag of each parameter the library's errors may name (RunConfig keys, train's run_dir and overwrite)."""
@@ -71,13 +76,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--overwrite", action="store_true", help="replace an existing run in --out")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     parser.add_argument(
+        "--no-figure", action="store_true", help="skip the overview figure (python -m figures RUN_DIR draws it later)"
+    )
+    parser.add_argument(
         "--check", action="store_true", help="validate the settings, print them as JSON and exit without training"
     )
     parser.add_argument(
         "--resume",
         metavar="RUN_DIR",
         help="continue the interrupted run in RUN_DIR from its newest checkpoint, with its own "
-        "config.json (only --no-progress and --check may be added)",
+        "config.json (only --no-progress, --no-figure and --check may be added)",
     )
     groups = {
         name: parser.add_argument_group(f"{name} settings", description) for name, description in SECTIONS.items()
@@ -110,7 +118,7 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
     return make_config(values)
 
 
-RESUME_COMPANIONS = ("resume", "no_progress", "check")
+RESUME_COMPANIONS = ("resume", "no_progress", "no_figure", "check")
 
 
 def resume_config(args: argparse.Namespace) -> RunConfig:
@@ -127,7 +135,7 @@ def resume_config(args: argparse.Namespace) -> RunConfig:
         raise ConfigError(f"--resume {args.resume}: {err}") from None
 
 
-def report(result: RunResult, figure: tuple[Path, Path]) -> str:
+def report(result: RunResult, figure: tuple[Path, Path] | None) -> str:
     """The closing summary: accuracies, where the Enlightenment Period ended, and the paths."""
     period = enlightenment_period(open_run(result.run_dir))
     if period.end_step is None:
@@ -142,23 +150,53 @@ def report(result: RunResult, figure: tuple[Path, Path]) -> str:
             f"final accuracy       train {result.train_accuracy:.4f}   test {result.test_accuracy:.4f}",
             f"Enlightenment Period {enp}",
             f"run                  {result.run_dir.resolve()}",
-            f"overview figure      {figure[0].resolve()}",
-            f"                     {figure[1].resolve()}",
+            *(
+                [f"overview figure      {figure[0].resolve()}", f"                     {figure[1].resolve()}"]
+                if figure
+                else []
+            ),
         ]
     )
 
 
 def _fail(error: BaseException | str) -> None:
     """Print ``error: ...`` as exactly one printable line on stderr (control characters escaped)."""
-    text = " ".join(str(error).split("\n"))
-    print("error: " + "".join(c if c.isprintable() else repr(c)[1:-1] for c in text), file=sys.stderr)
+    fail(error)
 
 
+def failed_run_note(run_dir: Path) -> str:
+    """`` (run marked failed in RUN/meta.json; recorded steps kept)`` when the run got that far, else ''."""
+    meta = run_dir / "meta.json"
+    try:
+        marked = read_json(meta).get("status") == "failed"
+    except (DynamicsError, OSError, ValueError, AttributeError):
+        marked = False
+    return f" (run marked failed in {meta}; recorded steps kept)" if marked else ""
+
+
+def runtime_message(err: Exception) -> str:
+    """What an error raised while training means, and its fix, as flags."""
+    text = f"{type(err).__name__}: {err}"
+    if isinstance(err, MemoryError | torch.OutOfMemoryError) or "out of memory" in str(err).lower():
+        return f"out of memory while training ({text}); lower --batch-size, --eval-batch-size or the model's size"
+    if isinstance(err, OSError):
+        return os_error_message(err)
+    if isinstance(err, OverflowError | FloatingPointError) or "overflow" in str(err).lower():
+        return f"a numeric overflow stopped the training ({text}); lower --lr or the setting that scales it"
+    return f"unexpected {text}; please report it"
+
+
+@one_line_errors
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the CLI; returns the exit status."""
+    """Run the CLI; returns the exit status: 0, 1 (the run failed, marked so, its data kept) or 2 (usage error).
+
+    Every failure prints one ``error:`` line, never a traceback.
+    """
     try:
         args = build_parser().parse_args(argv)
         resume = "resume" in args
+        if resume or "out" in args:  # before anything reads or writes there
+            check_path(args.resume if resume else args.out, "resume" if resume else "run_dir")
         config = resume_config(args) if resume else config_from_args(args)
         validate_strategies(config)
         run_dir = Path(args.resume) if resume else Path(args.out) if "out" in args else default_run_dir(config)
@@ -172,8 +210,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         result = train(
             config, run_dir, overwrite="overwrite" in args, progress="no_progress" not in args, resume=resume
         )
-        figure = plot_overview(open_run(run_dir), run_dir / "overview")
-        print(report(result, figure))
+        if is_main_process():  # under torchrun, rank 0 reports and draws the run it wrote
+            figure = None if "no_figure" in args else plot_overview(open_run(run_dir), run_dir / "overview")
+            print(report(result, figure))
     except ConfigError as err:
         _fail(usage_message(err))
         return USAGE_ERROR
@@ -181,7 +220,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         _fail(f"{err} (run marked failed in {run_dir / 'meta.json'}; recorded steps kept)")
         return RUN_FAILED
     except DynamicsError as err:
-        _fail(err)
+        _fail(f"{err}{failed_run_note(run_dir)}")
         return RUN_FAILED
     except KeyboardInterrupt:
         print(
@@ -190,6 +229,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 130
+    except Exception as err:  # OSError, MemoryError, overflow and the safety net: one line, the run marked failed
+        _fail(f"{runtime_message(err)}{failed_run_note(run_dir)}")
+        return RUN_FAILED
     return 0
 
 

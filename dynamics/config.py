@@ -20,13 +20,17 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from dynamics.data import DATASETS
 from dynamics.errors import ConfigError
 from dynamics.models import ACTIVATIONS, MODELS
 from dynamics.optim import OPTIMIZERS, SCHEDULES
+from dynamics.paths import check_path
 from dynamics.probes import PRESETS, PROBES, SKETCH_MODES, import_probe_modules
 from dynamics.recorder import NONFINITE_POLICIES
 from dynamics.steps import PRECISIONS
+from dynamics.strategies.enlightenment import SIGNALS as ENP_SIGNALS
 from dynamics.strategies.mixup import MODES as MIX_MODES
 from dynamics.strategies.plp import UNITS as PLP_UNITS
 
@@ -36,6 +40,10 @@ else:  # pragma: no cover - exercised on Python 3.10 only
     import tomli as tomllib
 
 DEVICES = ("auto", "cpu", "cuda")
+MAX_SEED = 2**63 - 1
+"""The largest seed: every seed must fit a signed 64-bit integer (torch's and NumPy's generators take it)."""
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+"""The largest float32: a learning rate or weight decay above it overflows the parameters' update."""
 
 SECTIONS: dict[str, str] = {
     "data": "what is trained on",
@@ -141,6 +149,9 @@ class RunConfig:
     )
     # run
     device: str = _setting("auto", "run", "auto (CUDA when present), cpu or cuda", DEVICES)
+    threads: int | None = _setting(
+        None, "run", "CPU threads of torch's operators (torch.set_num_threads) in the run; None: torch's default"
+    )
     precision: str = _setting(
         "fp32",
         "run",
@@ -262,6 +273,17 @@ class RunConfig:
     )
     enp_tau: float = _setting(10.0, "strategies", "EMA time constant in steps of the auto period detection")
     enp_threshold: float = _setting(0.5, "strategies", "smoothed training accuracy that ends the auto period")
+    enp_signal: str = _setting(
+        "clean_probe",
+        "strategies",
+        "accuracy the auto period detection smooths: clean_probe (fixed unmixed training samples, eval mode, "
+        "no gradient, every enp_probe_every steps) or batch (each step's training batch, mixed under Mixup)",
+        ENP_SIGNALS,
+    )
+    enp_probe_samples: int = _setting(
+        512, "strategies", "training samples of the clean_probe signal (drawn once from data_seed; all if fewer)"
+    )
+    enp_probe_every: int = _setting(5, "strategies", "steps between clean_probe evaluations of the auto detection")
     mixup_pause: bool = _setting(
         False, "strategies", "no mixing during the Enlightenment Period, then the configured Mixup (arXiv 2504.01737)"
     )
@@ -457,7 +479,7 @@ def validate(config: RunConfig) -> None:
     for key in _POSITIVE_INTS:
         value = getattr(config, key)
         _check(value >= 1, key, f"{key} must be a positive integer, got {value}; fix it")
-    for key in ("num_samples", "train_size", "image_size", "seq_len", "patch_size"):
+    for key in ("num_samples", "train_size", "image_size", "seq_len", "patch_size", "threads"):
         value = getattr(config, key)
         _check(value is None or value >= 1, key, f"{key} must be a positive integer or None, got {value}; fix it")
     c = config
@@ -475,6 +497,21 @@ def validate(config: RunConfig) -> None:
         f"weight_decay must be a finite number >= 0, got {c.weight_decay}; fix it",
     )
     _check(0 <= c.momentum < 1, "momentum", f"momentum must lie in [0, 1), got {c.momentum}; pass e.g. 0.9")
+    for key in ("lr", "weight_decay"):  # the optimizers multiply float32 parameters by them: larger ones overflow
+        value = getattr(c, key)
+        _check(
+            value <= FLOAT32_MAX,
+            key,
+            f"{key} must be at most {FLOAT32_MAX:.4g} (float32's largest), got {value}; pass a smaller {key}",
+        )
+    if c.optimizer == "adamw" and c.lr * c.weight_decay > FLOAT32_MAX:  # AdamW scales by 1 - lr * weight_decay
+        raise ConfigError(
+            f"lr * weight_decay must be at most {FLOAT32_MAX:.4g} (float32's largest) for adamw, got "
+            f"{c.lr * c.weight_decay:g}; lower lr or weight_decay",
+            key=("lr", "weight_decay"),
+        )
+    if c.data_dir is not None:
+        check_path(c.data_dir, "data_dir")
     _check(c.warmup_steps >= 0, "warmup_steps", f"warmup_steps must be >= 0, got {c.warmup_steps}; fix it")
     _check(
         math.isfinite(c.flush_seconds) and c.flush_seconds > 0,
@@ -492,7 +529,9 @@ def validate(config: RunConfig) -> None:
         f"checkpoint_seconds must be a finite number >= 0 (0: by steps only), got {c.checkpoint_seconds}; fix it",
     )
     _check(c.checkpoint_keep >= 1, "checkpoint_keep", f"checkpoint_keep must be >= 1, got {c.checkpoint_keep}; fix it")
-    _check(c.sketch_seed >= 0, "sketch_seed", f"sketch_seed must be >= 0, got {c.sketch_seed}; fix it")
+    for key in ("seed", "data_seed", "sketch_seed"):
+        value = getattr(c, key)
+        _check(0 <= value <= MAX_SEED, key, f"{key} must lie in [0, 2**63 - 1], got {value}; pass e.g. 0")
     _check(
         math.isfinite(c.snapshot_budget_mb) and c.snapshot_budget_mb > 0,
         "snapshot_budget_mb",

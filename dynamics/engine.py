@@ -21,9 +21,12 @@ from dynamics.augment import InputPipeline
 from dynamics.checkpoint import CheckpointCadence, load_checkpoint, rng_states, save_checkpoint, set_rng_states
 from dynamics.config import RunConfig, probe_names
 from dynamics.data import Dataset, load_dataset, to_device
+from dynamics.distributed import Ranks, join, leave
 from dynamics.errors import ConfigError, parameters_as
 from dynamics.models import build_model
+from dynamics.models.budget import check_model_fits, training_costs
 from dynamics.optim import build_optimizer, build_schedule
+from dynamics.paths import check_path
 from dynamics.probes import (
     FisherTrace,
     GeometricCadence,
@@ -91,16 +94,24 @@ def evaluate(
 
 def load_data(config: RunConfig, device: torch.device) -> Dataset:
     """The configured data set, moved to ``device`` whole."""
-    with parameters_as({"name": "dataset", "seed": "data_seed"}):
-        data = load_dataset(
-            config.dataset,
-            num_samples=config.num_samples,
-            train_size=config.train_size,
-            seed=config.data_seed,
-            data_dir=config.data_dir,
-            image_size=config.image_size,
-            seq_len=config.seq_len,
-        )
+    try:
+        with parameters_as({"name": "dataset", "seed": "data_seed"}):
+            data = load_dataset(
+                config.dataset,
+                num_samples=config.num_samples,
+                train_size=config.train_size,
+                seed=config.data_seed,
+                data_dir=config.data_dir,
+                image_size=config.image_size,
+                seq_len=config.seq_len,
+            )
+    except OSError as err:
+        if config.data_dir is None:  # not the user's files (a cache, say): no setting to fix
+            raise
+        where = err.filename or config.data_dir
+        raise ConfigError(
+            f"{config.dataset}: reading {where} failed ({err.strerror or err}); check data_dir", key="data_dir"
+        ) from None
     if len(data.x_train) < config.batch_size:
         raise ConfigError(
             f"batch_size {config.batch_size} exceeds the {len(data.x_train)} training samples; "
@@ -198,29 +209,53 @@ def train(
     Checkpoints are written before the first step, at the configured cadence and after the last epoch
     (:mod:`dynamics.checkpoint`). ``resume`` continues the run in ``run_dir`` from its newest checkpoint
     (``config`` must be the run's own): the store is cut to the steps before it and the run goes on as
-    if it had never stopped.
+    if it had never stopped. ``config.threads`` (when set) is applied with ``torch.set_num_threads`` first.
     """
     validate_strategies(config)
+    check_path(run_dir, "run_dir")
     if config.deterministic:
         set_deterministic()
-    device = resolve_device(config.device)
+    ranks, device = join(resolve_device(config.device), config.batch_size)
+    try:
+        return _train(config, run_dir, device, ranks, overwrite=overwrite, progress=progress, resume=resume)
+    finally:
+        leave()
+
+
+def _train(
+    config: RunConfig,
+    run_dir: str | os.PathLike[str],
+    device: torch.device,
+    ranks: Ranks,
+    *,
+    overwrite: bool,
+    progress: bool,
+    resume: bool,
+) -> RunResult:
+    """:func:`train` on ``device``, as rank ``ranks.rank`` of ``ranks.world`` processes."""
     if resume and read_json(Path(run_dir) / "meta.json").get("status") == "finished":
         raise ConfigError(f"the run in {run_dir} is finished; there is nothing to resume")
+    if config.threads is not None:  # process-wide, like the deterministic setting above
+        torch.set_num_threads(config.threads)
     checkpoint = load_checkpoint(Path(run_dir), device) if resume else None
     data = load_data(config, device)
     torch.manual_seed(config.seed)
     with parameters_as({"name": "model", "input_shape": "dataset", "kind": "dataset"}):
-        model = build_model(
-            config.model,
-            input_shape=data.input_shape,
-            num_classes=data.num_classes,
-            width=config.width,
-            depth=config.depth,
-            activation=config.activation,
-            width_mult=config.width_mult,
-            patch_size=config.patch_size,
-            kind=data.kind,
-        ).to(device)
+        options = {
+            "input_shape": data.input_shape,
+            "num_classes": data.num_classes,
+            "width": config.width,
+            "depth": config.depth,
+            "activation": config.activation,
+            "width_mult": config.width_mult,
+            "patch_size": config.patch_size,
+            "kind": data.kind,
+        }
+        costs = training_costs(
+            config.optimizer, config.momentum, probe_names(config.probes), config.sketch_dim, config.sketch_mode
+        )
+        check_model_fits(config.model, **options, costs=costs, device=device)  # before anything is allocated
+        model = build_model(config.model, **options).to(device)
     model = prepare_model(model, channels_last=config.channels_last, compile=config.compile)
     pipeline = InputPipeline(data, device, augment=config.augment, channels_last=config.channels_last, seed=config.seed)
     with parameters_as({"name": "optimizer"}):
@@ -234,6 +269,7 @@ def train(
         )
     check_strategies_fit_data(config, data.input_shape, len(data.x_train))
     plan = StrategyPlan(config, model, optimizer, data.num_classes, config.seed)
+    plan.attach_clean_probe(data.x_train, data.y_train, prepare=pipeline, precision=config.precision)
     steps_per_epoch = [len(data.x_train) // plan.batch_size(epoch) for epoch in range(config.epochs)]
     total_steps = sum(steps_per_epoch)
     with parameters_as({"name": "schedule"}):
@@ -263,8 +299,9 @@ def train(
             if config.snapshots
             else []
         )
+    trained = ranks.wrap(model, device)  # after a checkpoint's weights are loaded: DDP starts from rank 0's
     recorder = Recorder(
-        model,
+        trained,
         optimizer,
         run_dir,
         every=config.every,
@@ -277,12 +314,12 @@ def train(
         resume=None if checkpoint is None else checkpoint["recorder"],
     )
     recorder.note(num_classes=data.num_classes)
-    snapshots = SnapshotWriter(
+    snapshots = SnapshotWriter(  # the ranks hold the same parameters: the one that writes the run keeps them
         model,
         run_dir,
-        snap_steps,
+        snap_steps if recorder.writes else [],
         flush_seconds=config.flush_seconds,
-        resume_step=None if checkpoint is None else checkpoint["step"],
+        resume_step=None if checkpoint is None or not recorder.writes else checkpoint["step"],
     )
     cadence = CheckpointCadence(config.checkpoint_steps, config.checkpoint_seconds)
 
@@ -290,6 +327,9 @@ def train(
         """Checkpoint before step ``recorder.steps_done``: batch ``batch`` of ``epoch`` comes next."""
         recorder_state = recorder.state_dict()  # flushes the store first
         snapshots.flush()
+        cadence.mark()
+        if not recorder.writes:  # the other ranks of a distributed run hold the same state
+            return
         save_checkpoint(
             Path(run_dir),
             {
@@ -309,7 +349,6 @@ def train(
             },
             config.checkpoint_keep,
         )
-        cadence.mark()
 
     start_epoch, start_batch = (0, 0) if checkpoint is None else (checkpoint["epoch"], checkpoint["batch"])
     val_loss: torch.Tensor | float | None = None
@@ -318,7 +357,7 @@ def train(
         initial=recorder.steps_done,
         desc="training",
         unit="step",
-        disable=not progress,
+        disable=not progress or not recorder.writes,
         dynamic_ncols=True,
     )
     with recorder, snapshots, bar:
@@ -337,13 +376,13 @@ def train(
             else:
                 permutation = torch.randperm(len(data.x_train), generator=order).to(device)
             for batch in range(first, steps_per_epoch[epoch]):
-                index = permutation[batch * batch_size : (batch + 1) * batch_size]
+                index = ranks.shard(permutation[batch * batch_size : (batch + 1) * batch_size])
                 x, y = data.x_train[index], data.y_train[index]
                 optimizer.zero_grad(set_to_none=True)
                 clean = pipeline(x, True)
                 inputs, target = plan.prepare(clean, y)
                 with autocast(device, config.precision):
-                    out = model(inputs)
+                    out = trained(inputs)
                     loss = plan.loss(out, target)
                 loss.backward()
                 skipped = config.on_nonfinite == "skip" and recorder.skip_nonfinite(loss)

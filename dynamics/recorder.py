@@ -192,6 +192,7 @@ class Recorder:
                     "last_flush": None,
                     "on_nonfinite": on_nonfinite,
                     "frozen_params": frozen,
+                    "world_size": self.context.world_size,
                     **environment(self.device),
                 }
             else:

@@ -59,6 +59,30 @@ class RunLock:
                 f"cannot write {self.path} ({err.strerror}); choose a writable run directory with free space"
             ) from None
 
+    @staticmethod
+    def holder(run_dir: Path) -> str | None:
+        """The process id of the live writer of ``run_dir`` (``"?"`` if unnamed), or None when no process holds
+        its lock: none ever did, or the writer ended, in any way (a run killed with SIGKILL has no live writer).
+
+        It takes a shared lock for a moment to ask, so a writer starting at that very moment is refused.
+        """
+        path = Path(run_dir) / LOCK_NAME
+        if fcntl is None:
+            return None
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except OSError:
+            return None
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except OSError:
+                return os.read(fd, 32).decode(errors="replace").strip() or "?"
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            return None
+        finally:
+            os.close(fd)
+
     def release(self) -> None:
         """Give the lock back (idempotent); the file stays, naming no live writer."""
         if self._fd is not None:

@@ -39,7 +39,7 @@ from analyses.trajectory import (
 )
 from analyses.trajectory import main as analyse
 from dynamics.augment import InputPipeline
-from dynamics.cli import UsageParser
+from dynamics.cli import UsageParser, fail, one_line_errors
 from dynamics.data import Dataset, load_dataset
 from dynamics.errors import ConfigError, DynamicsError
 from dynamics.models import build_model
@@ -230,6 +230,7 @@ def evaluate_run(
     return write_surface(surface, run_dir)
 
 
+@one_line_errors
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m dynamics.surface RUN_DIR``: evaluate and write the surface, then run the trajectory analysis."""
     parser = UsageParser(prog="python -m dynamics.surface", description=__doc__.splitlines()[0])
@@ -259,7 +260,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             progress=not args.no_progress,
         )
     except (DynamicsError, OSError) as err:
-        print(f"error: {err}", file=sys.stderr)
+        fail(err)
         return USAGE_ERROR
     print(f"loss surface written {path.resolve()}")
     if args.no_analysis:

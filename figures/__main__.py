@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 from analyses.interference import SUMMARY_NAME, summarise, write_study
 from analyses.overview import plot_overview
 from dynamics import open_run
-from dynamics.cli import UsageParser
+from dynamics.cli import UsageParser, one_line, one_line_errors
 from dynamics.errors import ConfigError, DynamicsError
 
 USAGE_ERROR = 2
@@ -75,9 +75,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def error(message: str) -> None:
     """One line on stderr, without disturbing a progress bar."""
-    tqdm.write(f"error: {message}", file=sys.stderr)
+    tqdm.write(f"error: {one_line(message)}", file=sys.stderr)
 
 
+@one_line_errors
 def main(argv: Sequence[str] | None = None) -> int:
     """Draw every requested run; returns the exit status (0, or 2 if anything failed)."""
     try:

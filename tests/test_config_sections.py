@@ -36,10 +36,17 @@ NOT_OURS = {
     ("runinfo.py", "--untracked-files"),
 }
 # Command-line entry points of their own (argparse parsers and their usage texts speak in flags).
-ENTRY_POINTS = {"collect.py", "cli.py", "surface.py", "studies/interference_scale.py"}
-# Not yet rewritten to name parameters: the lead rewrites dynamics/probes/, recorder.py and store.py himself
-# and empties this list when he does.
+ENTRY_POINTS = {
+    "collect.py",
+    "cli.py",
+    "export.py",
+    "surface.py",
+    "studies/interference_scale.py",
+    "sweep/__main__.py",
+    "sweep/command.py",  # the collect command line each point of a sweep runs
+}
 PENDING: set[tuple[str, str]] = set()
+"""Modules not yet rewritten to name parameters (empty: every library module does)."""
 
 
 def collect(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:

@@ -308,6 +308,7 @@ def test_mixup_pause_auto_switches_at_the_detected_step(tmp_path) -> None:
             "mixup_alpha": 0.4,
             "mixup_pause": True,
             "enp_epochs": "auto",
+            "enp_signal": "batch",  # the batch is unmixed during the pause: its accuracy is the recorded one
         }
     )
     train(config, tmp_path / "r", progress=False)
@@ -318,6 +319,7 @@ def test_mixup_pause_auto_switches_at_the_detected_step(tmp_path) -> None:
     inside = ds["step"].values <= detected
     np.testing.assert_array_equal(ds["enp_active"].values, inside.astype(float))
     np.testing.assert_array_equal(ds["mix_applied"].values, np.where(inside, 0.0, 1.0))
+    np.testing.assert_allclose(ds["enp_accuracy"].values, np.where(inside, smoothed, np.nan), rtol=1e-6)
 
 
 def test_alpha_boost_uses_the_boosted_alpha_only_in_the_period(tmp_path) -> None:

@@ -33,7 +33,7 @@ def default_corpus() -> str:
 
 
 def _windows(ids: torch.Tensor, seq_len: int) -> tuple[torch.Tensor, torch.Tensor]:
-    count = (len(ids) - 1) // seq_len
+    count = max(0, (len(ids) - 1) // seq_len)  # an empty text has no window
     starts = torch.arange(count)[:, None] * seq_len + torch.arange(seq_len + 1)[None, :]
     windows = ids[starts]
     return windows[:, :-1].contiguous(), windows[:, 1:].contiguous()
@@ -64,10 +64,11 @@ def load_text(path: str | os.PathLike[str] | None = None, *, seq_len: int = 128)
     x_train, y_train = _windows(ids[:split], seq_len)
     x_test, y_test = _windows(ids[split:], seq_len)
     if len(x_train) < 2 or len(x_test) < 1:
+        source = "" if path is None else f" of path={Path(path).expanduser()}"
         raise ConfigError(
-            f"text: {len(text)} characters are too few for windows of {seq_len + 1} "
+            f"text: the {len(text)} characters{source} are too few for windows of {seq_len + 1} "
             "(at least 2 to train and 1 to test); use a longer text or a smaller seq_len",
-            key="seq_len",
+            key=("seq_len", "path") if path is not None else "seq_len",
         )
     return Dataset(
         "text", x_train, y_train, x_test, y_test, num_classes=len(vocabulary), kind="sequence", labels=tuple(vocabulary)

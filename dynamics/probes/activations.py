@@ -26,7 +26,7 @@ from torch import nn
 from torch.utils.hooks import RemovableHandle
 
 from dynamics.probes.base import Context, Probe, StepData, Variable
-from dynamics.probes.flat_regions import FlatRule, activation_layers
+from dynamics.probes.flat_regions import FlatRule, activation_layers, flat_rule
 
 
 def count_flat(values: torch.Tensor, rule: FlatRule) -> torch.Tensor:
@@ -107,7 +107,10 @@ class ActivationStats(Probe):
 
     name = "activations"
 
-    def __init__(self) -> None:
+    def __init__(self, rule_of: Callable[[nn.Module], FlatRule | None] = flat_rule) -> None:
+        """``rule_of`` says which modules are activations and where each is flat (default: ``flat_rule``, the
+        ``torch.nn`` activations; an integration passes one that knows its framework's classes too)."""
+        self.rule_of = rule_of
         self.layer_names: list[str] = []
         self.rules: list[FlatRule] = []
         self._passes: list[list[_Pass]] = []
@@ -121,7 +124,7 @@ class ActivationStats(Probe):
     def attach(self, context: Context) -> None:
         self._context = context
         self._handles.append(context.model.register_forward_pre_hook(self._count_forward))
-        layers = activation_layers(context.model)
+        layers = activation_layers(context.model, self.rule_of)
         names: dict[int, list[str]] = {}
         for name, module in context.model.named_modules(remove_duplicate=False):
             names.setdefault(id(module), []).append(name)

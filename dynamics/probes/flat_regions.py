@@ -11,6 +11,7 @@ rule is applied to the input, read before the module runs.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -92,6 +93,9 @@ def flat_rule(module: nn.Module) -> FlatRule | None:
     return None
 
 
-def activation_layers(model: nn.Module) -> list[tuple[str, nn.Module, FlatRule]]:
-    """``(name, module, rule)`` of every module of ``model`` with a flat region, in ``named_modules`` order."""
-    return [(name, module, rule) for name, module in model.named_modules() if (rule := flat_rule(module)) is not None]
+def activation_layers(
+    model: nn.Module, rule_of: Callable[[nn.Module], FlatRule | None] = flat_rule
+) -> list[tuple[str, nn.Module, FlatRule]]:
+    """``(name, module, rule)`` of every module of ``model`` with a flat region (``rule_of`` not None), in
+    ``named_modules`` order."""
+    return [(name, module, rule) for name, module in model.named_modules() if (rule := rule_of(module)) is not None]

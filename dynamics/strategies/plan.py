@@ -4,14 +4,15 @@ The loop calls, per epoch, :meth:`StrategyPlan.start_epoch` (sets the epoch's sc
 the optimizer) and, per step, :meth:`prepare` (mixing), :meth:`loss` (temperature, focal loss, High-Loss
 Removal), :meth:`after_backward` (clipping; the recorded ``grad_norm`` is taken before it),
 :meth:`after_step` (PLP, period detection) and :meth:`scalars` (the hyperparameters applied, recorded
-per step). Every strategy composes with every other; invalid settings fail in :func:`validate_strategies`
-before training starts.
+per step). The ``clean_probe`` signal of the period detection scores samples handed over once by
+:meth:`attach_clean_probe`. Every strategy composes with every other; invalid settings fail in
+:func:`validate_strategies` before training starts.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -19,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dynamics.errors import ConfigError, parameters_as
+from dynamics.steps import evaluate_split
 from dynamics.strategies.cyclical import Range, cyclical_eta
 from dynamics.strategies.enlightenment import EnlightenmentTracker, high_loss_keep_mask
 from dynamics.strategies.focal import CyclicalFocalLoss
@@ -30,7 +32,9 @@ if TYPE_CHECKING:  # dynamics.config imports the strategies' choices
 
 MIXUP_KEYS = {"prob": "mix_prob", "mode": "mix_mode"}
 """Mixup's arguments that RunConfig names otherwise (the others have the same names)."""
-TRACKER_KEYS = {"epochs": "enp_epochs", "tau": "enp_tau", "threshold": "enp_threshold"}
+TRACKER_KEYS = {"epochs": "enp_epochs", "tau": "enp_tau", "threshold": "enp_threshold", "interval": "enp_probe_every"}
+PROBE_SEED_OFFSET = 6007
+"""Added to ``data_seed`` to draw the ``clean_probe`` samples (the same for every training seed)."""
 FOCAL_KEYS = {
     "gamma_hc": "focal_gamma_hc",
     "gamma_pos": "focal_gamma_pos",
@@ -58,6 +62,15 @@ def _mixer(config: RunConfig, num_classes: int, seed: int = 0) -> Mixup:
         )
 
 
+def _tracker(config: RunConfig) -> EnlightenmentTracker | None:
+    """The period of ``config``: observed every ``enp_probe_every`` steps (``clean_probe``) or every step."""
+    if config.enp_epochs is None:
+        return None
+    interval = config.enp_probe_every if config.enp_signal == "clean_probe" else 1
+    with parameters_as(TRACKER_KEYS):
+        return EnlightenmentTracker(config.enp_epochs, config.enp_tau, config.enp_threshold, interval)
+
+
 def validate_strategies(config: RunConfig) -> None:
     """Raise ConfigError for a strategy setting or combination that cannot run, before any data is loaded.
 
@@ -80,9 +93,12 @@ def validate_strategies(config: RunConfig) -> None:
             "number of epochs or 'auto'",
             key=(period_strategies[0], "enp_epochs"),
         )
+    for key in ("enp_probe_samples", "enp_probe_every"):
+        value = getattr(config, key)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ConfigError(f"{key} must be an integer >= 1, got {value!r}; fix it", key=key)
     if config.enp_epochs is not None:
-        with parameters_as(TRACKER_KEYS):
-            EnlightenmentTracker(config.enp_epochs, config.enp_tau, config.enp_threshold)
+        _tracker(config)
         if config.enp_epochs != "auto" and config.enp_epochs > config.epochs:
             raise ConfigError(
                 f"enp_epochs {config.enp_epochs} exceeds epochs {config.epochs}; shorten enp_epochs",
@@ -175,12 +191,8 @@ class StrategyPlan:
         self.num_classes = num_classes
         self.epochs = config.epochs
         self.mixer = _mixer(config, num_classes, seed + 7919)
-        with parameters_as(TRACKER_KEYS):
-            self.tracker = (
-                None
-                if config.enp_epochs is None
-                else EnlightenmentTracker(config.enp_epochs, config.enp_tau, config.enp_threshold)
-            )
+        self.tracker = _tracker(config)
+        self._clean_probe: tuple[torch.Tensor, torch.Tensor, Callable | None, str] | None = None
         with parameters_as(PLP_KEYS):
             self.plp = (
                 PLP(model.parameters(), config.plp_k, config.plp_unit, config.plp_weights_only) if config.plp else None
@@ -211,6 +223,33 @@ class StrategyPlan:
         self._plp_applied = 0.0
         self._epoch = 0
         self._step_in_period = False
+
+    @property
+    def detects_on_clean_probe(self) -> bool:
+        """Whether the period is detected online on the ``clean_probe`` signal (it then needs its samples)."""
+        return self.tracker is not None and self.tracker.epochs == "auto" and self.config.enp_signal == "clean_probe"
+
+    def attach_clean_probe(
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        *,
+        prepare: Callable[[torch.Tensor, bool], torch.Tensor] | None = None,
+        precision: str = "fp32",
+    ) -> None:
+        """Hand over the training split for the ``clean_probe`` signal; a no-op for other settings.
+
+        Keeps ``enp_probe_samples`` samples (all when the split is smaller), drawn once from ``data_seed``
+        on the host, so the same samples for every training seed and no draw from torch's global RNG.
+        ``prepare(batch, False)`` turns stored samples into unaugmented model inputs; ``precision`` is
+        the autocast of the evaluation (:func:`dynamics.steps.evaluate_split`).
+        """
+        if not self.detects_on_clean_probe:
+            return
+        count = min(self.config.enp_probe_samples, len(x))
+        generator = torch.Generator().manual_seed(self.config.data_seed + PROBE_SEED_OFFSET)
+        index = torch.randperm(len(x), generator=generator)[:count].sort().values.to(x.device)
+        self._clean_probe = (x[index], y[index], prepare, precision)
 
     def batch_size(self, epoch: int) -> int:
         """Samples per step in ``epoch`` (cyclical when ``cyclical_batch_size`` is set)."""
@@ -288,15 +327,34 @@ class StrategyPlan:
 
         PLP observes after every step (``unit="iteration"``) or after the last step of each epoch
         (``"epoch"``), so a prediction shows in that step's recorded ``update_norm`` and ``plp_applied``.
-        A ``skipped`` step (non-finite loss or gradient, no update) is neither a PLP point nor observed.
+        The period detection observes at the steps :meth:`EnlightenmentTracker.due` names: ``clean_probe``
+        evaluates the probe set on the updated (and PLP-predicted) model, ``batch`` scores ``output``, the
+        step's forward pass, against ``labels``. A ``skipped`` step (non-finite loss or gradient, no update)
+        is neither a PLP point nor observed.
         """
         self._plp_applied = 0.0
         if skipped:
             return
         if self.plp is not None and (self.plp.unit == "iteration" or epoch_end):
             self._plp_applied = float(self.plp.observe())
-        if self.tracker is not None and self.tracker.epochs == "auto" and self.tracker.active:
-            self.tracker.observe(step, (output.detach().argmax(-1) == labels).float().mean())
+        if self.tracker is not None and self.tracker.due(step):
+            self.tracker.observe(step, self._period_accuracy(output, labels))
+            if not self.tracker.active:
+                self._clean_probe = None  # the period is over: nothing is evaluated any more
+
+    def _period_accuracy(self, output: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """The accuracy the period detection smooths (``enp_signal``), a device tensor: nothing is read back."""
+        if self.config.enp_signal == "batch":
+            return (output.detach().argmax(-1) == labels).float().mean()
+        if self._clean_probe is None:
+            raise ConfigError(
+                "enp_signal='clean_probe' scores a fixed clean probe set, but none was attached; call "
+                "StrategyPlan.attach_clean_probe(x_train, y_train) before training or set enp_signal='batch'",
+                key="enp_signal",
+            )
+        x, y, prepare, precision = self._clean_probe
+        batch_size = self.config.eval_batch_size
+        return evaluate_split(self.model, x, y, batch_size, prepare=prepare, precision=precision)[1]
 
     def state_dict(self) -> dict[str, Any]:
         """What a checkpoint needs beyond the optimizer: the mixer's generator, period detection, PLP points.
@@ -313,19 +371,29 @@ class StrategyPlan:
         """Restore what :meth:`state_dict` saved."""
         self.mixer.rng.bit_generator.state = state["mixer"]
         if self.tracker is not None:
-            self.tracker.load_state_dict(state["tracker"])
+            device = next(iter(self.model.parameters()), torch.empty(0)).device
+            self.tracker.load_state_dict(state["tracker"], device=device)
         if self.plp is not None:
             self.plp.load_state_dict(state["plp"])
 
-    def scalars(self) -> dict[str, float]:
-        """Hyperparameters applied at this step, recorded under their own names."""
+    def scalars(self) -> dict[str, float | torch.Tensor]:
+        """Hyperparameters applied at this step, recorded under their own names.
+
+        With an auto period, ``enp_accuracy`` is the smoothed accuracy the detection held at the step (a
+        device tensor, so nothing is read back; NaN after the period and before the first observation).
+        """
         config = self.config
-        values: dict[str, float] = {"weight_decay": float(self.optimizer.param_groups[0].get("weight_decay", 0.0))}
+        weight_decay = float(self.optimizer.param_groups[0].get("weight_decay", 0.0))
+        values: dict[str, float | torch.Tensor] = {"weight_decay": weight_decay}
         if self.mixer.enabled or config.alpha_boost is not None or self.aug_range is not None:
             values["mixup_alpha"] = self._mix.alpha
             values["mix_applied"] = self._mix.applied
         if self.tracker is not None:
             values["enp_active"] = float(self._step_in_period)
+            if self.tracker.epochs == "auto":  # the smoothed accuracy the detection held (device tensor)
+                smoothed = self.tracker.smoothed
+                inside = self._step_in_period and smoothed is not None
+                values["enp_accuracy"] = smoothed if inside else math.nan
         if config.high_loss_removal is not None:
             values["removed_frac"] = self._removed
         if self.plp is not None:

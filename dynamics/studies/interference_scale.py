@@ -27,7 +27,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from analyses.interference import STRATEGIES, finished, summarise, write_study
-from dynamics.cli import UsageParser
+from dynamics.cli import RUN_FAILED, UsageParser, fail, one_line_errors
 from dynamics.config import make_config
 from dynamics.engine import train
 from dynamics.errors import ConfigError, DynamicsError
@@ -151,6 +151,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+@one_line_errors
 def main(argv: Sequence[str] | None = None) -> int:
     """Capture the missing runs, then summarise and draw them; prints the conclusion and the written paths."""
     try:
@@ -169,9 +170,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         summary = summarise(root)
         paths = write_study(summary, args.out or root)
-    except DynamicsError as err:
-        print(f"error: {err}", file=sys.stderr)
+    except ConfigError as err:
+        fail(err)
         return USAGE_ERROR
+    except DynamicsError as err:  # a run failed (marked so in its meta.json, its data kept)
+        fail(err)
+        return RUN_FAILED
     print(summary["conclusion"])
     for path in paths:
         print(path)
