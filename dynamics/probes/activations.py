@@ -29,15 +29,22 @@ from dynamics.probes.base import Context, Probe, StepData, Variable
 from dynamics.probes.flat_regions import FlatRule, activation_layers, flat_rule
 
 
-def count_flat(values: torch.Tensor, rule: FlatRule) -> torch.Tensor:
-    """Number of entries in the flat region, as an exact float count: N - sum(sign(relu(value - low)))."""
-    count = values.new_zeros(())
+def count_nonflat(values: torch.Tensor, rule: FlatRule) -> torch.Tensor:
+    """Number of entries outside the flat region, as an exact float count: sum(sign(relu(value - low))) for a
+    low tail, sum(sign(relu(high - value))) for a high one (both: their sum less N)."""
+    count = None
     if rule.low is not None:
         above = values if rule.low == 0.0 and rule.nonnegative else torch.relu(values - rule.low)
-        count = count + (values.numel() - torch.sign(above).sum())
+        count = torch.sign(above).sum()
     if rule.high is not None:
-        count = count + (values.numel() - torch.sign(torch.relu(rule.high - values)).sum())
+        below = torch.sign(torch.relu(rule.high - values)).sum()
+        count = below if count is None else count + below - values.numel()
     return count
+
+
+def count_flat(values: torch.Tensor, rule: FlatRule) -> torch.Tensor:
+    """Number of entries in the flat region, as an exact float count: N - ``count_nonflat``."""
+    return values.numel() - count_nonflat(values, rule)
 
 
 def active_units(values: torch.Tensor, rule: FlatRule) -> torch.Tensor:
@@ -56,16 +63,16 @@ def _as_float(values: torch.Tensor) -> torch.Tensor:
     return values.float() if values.dtype in (torch.float16, torch.bfloat16) else values
 
 
-def _counts(values: torch.Tensor, rule: FlatRule) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-unit active mask and [entries outside the flat region, active units] of one pass."""
+def _counts(values: torch.Tensor, rule: FlatRule) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-unit active mask, entries outside the flat region and active units of one pass."""
     active = active_units(values, rule)
-    return active, torch.stack((values.numel() - count_flat(values, rule), active.sum()))
+    return active, count_nonflat(values, rule), active.sum()
 
 
-def _moments(values: torch.Tensor) -> torch.Tensor:
-    """[sum, sum of squared deviations from the mean] of one pass."""
+def _moments(values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sum and sum of squared deviations from the mean of one pass."""
     total = values.sum()
-    return torch.stack((total, (values - total / values.numel()).square_().sum()))
+    return total, torch.sub(values, total, alpha=1.0 / values.numel()).square_().sum()
 
 
 def _pool_moments(passes: list[_Pass], entries: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -156,8 +163,9 @@ class ActivationStats(Probe):
         def hook(module: nn.Module, args: tuple, output: torch.Tensor) -> None:
             if context.capturing:
                 values = _as_float(output)
-                active, counts = _counts(values, rule)
-                passes.append(_Pass(values.numel(), active.numel(), active, torch.cat((counts, _moments(values)))))
+                active, nonflat, units = _counts(values, rule)
+                stats = torch.stack((nonflat, units, *_moments(values)))
+                passes.append(_Pass(values.numel(), active.numel(), active, stats))
 
         return hook
 
@@ -167,8 +175,8 @@ class ActivationStats(Probe):
         def hook(module: nn.Module, args: tuple) -> None:
             if context.capturing:
                 values = _as_float(args[0])
-                active, counts = _counts(values, rule)
-                passes.append(_Pass(values.numel(), active.numel(), active, counts=counts))
+                active, nonflat, units = _counts(values, rule)
+                passes.append(_Pass(values.numel(), active.numel(), active, counts=torch.stack((nonflat, units))))
 
         return hook
 
@@ -177,7 +185,7 @@ class ActivationStats(Probe):
 
         def hook(module: nn.Module, args: tuple, output: torch.Tensor) -> None:
             if context.capturing and passes and passes[-1].stats is None:
-                passes[-1].stats = torch.cat((passes[-1].counts, _moments(_as_float(output))))
+                passes[-1].stats = torch.cat((passes[-1].counts, torch.stack(_moments(_as_float(output)))))
 
         return hook
 
