@@ -54,8 +54,7 @@ import xarray as xr
 from analyses import stats
 from dynamics.cli import UsageParser, flag_message
 from dynamics.errors import ConfigError, DynamicsError, StoreError
-from dynamics.runlock import RunLock
-from dynamics.store import distinct_runs, open_run, read_json
+from dynamics.store import distinct_runs, open_run, read_json, run_state
 
 USAGE_ERROR = 2
 SWEEP_FILE = "sweep.json"
@@ -202,22 +201,6 @@ def read_sweep(sweep_dir: str | os.PathLike[str]) -> tuple[str, list[Point]]:
             )
         )
     return name, out
-
-
-def run_state(run_dir: Path) -> str:
-    """The state of a run as ``dynamics.sweep.point_states`` names it: ``finished``, ``failed``, ``running`` (a live
-    process writes it), ``killed`` (marked running, no process writes it any more) or ``pending`` (no meta.json:
-    never started). A damaged meta.json counts as failed."""
-    path = run_dir / "meta.json"
-    if not path.exists():
-        return "pending"
-    try:
-        status = read_json(path).get("status")
-    except StoreError:
-        return "failed"
-    if status == "running":
-        return "running" if RunLock.holder(run_dir) is not None else "killed"
-    return "finished" if status == "finished" else "failed"
 
 
 def _last(values: np.ndarray) -> float:

@@ -107,6 +107,27 @@ def read_json(path: Path) -> dict[str, Any]:
     return payload
 
 
+RUN_STATES = ("finished", "failed", "running", "killed", "pending")
+"""What :func:`run_state` returns: ``killed`` is a run marked running whose writer is gone (e.g. SIGKILL)."""
+
+
+def run_state(run_dir: str | os.PathLike[str]) -> str:
+    """``finished``, ``failed``, ``running`` (a live process writes it), ``killed`` (marked running, but no
+    process writes it any more) or ``pending`` (no ``meta.json``: never started). A damaged ``meta.json``
+    counts as failed."""
+    run_dir = Path(run_dir)
+    path = run_dir / "meta.json"
+    if not path.exists():
+        return "pending"
+    try:
+        status = read_json(path).get("status")
+    except StoreError:
+        return "failed"
+    if status == "running":
+        return "running" if RunLock.holder(run_dir) is not None else "killed"
+    return "finished" if status == "finished" else "failed"
+
+
 def prepare_run_dir(run_dir: Path, overwrite: bool) -> RunLock:
     """Create an empty run directory and take its write lock, refusing to clobber anything that is not an
     explicitly replaced run, or a run another process is writing (the lock is taken before anything is removed)."""

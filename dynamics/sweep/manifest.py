@@ -9,7 +9,7 @@
      "created": <ISO time the sweep was first started>}
 
 ``run_dir`` is relative to the sweep folder. Whether a point has run is not stored here: it is read from its
-run's ``meta.json`` (:func:`run_state`), so the manifest never disagrees with the runs.
+run's ``meta.json`` (:func:`dynamics.store.run_state`), so the manifest never disagrees with the runs.
 """
 
 from __future__ import annotations
@@ -19,29 +19,10 @@ from typing import Any
 
 from dynamics.errors import StoreError
 from dynamics.runinfo import now_iso
-from dynamics.runlock import RunLock
-from dynamics.store import read_json, write_json_atomic
+from dynamics.store import read_json, run_state, write_json_atomic
 from dynamics.sweep.spec import Point, Sweep
 
 MANIFEST = "sweep.json"
-STATES = ("finished", "failed", "running", "killed", "pending")
-"""What :func:`run_state` returns: ``killed`` is a run marked running whose writer is gone (e.g. SIGKILL)."""
-
-
-def run_state(run_dir: Path) -> str:
-    """``finished``, ``failed``, ``running`` (a live process writes it), ``killed`` (marked running, but no
-    process writes it any more) or ``pending`` (no ``meta.json``: never started). A damaged ``meta.json``
-    counts as failed."""
-    path = Path(run_dir) / "meta.json"
-    if not path.exists():
-        return "pending"
-    try:
-        status = read_json(path).get("status")
-    except StoreError:
-        return "failed"
-    if status == "running":
-        return "running" if RunLock.holder(Path(run_dir)) is not None else "killed"
-    return "finished" if status == "finished" else "failed"
 
 
 def point_entry(point: Point) -> dict[str, Any]:
