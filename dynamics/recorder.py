@@ -121,6 +121,13 @@ class Recorder:
         self.dtype = torch.float64 if any(p.dtype == torch.float64 for p in self.context.params) else torch.float32
         """The dtype of the recorded values: float64 for a model with float64 parameters, else float32."""
         frozen = [name for name, p in self.context.model.named_parameters() if not p.requires_grad]
+        if self.context.world_size > 1:
+            side = [p.name for p in self.probes if isinstance(p, SparseProbe)]
+            if side:
+                raise ConfigError(
+                    f"the probes {side} run their own passes on the model and do not support a "
+                    "distributed run yet; leave them out of probes"
+                )
         self.writes = self.context.world_size == 1 or dist.get_rank() == 0
         """Whether this process writes the run: in a distributed run only rank 0 does (the others measure and
         take part in the reductions)."""
@@ -129,14 +136,6 @@ class Recorder:
         else:
             self._lock = _NotWriting()
         """This process's write lock on the run directory, held until ``close`` (``dynamics.runlock``)."""
-        if self.context.world_size > 1:
-            side = [p.name for p in self.probes if isinstance(p, SparseProbe)]
-            if side:
-                self._lock.release()
-                raise ConfigError(
-                    f"the probes {side} run their own passes on the model and do not support a "
-                    "distributed run yet; leave them out of probes"
-                )
 
         try:
             for probe in self.probes:
