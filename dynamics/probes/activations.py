@@ -8,7 +8,7 @@ except the batch dimension, e.g. a channel at a position for a 1-D convolution).
 population standard deviation (ddof = 0).
 
 Each pass leaves one small vector per layer, [entries outside the flat region, active units, sum, centred
-sum of squares], from the cheapest reductions that give exact counts (sign-sums and batch maxima: on a CPU
+sum of squares], from the cheapest reductions that give exact counts (per-unit sums of signs: on a CPU
 ``count_nonzero`` and ``var_mean`` cost 20-40x a plain sum); the squares are centred on the pass's mean,
 since E[y^2] - mean^2 loses the variance of a saturating layer (mean 0.5, spread 0.03) to cancellation. At
 measurement one vectorised float64 step turns all layers into the recorded fractions and moments, on the
@@ -29,33 +29,17 @@ from dynamics.probes.base import Context, Probe, StepData, Variable
 from dynamics.probes.flat_regions import FlatRule, activation_layers, flat_rule
 
 
-def count_nonflat(values: torch.Tensor, rule: FlatRule) -> torch.Tensor:
-    """Number of entries outside the flat region, as an exact float count: sum(sign(relu(value - low))) for a
-    low tail, sum(sign(relu(high - value))) for a high one (both: their sum less N)."""
-    count = None
+def nonflat_per_unit(values: torch.Tensor, rule: FlatRule) -> torch.Tensor:
+    """Per unit (non-batch coordinates), the number of samples outside the flat region, as an exact float
+    count: the batch sum of sign(relu(value - low)) for a low tail times sign(relu(high - value)) for a high
+    one. A unit is active when its count is positive; the entries outside the flat region are its total."""
+    inside = None
     if rule.low is not None:
-        above = values if rule.low == 0.0 and rule.nonnegative else torch.relu(values - rule.low)
-        count = torch.sign(above).sum()
+        inside = torch.sign(values if rule.low == 0.0 and rule.nonnegative else torch.relu(values - rule.low))
     if rule.high is not None:
-        below = torch.sign(torch.relu(rule.high - values)).sum()
-        count = below if count is None else count + below - values.numel()
-    return count
-
-
-def count_flat(values: torch.Tensor, rule: FlatRule) -> torch.Tensor:
-    """Number of entries in the flat region, as an exact float count: N - ``count_nonflat``."""
-    return values.numel() - count_nonflat(values, rule)
-
-
-def active_units(values: torch.Tensor, rule: FlatRule) -> torch.Tensor:
-    """Per unit (non-batch coordinates), 1.0 where some sample is outside the flat region, else 0.0."""
-    if rule.low is not None and rule.high is not None:
-        inside = torch.sign(torch.relu(values - rule.low)) * torch.sign(torch.relu(rule.high - values))
-        return inside.amax(0)
-    if rule.low is not None:
-        top = values.amax(0)
-        return torch.sign(top if rule.low == 0.0 and rule.nonnegative else torch.relu(top - rule.low))
-    return torch.sign(torch.relu(rule.high - values.amin(0)))
+        below = torch.sign(torch.relu(rule.high - values))
+        inside = below if inside is None else inside.mul_(below)
+    return inside.sum(0)
 
 
 def _as_float(values: torch.Tensor) -> torch.Tensor:
@@ -64,9 +48,11 @@ def _as_float(values: torch.Tensor) -> torch.Tensor:
 
 
 def _counts(values: torch.Tensor, rule: FlatRule) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Per-unit active mask, entries outside the flat region and active units of one pass."""
-    active = active_units(values, rule)
-    return active, count_nonflat(values, rule), active.sum()
+    """Per-unit active mask, entries outside the flat region and active units of one pass, from one batch
+    reduction."""
+    per_unit = nonflat_per_unit(values, rule)
+    active = torch.sign(per_unit)
+    return active, per_unit.sum(), active.sum()
 
 
 def _moments(values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

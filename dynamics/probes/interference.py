@@ -56,7 +56,7 @@ from torch import nn
 from torch.utils.hooks import RemovableHandle
 
 from dynamics.errors import ConfigError
-from dynamics.probes.activations import active_units, count_flat
+from dynamics.probes.activations import nonflat_per_unit
 from dynamics.probes.base import Context, StepData, Variable
 from dynamics.probes.cadence import FixedCadence, SparseProbe
 from dynamics.probes.flat_regions import FlatRule, activation_layers
@@ -367,7 +367,8 @@ class Interference(SparseProbe):
         def reduce(index: int, values: torch.Tensor, kind: str) -> None:
             rule = self.rules[index]
             if kind == rule.space:
-                calls[index].append((active_units(values, rule), count_flat(values, rule), values.numel()))
+                per_unit = nonflat_per_unit(values, rule)
+                calls[index].append((torch.sign(per_unit), values.numel() - per_unit.sum(), values.numel()))
 
         with preserved_state(context.model, x.device), torch.enable_grad(), self._reading(reduce):
             loss = _per_sample_loss(context.model(x), target).mean()
