@@ -128,6 +128,17 @@ def run_state(run_dir: str | os.PathLike[str]) -> str:
     return "finished" if status == "finished" else "failed"
 
 
+def still_running(run_dirs: Iterable[str | os.PathLike[str]], what: str = "results") -> list[Path]:
+    """The runs among ``run_dirs`` whose status is ``running`` (a live process writes them), with one warning
+    naming them: ``what`` is drawn or computed from them covers only the steps recorded so far (partial)."""
+    running = [Path(run) for run in run_dirs if run_state(run) == "running"]
+    if running:
+        more = f" and {len(running) - 3} more" if len(running) > 3 else ""
+        names = ", ".join(str(run) for run in running[:3]) + more
+        warnings.warn(f"{len(running)} run(s) still running ({names}); {what} from them are partial", stacklevel=2)
+    return running
+
+
 def prepare_run_dir(run_dir: Path, overwrite: bool) -> RunLock:
     """Create an empty run directory and take its write lock, refusing to clobber anything that is not an
     explicitly replaced run, or a run another process is writing (the lock is taken before anything is removed)."""
