@@ -51,7 +51,7 @@ import pandas as pd
 from analyses import stats
 from analyses.compare import DEFAULT_EFFECT, FINAL, SWEEP_FILE, compare, is_accuracy
 from analyses.interference import SUMMARY_NAME, find_pairs, summarise
-from dynamics.cli import UsageParser, flag_message
+from dynamics.cli import UsageParser, flag_message, one_line_errors
 from dynamics.errors import ConfigError, DynamicsError
 from dynamics.store import distinct_runs, read_json
 
@@ -503,6 +503,7 @@ def format_claims(frame: pd.DataFrame, fmt: str = "table") -> str:
 # ----------------------------------------------------------------------------------------------------- CLI
 
 
+@one_line_errors
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m analyses.claims [SWEEP_DIR ...] [--out DIR]``: print the report, write claims.md/.csv."""
     parser = UsageParser(prog="python -m analyses.claims", description=__doc__.splitlines()[0])

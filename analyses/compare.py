@@ -52,7 +52,7 @@ import pandas as pd
 import xarray as xr
 
 from analyses import stats
-from dynamics.cli import UsageParser, flag_message
+from dynamics.cli import UsageParser, flag_message, one_line_errors
 from dynamics.errors import ConfigError, DynamicsError, StoreError
 from dynamics.store import distinct_runs, open_run, read_json, run_state
 
@@ -628,6 +628,7 @@ def format_frame(frame: pd.DataFrame, fmt: str = "table") -> str:
 # ----------------------------------------------------------------------------------------------------- CLI
 
 
+@one_line_errors
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m analyses.compare SWEEP_DIR ... --baseline NAME``: print or write the table; exit status."""
     parser = UsageParser(prog="python -m analyses.compare", description=__doc__.splitlines()[0])

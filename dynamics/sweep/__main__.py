@@ -13,7 +13,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from dynamics.cli import UsageParser, flag_message
+from dynamics.cli import UsageParser, fail, flag_message, one_line_errors
 from dynamics.errors import ConfigError, DynamicsError
 from dynamics.sweep.command import shown
 from dynamics.sweep.executors import CLUSTERS, EXECUTORS
@@ -67,12 +67,6 @@ def build_parser() -> UsageParser:
     return parser
 
 
-def _fail(message: str) -> None:
-    """Print ``error: ...`` as exactly one printable line on stderr."""
-    text = " ".join(message.split())
-    print("error: " + "".join(c if c.isprintable() else repr(c)[1:-1] for c in text), file=sys.stderr)
-
-
 def summary(report: SweepReport, baseline: str | None) -> str:
     """The closing lines: counts, failures with their logs, the manifest and the analysis to run next."""
     total = len(report.sweep.points)
@@ -95,8 +89,9 @@ def summary(report: SweepReport, baseline: str | None) -> str:
     return "\n".join(lines)
 
 
+@one_line_errors
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the CLI; returns the exit status."""
+    """Run the CLI; returns the exit status (an OSError, e.g. a full disk in the sweep folder: one line, 1)."""
     try:
         args = build_parser().parse_args(argv)
         if args.submitit_cluster is not None and args.executor != "submitit":
@@ -121,14 +116,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             progress=not args.no_progress,
         )
     except ConfigError as err:
-        _fail(flag_message(err, FLAGS))
+        fail(flag_message(err, FLAGS))
         return USAGE_ERROR
     except DynamicsError as err:
-        _fail(str(err))
-        return RUN_FAILED
-    except OSError as err:  # the sweep folder itself: full disk, no permission
-        where = f" {err.filename}" if err.filename else ""
-        _fail(f"{err.strerror or err}:{where}; check the path, its permissions and the free space")
+        fail(str(err))
         return RUN_FAILED
     except KeyboardInterrupt:
         print(
