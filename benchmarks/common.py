@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -63,3 +65,35 @@ def describe_machine(device: torch.device, load_before: list[float] | None) -> d
         "torch_threads": torch.get_num_threads(),
         "load_average_1_5_15min": {"before": load_before, "after": load_average()},
     }
+
+
+class Timer:
+    """Per-step times: CUDA events on the GPU, read after one synchronize; on the CPU wall time
+    (perf_counter) or, with ``clock="cpu"``, this thread's CPU time (thread_time), which other processes'
+    load does not inflate (only meaningful with one torch thread, since other threads' work is not seen).
+    """
+
+    def __init__(self, device: torch.device, clock: str = "wall") -> None:
+        self.cuda = device.type == "cuda"
+        self.clock = time.thread_time if clock == "cpu" else time.perf_counter
+
+    def run(self, steps: int, step: Callable[[int], None]) -> list[float]:
+        """Seconds taken by each of ``steps`` calls of ``step(i)``."""
+        if self.cuda:
+            torch.cuda.synchronize()
+            events = [torch.cuda.Event(enable_timing=True) for _ in range(steps + 1)]
+            events[0].record()
+            for i in range(steps):
+                step(i)
+                events[i + 1].record()
+            torch.cuda.synchronize()
+            return [events[i].elapsed_time(events[i + 1]) / 1e3 for i in range(steps)]
+        times = []
+        clock = self.clock
+        last = clock()
+        for i in range(steps):
+            step(i)
+            now = clock()
+            times.append(now - last)
+            last = now
+        return times

@@ -43,8 +43,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from common import RESULTS, available_cores, describe_machine, load_average
-from overhead import Timer
+from common import RESULTS, Timer, available_cores, describe_machine, load_average
 
 from dynamics.data import load_dataset
 from dynamics.models import build_model
