@@ -7,6 +7,10 @@ in the data order (epoch, batch within the epoch, the epoch's permutation). It i
 file in the same directory, synced to disk and renamed over its final name, so a file under a final name
 is always complete; the newest ``keep`` files are kept. The store is flushed right before, so it holds
 exactly the steps before the checkpoint, and a resume cuts away whatever was recorded after it.
+
+A run with ``lmc_spawn`` also keeps, in the same format, its state before each spawn step in
+``<run>/lmc/spawn-<step>.pt`` (never pruned): the states the linear-mode-connectivity children start from
+(:mod:`dynamics.studies.lmc`).
 """
 
 from __future__ import annotations
@@ -26,7 +30,9 @@ from dynamics.errors import ConfigError, StoreError
 from dynamics.recorder import write_failed
 
 CHECKPOINT_DIR = "checkpoints"
+SPAWN_DIR = "lmc"
 _FILE = re.compile(r"step-(\d+)\.pt")
+_SPAWN = re.compile(r"spawn-(\d+)\.pt")
 
 
 def rng_states() -> dict[str, Any]:
@@ -57,26 +63,56 @@ def checkpoint_paths(run_dir: Path) -> list[Path]:
     return [path for _, path in sorted(found)]
 
 
-def save_checkpoint(run_dir: Path, state: dict[str, Any], keep: int) -> Path:
-    """Write ``state`` (with ``state["step"]``) atomically as the newest checkpoint; keep the last ``keep``."""
-    folder = run_dir / CHECKPOINT_DIR
-    path = folder / f"step-{int(state['step']):09d}.pt"
+def write_state(path: Path, state: dict[str, Any]) -> Path:
+    """Write ``state`` to ``path`` atomically (temporary file, fsync, rename); its folder is created."""
     tmp = None
     try:
-        folder.mkdir(exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{path.name}.", suffix=".tmp")
+        path.parent.mkdir(exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         with os.fdopen(fd, "wb") as handle:
             torch.save(state, handle)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
-        for old in checkpoint_paths(run_dir)[:-keep]:
-            old.unlink()
     except OSError as err:
         if tmp is not None:
             Path(tmp).unlink(missing_ok=True)
         raise write_failed(path, err) from None
     return path
+
+
+def save_checkpoint(run_dir: Path, state: dict[str, Any], keep: int) -> Path:
+    """Write ``state`` (with ``state["step"]``) atomically as the newest checkpoint; keep the last ``keep``."""
+    path = write_state(run_dir / CHECKPOINT_DIR / f"step-{int(state['step']):09d}.pt", state)
+    try:
+        for old in checkpoint_paths(run_dir)[:-keep]:
+            old.unlink()
+    except OSError as err:
+        raise write_failed(path, err) from None
+    return path
+
+
+def spawn_path(run_dir: Path, step: int) -> Path:
+    """Where a run keeps its training state before step ``step`` for the linear-mode-connectivity children."""
+    return run_dir / SPAWN_DIR / f"spawn-{step:09d}.pt"
+
+
+def spawn_steps(run_dir: Path) -> list[int]:
+    """The steps whose spawn states ``run_dir`` holds, in order."""
+    folder = run_dir / SPAWN_DIR
+    if not folder.is_dir():
+        return []
+    return sorted(int(match.group(1)) for path in folder.iterdir() if (match := _SPAWN.fullmatch(path.name)))
+
+
+def read_state(path: Path, device: torch.device) -> dict[str, Any]:
+    """The training state in the file ``path`` (a checkpoint or spawn state), its tensors on ``device``."""
+    if not path.is_file():
+        raise StoreError(f"{path} does not exist; the run did not save that state")
+    try:
+        return torch.load(path, map_location=device, weights_only=False)
+    except Exception as err:  # noqa: BLE001 - torch.load raises many types for a damaged file
+        raise StoreError(f"{path} is unreadable ({type(err).__name__}: {err}); train the run again") from None
 
 
 def load_checkpoint(run_dir: Path, device: torch.device) -> dict[str, Any]:

@@ -51,6 +51,7 @@ SECTIONS: dict[str, str] = {
     "optimisation": "optimizer, learning-rate schedule, epochs and batches",
     "strategies": "what changes the training: Mixup/CutMix, Enlightenment Period strategies, PLP, cyclical training",
     "probes": "what is recorded: probe preset or list, cadence, trajectory sketch, snapshots, probe-set probes",
+    "lmc": "linear mode connectivity: spawn steps, the children's training, the interpolation (dynamics.studies.lmc)",
     "run": "how the run executes: seed, device, precision, flushes, checkpoints, failures",
 }
 """The sections of :class:`RunConfig`, in order, with what each holds."""
@@ -236,6 +237,41 @@ class RunConfig:
         "probes",
         "also keep the raw probe-set features of each measurement in <run>/features/ (needs representation)",
     )
+    # probes: curvature of the probe-set loss (dynamics.probes.sharpness / .hessian_trace / .noise_scale)
+    sharpness: bool = _setting(
+        False,
+        "probes",
+        "record the top Hessian eigenvalues (Lanczos) of the probe-set loss and the edge-of-stability ratio "
+        "(top curvature over the optimizer's stability bound, 2/lr for plain SGD)",
+    )
+    sharpness_k: int = _setting(1, "probes", "Hessian eigenvalues the sharpness probe records, largest first")
+    lanczos_steps: int = _setting(
+        20,
+        "probes",
+        "Lanczos steps (Hessian-vector products) per sharpness run and per density vector (>= sharpness_k)",
+    )
+    hessian_trace: bool = _setting(
+        False, "probes", "record Hutchinson's estimate of the Hessian trace of the probe-set loss and its error"
+    )
+    hessian_samples: int = _setting(
+        20, "probes", "Rademacher vectors (Hessian-vector products) per Hessian trace estimate (>= 2)"
+    )
+    hessian_density: bool = _setting(
+        False, "probes", "record the Hessian spectral density (stochastic Lanczos quadrature) at a sparser cadence"
+    )
+    hessian_density_vectors: int = _setting(
+        4, "probes", "random start vectors per spectral density, each costing lanczos_steps Hessian-vector products"
+    )
+    hessian_density_growth: float = _setting(
+        1.0,
+        "probes",
+        "spectral densities at step 0, then max(1, ceil(hessian_density_growth * step)) steps after each one",
+    )
+    noise_scale: bool = _setting(
+        False,
+        "probes",
+        "record the gradient noise scale B_simple = tr(Sigma)/|G|^2 from per-sample gradients on the probe set",
+    )
     # probes: gradient interference and activation revival of Mixup (dynamics.probes.interference)
     interference: bool = _setting(
         False,
@@ -253,6 +289,18 @@ class RunConfig:
         "probes",
         "also record per-sample gradient statistics from one Gram of clean and mixed samples: "
         "clean-vs-mixed alignment, stiffness, gradient diversity, GSNR (costlier)",
+    )
+    # lmc: linear-mode-connectivity instability (dynamics.studies.lmc)
+    lmc_spawn: str | None = _setting(
+        None,
+        "lmc",
+        "comma-separated steps at which the training state is kept and two children are spawned from it "
+        "(0: the initialisation); None: no linear-mode-connectivity measurement",
+        metavar="STEP,...",
+    )
+    lmc_steps: int = _setting(200, "lmc", "optimizer steps each child trains from its spawn step (>= 1)")
+    lmc_points: int = _setting(
+        11, "lmc", "evenly spaced interpolation coefficients in [0, 1] at which the error is evaluated (2 to 1001)"
     )
     # strategies (dynamics.strategies; validated by validate_strategies there)
     mixup_alpha: float = _setting(
@@ -341,6 +389,21 @@ SECTION_OF: dict[str, str] = {f.name: f.metadata["section"] for f in fields(RunC
 """The section of each RunConfig key."""
 
 
+def lmc_spawn_steps(spec: str | None) -> tuple[int, ...]:
+    """The spawn steps an ``lmc_spawn`` setting names, ascending (none for None); ConfigError if it is malformed."""
+    if spec is None:
+        return ()
+    parts = [part.strip() for part in spec.split(",")]
+    if not all(part.isascii() and part.isdigit() for part in parts):
+        raise ConfigError(
+            f"lmc_spawn must be comma-separated steps >= 0 (e.g. '0,50,200'), got {spec!r}; fix it", key="lmc_spawn"
+        )
+    steps = [int(part) for part in parts]
+    if len(set(steps)) != len(steps):
+        raise ConfigError(f"lmc_spawn {spec!r} lists a step twice; list each step once", key="lmc_spawn")
+    return tuple(sorted(steps))
+
+
 def probe_names(spec: str) -> tuple[str, ...]:
     """The probes a ``probes`` setting stands for: a preset's members, or the names of a comma-separated list."""
     if spec in PRESETS:
@@ -357,6 +420,7 @@ _POSITIVE_INTS = (
     "every",
     "sketch_dim",
     "interference_every",
+    "lmc_steps",
 )
 _CHOICES: dict[str, tuple[str, ...]] = {
     f.name: f.metadata["choices"] for f in fields(RunConfig) if "choices" in f.metadata
@@ -564,6 +628,26 @@ def validate(config: RunConfig) -> None:
         math.isfinite(c.interference_alpha) and c.interference_alpha > 0,
         "interference_alpha",
         f"interference_alpha must be a finite number > 0, got {c.interference_alpha}; fix it",
+    )
+    for key, least in (("sharpness_k", 1), ("hessian_samples", 2), ("hessian_density_vectors", 1)):
+        value = getattr(c, key)
+        _check(value >= least, key, f"{key} must be an integer >= {least}, got {value}; fix it")
+    if c.lanczos_steps < c.sharpness_k:
+        raise ConfigError(
+            f"lanczos_steps must be >= sharpness_k ({c.sharpness_k}), got {c.lanczos_steps}; raise lanczos_steps",
+            key=("lanczos_steps", "sharpness_k"),
+        )
+    _check(
+        math.isfinite(c.hessian_density_growth) and c.hessian_density_growth > 0,
+        "hessian_density_growth",
+        f"hessian_density_growth must be a finite number > 0, got {c.hessian_density_growth}; fix it",
+    )
+    lmc_spawn_steps(c.lmc_spawn)
+    _check(
+        2 <= c.lmc_points <= 1001,
+        "lmc_points",
+        f"lmc_points must lie in [2, 1001] (both end points; each point is a test-split evaluation), got "
+        f"{c.lmc_points}; fix it",
     )
 
 

@@ -12,14 +12,24 @@ import os
 from dataclasses import dataclass
 from itertools import accumulate
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
 from dynamics.augment import InputPipeline
-from dynamics.checkpoint import CheckpointCadence, load_checkpoint, rng_states, save_checkpoint, set_rng_states
-from dynamics.config import RunConfig, probe_names
+from dynamics.checkpoint import (
+    CheckpointCadence,
+    load_checkpoint,
+    read_state,
+    rng_states,
+    save_checkpoint,
+    set_rng_states,
+    spawn_path,
+    write_state,
+)
+from dynamics.config import RunConfig, lmc_spawn_steps, probe_names
 from dynamics.data import Dataset, load_dataset, to_device
 from dynamics.distributed import Ranks, join, leave
 from dynamics.errors import ConfigError, parameters_as
@@ -30,9 +40,14 @@ from dynamics.paths import check_path
 from dynamics.probes import (
     FisherTrace,
     GeometricCadence,
+    HessianDensity,
+    HessianTrace,
     Interference,
+    NoiseScale,
     Probe,
+    ProbeSet,
     Representation,
+    Sharpness,
     Sketch,
     make_probe_set,
 )
@@ -55,6 +70,24 @@ class RunResult:
     train_accuracy: float
     test_loss: float
     test_accuracy: float
+
+
+@dataclass(frozen=True)
+class Branch:
+    """A child of a run: its training continued from a saved state with another data order, for ``steps`` steps.
+
+    ``state`` is the file of a spawn state (:func:`dynamics.checkpoint.spawn_path`) or checkpoint of the
+    parent: the model, optimizer, learning-rate schedule, strategies and global generators continue from it
+    as they are, so the child trains with the parent's hyperparameters at those steps; only the batch order
+    (a fresh permutation from ``order_seed``, also for the rest of a spawn's epoch) and the augmentation
+    draws (``augment_seed``) are the child's own. Its steps keep the parent's numbering; after the last one
+    a checkpoint holds the child's final state and the run ends.
+    """
+
+    state: Path
+    order_seed: int
+    augment_seed: int
+    steps: int
 
 
 def resolve_device(name: str) -> torch.device:
@@ -90,6 +123,20 @@ def evaluate(
     """
     loss, accuracy = evaluate_split(model, x, y, batch_size, prepare=prepare, precision=precision)
     return float(loss), float(accuracy)
+
+
+def model_options(config: RunConfig, data: Dataset) -> dict[str, Any]:
+    """The keyword arguments of :func:`dynamics.models.build_model` for ``config``'s model on ``data``."""
+    return {
+        "input_shape": data.input_shape,
+        "num_classes": data.num_classes,
+        "width": config.width,
+        "depth": config.depth,
+        "activation": config.activation,
+        "width_mult": config.width_mult,
+        "patch_size": config.patch_size,
+        "kind": data.kind,
+    }
 
 
 def load_data(config: RunConfig, device: torch.device) -> Dataset:
@@ -150,8 +197,10 @@ def interference_mixer(config: RunConfig, num_classes: int) -> Mixup:
 
 
 def phase_probes(config: RunConfig, data: Dataset, pipeline: InputPipeline, run_dir: Path) -> list[Probe]:
-    """The representation, Fisher and interference probes ``config`` asks for, on a probe set seeded by data_seed."""
-    if not (config.representation or config.fisher or config.interference):
+    """The representation, Fisher, interference and curvature probes ``config`` asks for, on a probe set seeded by
+    data_seed."""
+    curvature = config.sharpness or config.hessian_trace or config.hessian_density or config.noise_scale
+    if not (config.representation or config.fisher or config.interference or curvature):
         return []
     with parameters_as({"samples": "probe_samples", "seed": "data_seed"}):
         probe_set = make_probe_set(data, config.probe_samples, config.data_seed, prepare=lambda x: pipeline(x, False))
@@ -180,6 +229,30 @@ def phase_probes(config: RunConfig, data: Dataset, pipeline: InputPipeline, run_
                     sample_alignment=config.interference_samples,
                 )
             )
+    return probes + curvature_probes(config, probe_set, cadence)
+
+
+def curvature_probes(config: RunConfig, probe_set: ProbeSet, cadence: GeometricCadence) -> list[Probe]:
+    """The sharpness, Hessian trace and density, and noise scale probes ``config`` asks for, on ``probe_set``."""
+    probes: list[Probe] = []
+    every, seed = config.every, config.seed
+    with parameters_as({"k": "sharpness_k", "steps": "lanczos_steps", "samples": "hessian_samples"}):
+        if config.sharpness:
+            k, steps = config.sharpness_k, config.lanczos_steps
+            probes.append(Sharpness(probe_set, cadence=cadence, every=every, k=k, steps=steps, seed=seed))
+        if config.hessian_trace:
+            samples = config.hessian_samples
+            probes.append(HessianTrace(probe_set, cadence=cadence, every=every, samples=samples, seed=seed))
+    if config.hessian_density:
+        names = {"growth": "hessian_density_growth", "vectors": "hessian_density_vectors", "steps": "lanczos_steps"}
+        with parameters_as({**names, "max_interval": "probe_max_interval"}):
+            sparse = GeometricCadence(config.hessian_density_growth, config.probe_max_interval)
+            vectors, steps = config.hessian_density_vectors, config.lanczos_steps
+            probes.append(
+                HessianDensity(probe_set, cadence=sparse, every=every, vectors=vectors, steps=steps, seed=seed)
+            )
+    if config.noise_scale:
+        probes.append(NoiseScale(probe_set, cadence=cadence, every=every))
     return probes
 
 
@@ -203,21 +276,29 @@ def train(
     overwrite: bool = False,
     progress: bool = True,
     resume: bool = False,
+    branch: Branch | None = None,
 ) -> RunResult:
     """Train ``config`` and record it into ``run_dir``; raises NonFiniteLossError if the loss diverges.
 
     Checkpoints are written before the first step, at the configured cadence and after the last epoch
     (:mod:`dynamics.checkpoint`). ``resume`` continues the run in ``run_dir`` from its newest checkpoint
     (``config`` must be the run's own): the store is cut to the steps before it and the run goes on as
-    if it had never stopped. ``config.threads`` (when set) is applied with ``torch.set_num_threads`` first.
+    if it had never stopped. ``branch`` trains a child of another run into the new run ``run_dir`` instead
+    (:class:`Branch`; ``config`` holds the parent's hyperparameters). With ``config.lmc_spawn`` the state
+    before each spawn step is kept for the children (:func:`dynamics.checkpoint.spawn_path`), leaving the
+    run itself unchanged. ``config.threads`` (when set) is applied with ``torch.set_num_threads`` first.
     """
+    if branch is not None and resume:
+        raise ConfigError("a branch starts a new run; pass branch or resume, not both", key=("branch", "resume"))
     validate_strategies(config)
     check_path(run_dir, "run_dir")
     if config.deterministic:
         set_deterministic()
     ranks, device = join(resolve_device(config.device), config.batch_size)
     try:
-        return _train(config, run_dir, device, ranks, overwrite=overwrite, progress=progress, resume=resume)
+        return _train(
+            config, run_dir, device, ranks, overwrite=overwrite, progress=progress, resume=resume, branch=branch
+        )
     finally:
         leave()
 
@@ -231,26 +312,21 @@ def _train(
     overwrite: bool,
     progress: bool,
     resume: bool,
+    branch: Branch | None,
 ) -> RunResult:
     """:func:`train` on ``device``, as rank ``ranks.rank`` of ``ranks.world`` processes."""
     if resume and read_json(Path(run_dir) / "meta.json").get("status") == "finished":
         raise ConfigError(f"the run in {run_dir} is finished; there is nothing to resume")
     if config.threads is not None:  # process-wide, like the deterministic setting above
         torch.set_num_threads(config.threads)
-    checkpoint = load_checkpoint(Path(run_dir), device) if resume else None
+    if branch is not None:
+        checkpoint: dict[str, Any] | None = read_state(branch.state, device)
+    else:
+        checkpoint = load_checkpoint(Path(run_dir), device) if resume else None
     data = load_data(config, device)
     torch.manual_seed(config.seed)
     with parameters_as({"name": "model", "input_shape": "dataset", "kind": "dataset"}):
-        options = {
-            "input_shape": data.input_shape,
-            "num_classes": data.num_classes,
-            "width": config.width,
-            "depth": config.depth,
-            "activation": config.activation,
-            "width_mult": config.width_mult,
-            "patch_size": config.patch_size,
-            "kind": data.kind,
-        }
+        options = model_options(config, data)
         costs = training_costs(
             config.optimizer, config.momentum, probe_names(config.probes), config.sketch_dim, config.sketch_mode
         )
@@ -272,6 +348,20 @@ def _train(
     plan.attach_clean_probe(data.x_train, data.y_train, prepare=pipeline, precision=config.precision)
     steps_per_epoch = [len(data.x_train) // plan.batch_size(epoch) for epoch in range(config.epochs)]
     total_steps = sum(steps_per_epoch)
+    spawns = lmc_spawn_steps(config.lmc_spawn) if branch is None else ()
+    if spawns and spawns[-1] + config.lmc_steps > total_steps:
+        raise ConfigError(
+            f"lmc_spawn step {spawns[-1]} + lmc_steps {config.lmc_steps} exceeds the run's {total_steps} steps "
+            "(its children would train past the run's end); spawn earlier or lower lmc_steps",
+            key=("lmc_spawn", "lmc_steps"),
+        )
+    stop = total_steps if branch is None else checkpoint["step"] + branch.steps
+    if stop > total_steps:
+        raise ConfigError(
+            f"lmc_steps {stop - checkpoint['step']} from step {checkpoint['step']} exceeds the run's "
+            f"{total_steps} steps; lower lmc_steps",
+            key="lmc_steps",
+        )
     with parameters_as({"name": "schedule"}):
         schedule = build_schedule(optimizer, config.schedule, total_steps=total_steps, warmup_steps=config.warmup_steps)
     order = torch.Generator(device="cpu").manual_seed(config.seed)
@@ -282,6 +372,9 @@ def _train(
         plan.load_state_dict(checkpoint["plan"])
         order.set_state(checkpoint["order"].cpu())
         pipeline.generator.set_state(checkpoint["augment"].cpu())
+    if branch is not None:  # the child's own data order and augmentation draws
+        order.manual_seed(branch.order_seed)
+        pipeline.generator.manual_seed(branch.augment_seed)
     with parameters_as({"k": "sketch_dim", "seed": "sketch_seed", "mode": "sketch_mode"}):
         sketch = Sketch(k=config.sketch_dim, seed=config.sketch_seed, mode=config.sketch_mode)
     probes = [
@@ -311,7 +404,8 @@ def _train(
         flush_seconds=config.flush_seconds,
         on_nonfinite=config.on_nonfinite,
         overwrite=overwrite,
-        resume=None if checkpoint is None else checkpoint["recorder"],
+        resume=None if checkpoint is None or branch is not None else checkpoint["recorder"],
+        first_step=0 if branch is None else checkpoint["step"],
     )
     recorder.note(num_classes=data.num_classes)
     snapshots = SnapshotWriter(  # the ranks hold the same parameters: the one that writes the run keeps them
@@ -323,37 +417,46 @@ def _train(
     )
     cadence = CheckpointCadence(config.checkpoint_steps, config.checkpoint_seconds)
 
+    def state(epoch: int, batch: int, permutation: torch.Tensor | None) -> dict[str, Any]:
+        """The training state before step ``recorder.steps_done``: batch ``batch`` of ``epoch`` comes next."""
+        return {
+            "step": recorder.steps_done,
+            "epoch": epoch,
+            "batch": batch,
+            "permutation": None if batch == 0 or permutation is None else permutation.cpu(),
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "schedule": schedule.state_dict(),
+            "plan": plan.state_dict(),
+            "order": order.get_state(),
+            "augment": pipeline.generator.get_state(),
+            "rng": rng_states(),
+            "recorder": recorder.state_dict(),  # flushes the store first
+            "config": config.to_dict(),
+        }
+
     def save(epoch: int, batch: int, permutation: torch.Tensor | None) -> None:
         """Checkpoint before step ``recorder.steps_done``: batch ``batch`` of ``epoch`` comes next."""
-        recorder_state = recorder.state_dict()  # flushes the store first
+        current = state(epoch, batch, permutation)
         snapshots.flush()
         cadence.mark()
-        if not recorder.writes:  # the other ranks of a distributed run hold the same state
-            return
-        save_checkpoint(
-            Path(run_dir),
-            {
-                "step": recorder.steps_done,
-                "epoch": epoch,
-                "batch": batch,
-                "permutation": None if batch == 0 or permutation is None else permutation.cpu(),
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "schedule": schedule.state_dict(),
-                "plan": plan.state_dict(),
-                "order": order.get_state(),
-                "augment": pipeline.generator.get_state(),
-                "rng": rng_states(),
-                "recorder": recorder_state,
-                "config": config.to_dict(),
-            },
-            config.checkpoint_keep,
-        )
+        if recorder.writes:  # the other ranks of a distributed run hold the same state
+            save_checkpoint(Path(run_dir), current, config.checkpoint_keep)
+
+    def spawn(epoch: int, batch: int, permutation: torch.Tensor) -> None:
+        """Keep the state before this step for the LMC children; reads the run's state, changes nothing in it.
+
+        At an epoch's first batch the order generator has drawn the epoch's permutation already: the children
+        reseed it, so the state is one to branch from, not one to resume the run from.
+        """
+        current = state(epoch, batch, permutation)
+        if recorder.writes:
+            write_state(spawn_path(Path(run_dir), recorder.steps_done), current)
 
     start_epoch, start_batch = (0, 0) if checkpoint is None else (checkpoint["epoch"], checkpoint["batch"])
     val_loss: torch.Tensor | float | None = None
     bar = tqdm(
-        total=total_steps,
+        total=stop,
         initial=recorder.steps_done,
         desc="training",
         unit="step",
@@ -371,11 +474,14 @@ def _train(
             plan.start_epoch(epoch, recorder.steps_done)
             batch_size = plan.batch_size(epoch)
             first = start_batch if epoch == start_epoch else 0
-            if first:
+            if first and branch is None:
                 permutation = checkpoint["permutation"].to(device)
-            else:
+            else:  # a branch draws its own order for the rest of its first epoch too
                 permutation = torch.randperm(len(data.x_train), generator=order).to(device)
-            for batch in range(first, steps_per_epoch[epoch]):
+            end = min(steps_per_epoch[epoch], first + stop - recorder.steps_done)
+            for batch in range(first, end):
+                if recorder.steps_done in spawns:
+                    spawn(epoch, batch, permutation)
                 index = ranks.shard(permutation[batch * batch_size : (batch + 1) * batch_size])
                 x, y = data.x_train[index], data.y_train[index]
                 optimizer.zero_grad(set_to_none=True)
@@ -397,15 +503,21 @@ def _train(
                 bar.update()
                 if not last and cadence.due(recorder.steps_done):
                     save(epoch, batch + 1, permutation)
+            if end < steps_per_epoch[epoch]:  # a branch's last step, inside an epoch
+                save(epoch, end, permutation)
+                val_loss = None
+                break
             val_loss, val_accuracy = evaluate_split(
                 model, data.x_test, data.y_test, config.eval_batch_size, prepare=pipeline, precision=config.precision
             )
             recorder.record_eval(val_loss=val_loss, val_accuracy=val_accuracy)  # device tensors: no sync here
             if progress:
                 bar.set_postfix(epoch=epoch + 1, val_acc=f"{float(val_accuracy):.3f}")
-            if epoch == config.epochs - 1 or cadence.due(recorder.steps_done):
+            if epoch == config.epochs - 1 or recorder.steps_done == stop or cadence.due(recorder.steps_done):
                 save(epoch + 1, 0, None)
-        if val_loss is None:  # resumed from the checkpoint after the last epoch
+            if recorder.steps_done == stop:  # a branch's last step, at an epoch's end
+                break
+        if val_loss is None:  # resumed from the checkpoint after the last epoch, or a branch ended inside one
             val_loss, val_accuracy = evaluate_split(
                 model, data.x_test, data.y_test, config.eval_batch_size, prepare=pipeline, precision=config.precision
             )
@@ -419,4 +531,4 @@ def _train(
             final_test_loss=val_loss,
             final_test_accuracy=val_accuracy,
         )
-    return RunResult(Path(run_dir), total_steps, train_loss, train_accuracy, val_loss, val_accuracy)
+    return RunResult(Path(run_dir), stop, train_loss, train_accuracy, val_loss, val_accuracy)

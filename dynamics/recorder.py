@@ -72,6 +72,8 @@ class Recorder:
         overwrite: replace an existing run in ``run_dir``.
         resume: a checkpoint's :meth:`state_dict`: reopen the run in ``run_dir`` instead of creating it, cut
             its store to the steps before the checkpoint, restore the probes' state and continue from there.
+        first_step: the index of the first step of a new run that continues another run's training (a
+            branch, :class:`dynamics.engine.Branch`), so that its steps keep the numbering they continue.
     """
 
     def __init__(
@@ -90,7 +92,10 @@ class Recorder:
         on_nonfinite: Literal["stop", "skip", "record"] = "stop",
         overwrite: bool = False,
         resume: Mapping[str, Any] | None = None,
+        first_step: int = 0,
     ) -> None:
+        if isinstance(first_step, bool) or not isinstance(first_step, int) or first_step < 0:
+            raise ConfigError(f"first_step must be an integer >= 0, got {first_step!r}", key="first_step")
         for label, value in (
             ("every", every),
             ("flush_steps", flush_steps),
@@ -207,7 +212,8 @@ class Recorder:
                 )
             self._write_meta()
 
-            self._step = 0
+            self._step = first_step
+            self.context.recording = first_step % every == 0
             self._rows = Rows(self.dtype)
             self._rows_verified = False
             self._host_rows: list[tuple[int, int, float]] = []

@@ -40,6 +40,7 @@ ENTRY_POINTS = {
     "collect.py",
     "cli.py",
     "export.py",
+    "lmc.py",
     "surface.py",
     "studies/interference_scale.py",
     "sweep/__main__.py",

@@ -15,8 +15,11 @@ from dynamics.probes.gradient_stats import (
     gsnr_elementwise,
     stiffness,
 )
+from dynamics.probes.hessian import HessianOperator, hutchinson, lanczos, slq, spectral_density, top_eigenvalues
+from dynamics.probes.hessian_trace import HessianDensity, HessianTrace
 from dynamics.probes.interference import Interference, gradient_interference, revival, trajectory_distance
 from dynamics.probes.loss import LossAccuracy
+from dynamics.probes.noise_scale import NoiseScale, gradient_noise, noise_scale
 from dynamics.probes.parameters import DistanceFromInit, GradNorm, ParamNorm, UpdateNorm
 from dynamics.probes.per_sample_gram import Moments, per_sample_gram, per_sample_gram_with_moments
 from dynamics.probes.presets import PRESETS, PROBES, import_probe_modules, register_probe, resolve_probes
@@ -30,6 +33,7 @@ from dynamics.probes.representation import (
     nc1,
     ridge_accuracy,
 )
+from dynamics.probes.sharpness import Sharpness, stability
 from dynamics.probes.trajectory import SKETCH_MODES, Sketch, sketch_directions
 
 __all__ = [
@@ -83,4 +87,17 @@ __all__ = [
     "per_sample_gram",
     "per_sample_gram_with_moments",
     "stiffness",
+    "HessianDensity",
+    "HessianOperator",
+    "HessianTrace",
+    "NoiseScale",
+    "Sharpness",
+    "gradient_noise",
+    "hutchinson",
+    "lanczos",
+    "noise_scale",
+    "slq",
+    "spectral_density",
+    "stability",
+    "top_eigenvalues",
 ]

@@ -77,8 +77,16 @@ def make_probe_set(
     if data.kind == "sequence":
         raise ConfigError(
             f"the probe set needs one class label per sample, but {data.name} is sequence data; "
-            "drop representation, fisher and interference",
-            key=("representation", "fisher", "interference"),
+            "drop representation, fisher, interference, sharpness, hessian_trace, hessian_density and noise_scale",
+            key=(
+                "representation",
+                "fisher",
+                "interference",
+                "sharpness",
+                "hessian_trace",
+                "hessian_density",
+                "noise_scale",
+            ),
         )
     parts = []
     for x, y in ((data.x_train, data.y_train), (data.x_test, data.y_test)):
