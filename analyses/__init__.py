@@ -3,18 +3,26 @@
 from typing import Any
 
 from analyses.enlightenment import EnlightenmentPeriod, enlightenment_period, smooth_ema
-from analyses.overview import aggregate_by_module, overview_figure, plot_overview
+from analyses.overview import (
+    aggregate_by_module,
+    applied_hyperparameters,
+    mixed_batches,
+    run_period,
+    strategy_phases,
+)
 
-_PHASE = ("ModelFit", "Transition", "analyse_phase", "fit_transition", "phase_figure", "plot_phase")
+_PHASE = ("ModelFit", "Transition", "analyse_phase", "fit_transition")
 """Exported from analyses.phase lazily, so that ``python -m analyses.phase`` does not import it twice."""
 
 __all__ = [
     "EnlightenmentPeriod",
     "aggregate_by_module",
+    "applied_hyperparameters",
     "enlightenment_period",
-    "overview_figure",
-    "plot_overview",
+    "mixed_batches",
+    "run_period",
     "smooth_ema",
+    "strategy_phases",
     *_PHASE,
 ]
 

@@ -368,8 +368,58 @@ def _references(groups: Mapping[str, list[Run]], baseline: str) -> dict[str, str
     return out
 
 
-def _seed_values(runs: Sequence[Run], metric: str) -> dict[int, float]:
+def seed_values(runs: Sequence[Run], metric: str) -> dict[int, float]:
+    """The finite values of ``metric`` of a group's runs by seed: the numbers :func:`compare` summarises."""
     return {run.seed: run.values[metric] for run in runs if math.isfinite(run.values[metric])}
+
+
+def seed_curves(
+    sweep_dirs: str | os.PathLike[str] | Iterable[str | os.PathLike[str]],
+    variable: str = "val_accuracy",
+    level: float = stats.LEVEL,
+) -> dict[str, xr.Dataset]:
+    """Per group of :func:`load_runs` (finished runs), the one-dimensional ``variable`` of each seed over training
+    and, at each point all its seeds recorded, their mean with its two-sided Student-t interval.
+
+    Evaluation variables (dim ``eval_step``) are indexed by ``epoch``, the epochs completed when they were taken
+    (the epoch of the evaluation's step + 1: the engine evaluates at epoch ends; a repeated evaluation of one epoch
+    keeps the last), so that conditions with different steps per epoch (a cyclical batch size) line up; a run
+    without an ``epoch`` coordinate keeps ``eval_step``, and per-step variables keep ``step``. Each Dataset holds
+    ``values(seed, x)``, ``mean``, ``ci_low``, ``ci_high`` and ``n`` (finite seeds) over ``x``, that dimension,
+    with attrs ``variable`` and ``level``.
+    """
+    groups, _ = load_runs(sweep_dirs, (variable,))
+    out: dict[str, xr.Dataset] = {}
+    for label, runs in groups.items():
+        series: dict[int, pd.Series] = {}
+        dim = ""
+        for run in runs:
+            ds = open_run(run.point.run_dir)
+            if variable not in ds.data_vars or ds[variable].ndim != 1:
+                continue
+            data = ds[variable]
+            dim = str(data.dims[0])
+            x = np.asarray(data[dim].values)
+            if dim == "eval_step" and "epoch" in ds.coords:
+                dim, x = "epoch", np.asarray(ds["epoch"].sel(step=x, method="pad").values) + 1
+            values = pd.Series(np.asarray(data.values, dtype=np.float64), index=x)
+            series[run.seed] = values[~values.index.duplicated(keep="last")]
+        if not series:
+            continue
+        table = pd.concat(series, axis=1, join="inner").sort_index()
+        intervals = np.array([stats.t_interval(row, level) for row in table.to_numpy()]).reshape(-1, 3)
+        out[label] = xr.Dataset(
+            {
+                "values": (("seed", dim), table.to_numpy().T),
+                "mean": (dim, intervals[:, 0]),
+                "ci_low": (dim, intervals[:, 1]),
+                "ci_high": (dim, intervals[:, 2]),
+                "n": (dim, np.isfinite(table.to_numpy()).sum(axis=1)),
+            },
+            coords={"seed": list(table.columns), dim: table.index.to_numpy()},
+            attrs={"variable": variable, "level": level},
+        )
+    return out
 
 
 def compare(
@@ -392,7 +442,8 @@ def compare(
     groups of the metric), ``mde`` (minimum detectable effect, power ``power``, two-sided ``alpha``), ``effect``,
     ``power_at_effect`` (the paired t-test's power at ``effect`` with these pairs) and ``seeds_needed`` (pairs
     for that power at ``effect``; ``inf`` beyond a million). ``DataFrame.attrs`` holds ``level``, ``alpha``,
-    ``power``, ``effect``, ``baseline``, ``dataset``, ``sweeps`` and ``excluded`` (runs left out, with status).
+    ``power``, ``effect``, ``baseline``, ``dataset``, ``sweeps``, ``excluded`` (runs left out, with status)
+    and ``partial`` (True when some of them were still running: the comparison lacks runs still to come).
     """
     _, names = _check_arguments(sweep_dirs, metrics, effect)
     if not isinstance(baseline, str) or not baseline:
@@ -411,7 +462,7 @@ def compare(
     for metric in names:
         block = []
         for label, runs in groups.items():
-            values = _seed_values(runs, metric)
+            values = seed_values(runs, metric)
             x = np.array(list(values.values()))
             mean, low, high = stats.t_interval(x, level)
             row: dict[str, Any] = {
@@ -429,7 +480,7 @@ def compare(
             reference = references[label]
             d = np.array([])
             if reference is not None:
-                base = _seed_values(groups[reference], metric)
+                base = seed_values(groups[reference], metric)
                 shared = sorted(set(values) & set(base))
                 d = np.array([values[s] - base[s] for s in shared])
             diff, diff_low, diff_high = stats.t_interval(d, level)
@@ -467,6 +518,7 @@ def compare(
             "dataset": first.dataset,
             "sweeps": sorted({run.point.sweep for runs in groups.values() for run in runs}),
             "excluded": excluded,
+            "partial": any(entry.endswith(" (running)") for entry in excluded),
         }
     )
     return frame

@@ -20,7 +20,8 @@ What the paper fixes, and what this module does with it:
   ``every - 1`` steps earlier.
 - *Fraction of training* (**open** for runs that are still writing): ``end_step / (last recorded step + 1)``,
   i.e. relative to the steps trained so far according to the store. For a finished run recorded with
-  ``every > 1``, up to ``every - 1`` trained steps after the last recorded one are not counted.
+  ``every > 1``, up to ``every - 1`` trained steps after the last recorded one are not counted. A run whose
+  status is still ``running`` gets a warning (:func:`dynamics.store.still_running`) and ``partial=True``.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ import numpy as np
 import xarray as xr
 
 from dynamics.errors import ConfigError
+from dynamics.store import still_running
 
 METHOD = "ema_accuracy_threshold"
 
@@ -46,6 +48,7 @@ class EnlightenmentPeriod:
         threshold: the accuracy threshold used (raw accuracy, not rescaled from chance).
         tau: EMA time constant in optimizer steps.
         method: how the end was found (``"ema_accuracy_threshold"``).
+        partial: the run was still running: the period may end later, and the fraction will shrink.
     """
 
     end_step: int | None
@@ -53,6 +56,7 @@ class EnlightenmentPeriod:
     threshold: float
     tau: float
     method: str
+    partial: bool = False
 
     @property
     def reached(self) -> bool:
@@ -116,12 +120,15 @@ def enlightenment_period(ds: xr.Dataset, threshold: float = 0.5, tau: float = 10
     """The Enlightenment Period of run ``ds`` (from ``dynamics.open_run``): ``[0, end_step]``.
 
     ``end_step`` is the first recorded step at which the EMA-smoothed training ``accuracy`` (time constant
-    ``tau`` steps) is ``>= threshold``; None when it never gets there (the run is still in the period). See
-    the module docstring for the choices this makes where the paper leaves them open.
+    ``tau`` steps) is ``>= threshold``; None when it never gets there (the run is still in the period). A run
+    still running (``ds.attrs["run_dir"]``) warns and gives ``partial=True``. See the module docstring for
+    the choices this makes where the paper leaves them open.
     """
     threshold, tau = check_arguments(threshold, tau)
+    run_dir = ds.attrs.get("run_dir")
+    partial = bool(run_dir and still_running([run_dir], "Enlightenment Periods"))
     if ds.sizes.get("step", 0) == 0:  # nothing committed yet (a run that just started): not reached
-        return EnlightenmentPeriod(None, None, threshold, tau, METHOD)
+        return EnlightenmentPeriod(None, None, threshold, tau, METHOD, partial)
     if "accuracy" not in ds.variables:
         raise ConfigError(
             "the run has no 'accuracy' variable; record it with the 'loss' probe "
@@ -140,6 +147,6 @@ def enlightenment_period(ds: xr.Dataset, threshold: float = 0.5, tau: float = 10
     smoothed = smooth_ema(steps, values, tau)
     reached = np.flatnonzero(smoothed >= threshold)
     if reached.size == 0:
-        return EnlightenmentPeriod(None, None, threshold, tau, METHOD)
+        return EnlightenmentPeriod(None, None, threshold, tau, METHOD, partial)
     end_step = int(steps[reached[0]])
-    return EnlightenmentPeriod(end_step, end_step / (int(steps[-1]) + 1), threshold, tau, METHOD)
+    return EnlightenmentPeriod(end_step, end_step / (int(steps[-1]) + 1), threshold, tau, METHOD, partial)

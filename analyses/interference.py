@@ -4,10 +4,11 @@ The runs are trained by ``python -m dynamics.studies.interference_scale [--quick
 (:mod:`dynamics.studies.interference_scale`): for every training-set size x CNN width x seed, two runs with
 the same data and seed, *always-Mixup* (with the interference probe, :mod:`dynamics.probes.interference`) and
 *Mixup Pause* (no Mixup until the online-detected Enlightenment Period ends, then the same Mixup); that
-command then calls this analysis. ``python -m analyses.interference --runs DIR`` summarises and draws the
-finished runs under ``DIR`` again: it writes ``interference_study.json`` and ``interference_study.png/.pdf``
-(into ``--out``, default ``DIR``) and prints one sentence that says whether the data support the claim. This
-module only reads stores, as every analysis does; it imports no training code.
+command then calls this analysis. ``python -m analyses.interference --runs DIR`` summarises the finished runs
+under ``DIR`` again: it writes ``interference_study.json`` (into ``--out``, default ``DIR``) and prints one
+sentence that says whether the data support the claim; ``python -m figures DIR`` draws it
+(:mod:`figures.interference`). This module only reads stores, as every analysis does; it imports no training
+code.
 
 Choices this makes:
 
@@ -44,16 +45,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from matplotlib import colormaps
-from matplotlib.axes import Axes
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.colors import TwoSlopeNorm
-from matplotlib.figure import Figure
 from scipy import stats
 from tqdm.auto import tqdm
 
 from analyses.enlightenment import enlightenment_period
-from analyses.overview import save_figure
 from dynamics.cli import UsageParser, fail, one_line_errors
 from dynamics.errors import ConfigError, DynamicsError
 from dynamics.store import open_run, read_json
@@ -257,120 +252,22 @@ def summarise(root: str | os.PathLike[str]) -> dict[str, Any]:
     }
 
 
-def _lines(ax: Axes, summary: dict[str, Any], x_key: str, hue_key: str, y_key: str, ylabel: str) -> None:
-    """Per value of ``hue_key``, the cells' mean ``y_key`` against ``x_key`` (log x) and each seed as a dot."""
-    cells, runs = summary["cells"], summary["runs"]
-    hues = sorted({c[hue_key] for c in cells})
-    colors = colormaps["viridis"](np.linspace(0.0, 0.85, max(len(hues), 1)))
-    for index, (color, hue) in enumerate(zip(colors, hues, strict=True)):
-        row = sorted((c for c in cells if c[hue_key] == hue), key=lambda c: c[x_key])
-        ax.plot(
-            [c[x_key] for c in row],
-            [c[y_key] for c in row],
-            color=color,
-            marker="o",
-            markersize=4,
-            linewidth=1.5,
-            label=f"{hue_key} {hue}",
-        )
-        seeds = [r for r in runs if r[hue_key] == hue]
-        shift = 1.0 + 0.03 * (index - (len(hues) - 1) / 2)  # side by side on the log axis
-        ax.scatter(
-            [r[x_key] * shift for r in seeds], [r[y_key] for r in seeds], color=color, s=10, alpha=0.5, linewidths=0
-        )
-    ticks = sorted({c[x_key] for c in cells})
-    ax.set_xscale("log")
-    ax.set_xticks(ticks, labels=[f"{v:g}" for v in ticks])
-    ax.minorticks_off()
-    ax.set_xlabel("training-set size" if x_key == "size" else "CNN width (channels)")
-    ax.set_ylabel(ylabel)
-    ax.legend(fontsize="small", frameon=False)
-
-
-def _heat_map(fig: Figure, ax: Axes, cells: list[dict[str, Any]]) -> None:
-    """Accuracy difference (Pause - Mixup) per size x width, annotated mean +- CI, significant cells starred."""
-    sizes = sorted({c["size"] for c in cells})
-    widths = sorted({c["width"] for c in cells})
-    grid = np.full((len(sizes), len(widths)), np.nan)
-    for c in cells:
-        grid[sizes.index(c["size"]), widths.index(c["width"])] = 100 * c["accuracy_diff"]
-    limit = max(float(np.nanmax(np.abs(grid))) if np.isfinite(grid).any() else 0.0, 1e-3)
-    image = ax.imshow(grid, cmap="RdBu", norm=TwoSlopeNorm(0.0, -limit, limit), origin="lower", aspect="auto")
-    for c in cells:
-        i, j = sizes.index(c["size"]), widths.index(c["width"])
-        half = f"\n±{100 * c['accuracy_diff_ci']:.1f}" if c["accuracy_diff_ci"] == c["accuracy_diff_ci"] else ""
-        star = "*" if c["significant"] else ""
-        dark = abs(grid[i, j]) > 0.6 * limit  # white text on the saturated ends of the colour map
-        ax.text(
-            j,
-            i,
-            f"{100 * c['accuracy_diff']:+.1f}{star}{half}",
-            ha="center",
-            va="center",
-            fontsize="small",
-            fontweight="bold" if star else "normal",
-            color="white" if dark else "black",
-        )
-    ax.set_xticks(range(len(widths)), labels=[str(w) for w in widths])
-    ax.set_yticks(range(len(sizes)), labels=[str(s) for s in sizes])
-    ax.set_xlabel("CNN width (channels)")
-    ax.set_ylabel("training-set size")
-    ax.grid(False)
-    fig.colorbar(image, ax=ax, label="final test accuracy, Pause - Mixup (points)")
-
-
-def study_figure(summary: dict[str, Any]) -> Figure:
-    """Interference and revival over the Enlightenment Period against size and width, and the accuracy map."""
-    import seaborn as sns  # here, not at the top: only drawing needs it
-
-    cells = summary["cells"]
-    seeds = sorted({c["seeds"] for c in cells})
-    with sns.axes_style("whitegrid"), sns.plotting_context("notebook", font_scale=0.8):
-        fig = Figure(figsize=(12, 9), layout="constrained")
-        FigureCanvasAgg(fig)
-        axes = fig.subplots(2, 2)
-        ratio = "interference ratio r (EnP mean, strong mixing)"
-        _lines(axes[0, 0], summary, "size", "width", "interference", ratio)
-        _lines(axes[0, 1], summary, "width", "size", "interference", ratio)
-        _lines(axes[1, 0], summary, "size", "width", "revival", "revival fraction (EnP mean)")
-        _heat_map(fig, axes[1, 1], cells)
-        for ax, title in zip(
-            axes.flat,
-            (
-                "a  interference vs size",
-                "b  interference vs width",
-                "c  activation revival vs size",
-                f"d  accuracy difference, mean ± {int(100 * summary['level'])}% t-CI (* excludes 0)",
-            ),
-            strict=True,
-        ):
-            ax.set_title(title, loc="left", fontsize="medium")
-        fig.suptitle(
-            f"MNIST-1D CNN, always-Mixup vs Mixup Pause; n = {'/'.join(map(str, seeds))} seeds per cell; "
-            f"a-c: lines = mean over seeds, dots = single seeds\n{summary['conclusion']}",
-            fontsize="medium",
-            wrap=True,
-        )
-    return fig
-
-
-def write_study(summary: dict[str, Any], out_dir: str | os.PathLike[str]) -> tuple[Path, Path, Path]:
-    """Write ``interference_study.json`` and the figure (PNG, PDF) into ``out_dir``; returns the three paths."""
+def write_summary(summary: dict[str, Any], out_dir: str | os.PathLike[str]) -> Path:
+    """Write ``summary`` to ``<out_dir>/interference_study.json`` (the folder is created); returns the path."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    json_path = out / f"{SUMMARY_NAME}.json"
-    json_path.write_text(json.dumps(summary, indent=2, allow_nan=True) + "\n")
-    png, pdf = save_figure(study_figure(summary), out / SUMMARY_NAME)
-    return json_path, png, pdf
+    path = out / f"{SUMMARY_NAME}.json"
+    path.write_text(json.dumps(summary, indent=2, allow_nan=True) + "\n")
+    return path
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     """The command line; a usage error raises ConfigError (one line, exit status 2, from :func:`main`)."""
     parser = UsageParser(prog="python -m analyses.interference", description=__doc__.splitlines()[0])
     parser.add_argument(
-        "--runs", type=Path, metavar="DIR", required=True, help="summarise and draw the finished study runs under DIR"
+        "--runs", type=Path, metavar="DIR", required=True, help="summarise the finished study runs under DIR"
     )
-    parser.add_argument("--out", type=Path, default=None, help="folder of the JSON and figure (default: DIR)")
+    parser.add_argument("--out", type=Path, default=None, help="folder of the JSON (default: DIR)")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     return parser.parse_args(argv)
 
@@ -386,20 +283,19 @@ def _study_moved(argv: Sequence[str]) -> str:
 
 @one_line_errors
 def main(argv: Sequence[str] | None = None) -> int:
-    """Summarise and draw the runs under ``--runs``; prints the conclusion and the written paths. Exit status."""
+    """Summarise the runs under ``--runs``; prints the conclusion and the JSON's path. Exit status."""
     args_list = sys.argv[1:] if argv is None else list(argv)
     try:
         if "--study" in args_list:
             raise ConfigError(_study_moved(args_list))
         args = parse_args(args_list)
         summary = summarise(args.runs)
-        paths = write_study(summary, args.out or args.runs)
+        path = write_summary(summary, args.out or args.runs)
     except (DynamicsError, OSError) as err:
         fail(err)
         return 2
     print(summary["conclusion"])
-    for path in paths:
-        print(path)
+    print(path)
     return 0
 
 

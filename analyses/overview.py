@@ -1,36 +1,46 @@
-"""The overview figure of one run: loss, accuracy, per-layer gradient norms and per-layer flat-activation
-fractions against the optimizer step, with the Enlightenment Period shaded in every panel.
+"""What the overview figure of one run shows, as data: per-module gradient norms, which batches were mixed, the
+Enlightenment Period and where it came from, the phases a strategy went through and the hyperparameters it
+applied. ``figures.overview`` draws them.
 
-Figures are built on a pyplot-free :class:`matplotlib.figure.Figure` with the Agg canvas, so nothing is
-registered with pyplot (no figure leaks, no display needed) and the seaborn style is applied through
-context managers instead of changing global rcParams.
+The training ``accuracy`` of a mixed batch is scored against the soft target's dominant label, so under Mixup
+it is not a clean accuracy (after ``--mixup-pause`` it drops to ~0.35 when Mixup switches on). Hence:
+
+- :func:`mixed_batches` says which steps trained on a mixed batch (``mix_applied``), so that their accuracy and
+  loss are drawn apart from the clean ones;
+- :func:`run_period` takes the period a strategy detected online when the run recorded one (``enp_active``:
+  its end is the last step inside it; with ``enp_epochs="auto"`` it was found on the clean probe set, whose
+  smoothed accuracy is ``enp_accuracy``), else the period of the clean batches' accuracy
+  (:func:`~analyses.enlightenment.enlightenment_period` with the mixed steps left out): after ``--mixup-pause``
+  the accuracy of all batches never reaches 50%, though the clean accuracy did when Mixup switched on;
+- :func:`strategy_phases` splits the run where the strategy's regime changes (inside / after the period) and
+  says in words what it applied in each part, read from the recorded values.
 """
 
 from __future__ import annotations
 
-import os
-from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import xarray as xr
-from matplotlib import colormaps
-from matplotlib.axes import Axes
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
-from matplotlib.lines import Line2D
-from matplotlib.patches import Patch
-from matplotlib.ticker import FuncFormatter
 
-from analyses.enlightenment import EnlightenmentPeriod, check_arguments, enlightenment_period, smooth_ema
+from analyses.enlightenment import EnlightenmentPeriod, check_arguments, enlightenment_period
 from dynamics.errors import ConfigError
 
-RAW_ALPHA = 0.3
-"""Opacity of the raw per-batch curves drawn under their smoothed version."""
-ENP_COLOR = "#E69F00"
-"""Shade of the Enlightenment Period (Okabe-Ito orange, readable under the colorblind palette)."""
-DPI = 150
+HYPERPARAMETERS: dict[str, str] = {
+    "lr": "learning rate",
+    "mixup_alpha": "Mixup α",
+    "weight_decay": "weight decay",
+    "temperature": "temperature",
+    "clip_norm": "clip norm",
+    "batch_size": "batch size",
+    "removed_frac": "removed fraction",
+    "focal_eta": "focal η",
+    "plp_applied": "PLP predictions",
+}
+"""Per-step hyperparameters a run may record (engine and strategies), with their names in words."""
+CUMULATIVE = frozenset({"plp_applied"})
+"""Hyperparameters recorded as per-step events (0/1), shown as their running count."""
 
 
 def module_of(param: str) -> str:
@@ -78,257 +88,139 @@ def aggregate_by_module(grad_norm: xr.DataArray) -> xr.DataArray:
     return result
 
 
-def _describe_run(ds: xr.Dataset) -> str:
-    """``dataset · model (width, depth, activation) · seed`` from the run's config, else the run name."""
-    config = ds.attrs.get("config") or {}
-    parts = []
-    if isinstance(config, dict):
-        if config.get("dataset"):
-            parts.append(str(config["dataset"]))
-        if config.get("model"):
-            details = [f"{k} {config[k]}" for k in ("width", "depth") if config.get(k) is not None]
-            if config.get("activation"):
-                details.append(str(config["activation"]))
-            parts.append(f"{config['model']} ({', '.join(details)})" if details else str(config["model"]))
-        if config.get("seed") is not None:
-            parts.append(f"seed {config['seed']}")
-    run_dir = ds.attrs.get("run_dir")
-    if run_dir:
-        parts.append(Path(str(run_dir)).name)
-    return " · ".join(parts) if parts else "run overview"
+def _values(ds: xr.Dataset, name: str) -> np.ndarray:
+    return np.asarray(ds[name].values, dtype=np.float64)
 
 
-def _note(ax: Axes, text: str) -> None:
-    """Mark a panel whose data is absent instead of failing."""
-    ax.text(
-        0.5,
-        0.5,
-        text,
-        transform=ax.transAxes,
-        ha="center",
-        va="center",
-        color="0.4",
-        fontsize="medium",
-        bbox={"boxstyle": "round", "facecolor": "white", "edgecolor": "0.8"},
-    )
-    ax.set_yticks([])
+def mixed_batches(ds: xr.Dataset) -> np.ndarray:
+    """Per recorded step, whether its batch was mixed (``mix_applied > 0``); all False when not recorded."""
+    if "mix_applied" not in ds.variables:
+        return np.zeros(ds.sizes.get("step", 0), dtype=bool)
+    return np.nan_to_num(_values(ds, "mix_applied")) > 0
 
 
-def _missing(ds: xr.Dataset, names: Sequence[str]) -> str | None:
-    """A "not recorded" note if a variable is absent or has no finite value, else None."""
-    probes = ds.attrs.get("probes")
-    how = f" (probes: {', '.join(map(str, probes))})" if isinstance(probes, list | tuple) else ""
-    if ds.sizes.get("step", 0) == 0:
-        return "no steps recorded yet"
-    for name in names:
-        if name not in ds.variables:
-            return f"{name} not recorded{how}"
-        if ds[name].size == 0:
-            return f"{name}: no steps recorded yet"
-        if not np.isfinite(np.asarray(ds[name].values, dtype=np.float64)).any():
-            return f"{name} not measured (NaN at every step)"
-    return None
+ONLINE = "enp_active"
+"""``EnlightenmentPeriod.method`` of a period a strategy tracked while training (recorded ``enp_active``)."""
+CLEAN_BATCHES = "ema_clean_batch_accuracy"
+"""``EnlightenmentPeriod.method`` of a period found afterwards from the smoothed accuracy of the clean batches."""
 
 
-def _raw_and_smoothed(ax: Axes, steps: np.ndarray, values: np.ndarray, tau: float, color: Any, label: str) -> None:
-    ax.plot(steps, values, color=color, alpha=RAW_ALPHA, linewidth=0.8)
-    ax.plot(steps, smooth_ema(steps, values, tau), color=color, linewidth=1.8, label=label)
-
-
-def _log_if_positive(ax: Axes, *arrays: np.ndarray) -> None:
-    """Log y scale unless a value is negative; exact zeros (e.g. a frozen module's gradient) leave gaps."""
-    finite = np.concatenate([a[np.isfinite(a)] for a in arrays]) if arrays else np.array([])
-    positive = finite[finite > 0]
-    if positive.size and not (finite < 0).any():
-        ax.set_yscale("log")
-        # plain numbers ("0.2", "1") instead of 2x10^-1; minor ticks labelled only when few decades are shown
-        decades = float(np.log10(positive.max() / positive.min()))
-        shown = (2, 5) if decades > 0.7 else tuple(range(2, 10))
-
-        def minor(value: float, _: int) -> str:
-            leading = round(value / 10 ** np.floor(np.log10(value) + 1e-9))
-            return f"{value:g}" if decades < 0.5 or (decades < 2 and leading in shown) else ""
-
-        ax.yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
-        ax.yaxis.set_minor_formatter(FuncFormatter(minor))
-
-
-def _legend(ax: Axes) -> None:
-    """Legend outside the panel, on the right, so it never covers data."""
-    handles, labels = ax.get_legend_handles_labels()
-    if not handles:
-        return
-    ncol = 1 if len(handles) <= 10 else 2
-    ax.legend(
-        handles,
-        labels,
-        loc="upper left",
-        bbox_to_anchor=(1.01, 1.0),
-        borderaxespad=0.0,
-        frameon=False,
-        fontsize="small",
-        ncol=ncol,
-    )
-
-
-def _per_group(ax: Axes, data: xr.DataArray, dim: str, tau: float) -> None:
-    """One raw + smoothed line per label of ``dim``, colored by depth (dark = first)."""
-    steps = np.asarray(data["step"].values)
-    values = np.asarray(data.transpose("step", dim).values, dtype=np.float64)
-    labels = [str(x) for x in data[dim].values]
-    colors = colormaps["viridis"](np.linspace(0.0, 0.85, max(len(labels), 1)))
-    for index, label in enumerate(labels):
-        _raw_and_smoothed(ax, steps, values[:, index], tau, colors[index], label)
-
-
-def _panel_loss(ax: Axes, ds: xr.Dataset, tau: float, palette: list[Any]) -> None:
-    ax.set_title("(a) loss", loc="left")
-    ax.set_ylabel("cross-entropy")
-    note = _missing(ds, ["loss"])
-    if note:
-        _note(ax, note)
-        return
+def run_period(ds: xr.Dataset, *, threshold: float = 0.5, tau: float = 10.0) -> EnlightenmentPeriod | None:
+    """The Enlightenment Period of run ``ds``: the one a strategy tracked online when recorded (``method``
+    :data:`ONLINE`; its end is the last step inside it), else that of the clean batches' accuracy smoothed with
+    ``tau`` reaching ``threshold`` (:data:`CLEAN_BATCHES`). None when unknown: no clean accuracy was measured
+    (every batch mixed, or no outputs recorded)."""
+    threshold, tau = check_arguments(threshold, tau)
+    if not ds.sizes.get("step", 0):
+        return EnlightenmentPeriod(None, None, threshold, tau, CLEAN_BATCHES)
     steps = np.asarray(ds["step"].values)
-    loss = np.asarray(ds["loss"].values, dtype=np.float64)
-    _raw_and_smoothed(ax, steps, loss, tau, palette[0], "train (batch)")
-    arrays = [loss]
-    if "val_loss" in ds.variables and ds["val_loss"].size:
-        val = np.asarray(ds["val_loss"].values, dtype=np.float64)
-        ax.plot(ds["eval_step"].values, val, "o-", color=palette[1], markersize=3.5, linewidth=1.2, label="validation")
-        arrays.append(val)
-    _log_if_positive(ax, *arrays)
-    _legend(ax)
-
-
-def _panel_accuracy(ax: Axes, ds: xr.Dataset, tau: float, palette: list[Any], threshold: float) -> None:
-    ax.set_title("(b) accuracy", loc="left")
-    ax.set_ylabel("top-1 accuracy")
-    note = _missing(ds, ["accuracy"])
-    if note:
-        _note(ax, note)
-        return
-    steps = np.asarray(ds["step"].values)
-    _raw_and_smoothed(ax, steps, np.asarray(ds["accuracy"].values, dtype=np.float64), tau, palette[0], "train (batch)")
-    if "val_accuracy" in ds.variables and ds["val_accuracy"].size:
-        ax.plot(
-            ds["eval_step"].values,
-            ds["val_accuracy"].values,
-            "o-",
-            color=palette[1],
-            markersize=3.5,
-            linewidth=1.2,
-            label="validation",
-        )
-    ax.axhline(threshold, color="0.35", linestyle="--", linewidth=1.0, label=f"threshold {threshold:g}")
-    ax.set_ylim(-0.02, 1.02)
-    _legend(ax)
-
-
-def _panel_grad(ax: Axes, ds: xr.Dataset, tau: float) -> None:
-    ax.set_title("(c) gradient norm per module", loc="left")
-    ax.set_ylabel("‖∇‖₂")
-    note = _missing(ds, ["grad_norm"])
-    if note:
-        _note(ax, note)
-        return
-    per_module = aggregate_by_module(ds["grad_norm"])
-    _per_group(ax, per_module, "module", tau)
-    _log_if_positive(ax, np.asarray(per_module.values).ravel())
-    _legend(ax)
-
-
-def _panel_zero(ax: Axes, ds: xr.Dataset, tau: float) -> None:
-    ax.set_title("(d) fraction of activations in the flat region per layer (ReLU: == 0)", loc="left")
-    ax.set_ylabel("fraction")
-    note = _missing(ds, ["act_zero_frac"])
-    if note:
-        _note(ax, note)
-        return
-    _per_group(ax, ds["act_zero_frac"], "layer", tau)
-    ax.set_ylim(-0.02, 1.02)
-    _legend(ax)
-
-
-def _shade(ax: Axes, enp: EnlightenmentPeriod | None, last_step: int) -> None:
-    if enp is None:
-        return
-    end = enp.end_step if enp.reached else last_step
-    ax.axvspan(0, end, color=ENP_COLOR, alpha=0.18, linewidth=0, zorder=0)
-    if enp.reached:
-        ax.axvline(end, color=ENP_COLOR, linewidth=1.2, zorder=0.5)
-
-
-def overview_figure(ds: xr.Dataset, *, threshold: float = 0.5, tau: float = 10.0) -> Figure:
-    """The overview figure of run ``ds`` (see module docstring); curves are smoothed with the EMA of ``tau`` steps.
-
-    The Enlightenment Period uses :func:`~analyses.enlightenment.enlightenment_period` with ``threshold``
-    and ``tau``; panels whose variables were not recorded carry a note instead.
-    """
-    threshold, tau = check_arguments(threshold, tau)  # bad arguments raise; missing data only drops the shade
+    if "enp_active" in ds.variables:
+        active = _values(ds, "enp_active")
+        ended = np.flatnonzero(active == 0)
+        if not ended.size:
+            return EnlightenmentPeriod(None, None, threshold, tau, ONLINE)
+        inside = np.flatnonzero(active[: ended[0]] == 1)
+        end = int(steps[inside[-1]]) if inside.size else int(steps[ended[0]])
+        return EnlightenmentPeriod(end, end / (int(steps[-1]) + 1), threshold, tau, ONLINE)
+    if "accuracy" not in ds.variables:
+        return None
+    clean = ds.assign(accuracy=ds["accuracy"].where(~xr.DataArray(mixed_batches(ds), dims="step")))
     try:
-        enp: EnlightenmentPeriod | None = enlightenment_period(ds, threshold=threshold, tau=tau)
-    except ConfigError:
-        enp = None
-    steps = np.asarray(ds["step"].values) if "step" in ds.coords else np.array([], dtype=np.int64)
-    last_step = int(steps[-1]) if steps.size else 0
-    if not steps.size:
-        enp = None
+        period = enlightenment_period(clean, threshold=threshold, tau=tau)
+    except ConfigError:  # no clean, measured accuracy
+        return None
+    return replace(period, method=CLEAN_BATCHES)
 
-    import seaborn as sns  # here, not at the top: it pulls in scipy.stats (~0.7 s) for two style contexts
 
-    with sns.axes_style("whitegrid"), sns.plotting_context("notebook", font_scale=0.85):
-        palette = sns.color_palette("colorblind")
-        fig = Figure(figsize=(10, 11.5), layout="constrained")
-        FigureCanvasAgg(fig)
-        axes = fig.subplots(4, 1, sharex=True)
-        _panel_loss(axes[0], ds, tau, palette)
-        _panel_accuracy(axes[1], ds, tau, palette, threshold)
-        _panel_grad(axes[2], ds, tau)
-        _panel_zero(axes[3], ds, tau)
-        for ax in axes:
-            _shade(ax, enp, last_step)
-        axes[-1].set_xlabel("optimizer step")
-        axes[-1].set_xlim(0, max(last_step, 1))
+@dataclass(frozen=True)
+class Phase:
+    """A stretch of training ``[start, stop]`` (recorded steps) under one regime of the strategy, in words."""
 
-        if not steps.size:
-            enp_label = "Enlightenment Period: no steps recorded yet"
-            summary = "no steps recorded yet"
-        elif enp is None:
-            enp_label = "Enlightenment Period: no training accuracy recorded"
-            summary = "Enlightenment Period unknown (no training accuracy)"
-        elif enp.reached:
-            enp_label = f"Enlightenment Period (smoothed acc ≥ {threshold:.0%})"
-            summary = f"Enlightenment Period: steps 0–{enp.end_step}, {enp.fraction:.1%} of the {last_step + 1} steps"
+    start: int
+    stop: int
+    in_period: bool
+    label: str
+
+
+def _number(value: float) -> str:
+    return f"{value:.3g}"
+
+
+def _describe(ds: xr.Dataset, index: np.ndarray) -> list[str]:
+    """What the strategy applied at the recorded steps ``index``, from the recorded values."""
+    parts = []
+    if "mix_applied" in ds.variables:
+        applied = np.nan_to_num(_values(ds, "mix_applied")[index])
+        alphas = _values(ds, "mixup_alpha")[index] if "mixup_alpha" in ds.variables else np.array([])
+        alphas = np.unique(alphas[np.isfinite(alphas) & (applied > 0)])
+        if not (applied > 0).any():
+            parts.append("no Mixup")
+        elif alphas.size == 1:
+            parts.append(f"Mixup α = {_number(alphas[0])}")
+        elif alphas.size:
+            parts.append(f"Mixup α {_number(alphas.min())}–{_number(alphas.max())}")
         else:
-            enp_label = f"Enlightenment Period, not ended (smoothed acc < {threshold:.0%})"
-            summary = f"smoothed accuracy never reached {threshold:.0%} in {last_step + 1} steps"
-        key = [
-            Patch(facecolor=ENP_COLOR, alpha=0.35, label=enp_label),
-            Line2D([], [], color="0.3", alpha=RAW_ALPHA, linewidth=0.8, label="raw (per batch)"),
-            Line2D([], [], color="0.3", linewidth=1.8, label=f"EMA, τ = {tau:g} steps"),
-        ]
-        fig.legend(handles=key, loc="outside lower center", ncol=3, frameon=False, fontsize="small")
-        fig.suptitle(f"{_describe_run(ds)}\n{summary}", fontsize="large")
-    return fig
+            parts.append("Mixup")
+        if 0 < applied.mean() < 1:
+            parts[-1] += f" on {applied.mean():.0%} of batches"
+    if "removed_frac" in ds.variables:
+        removed = _values(ds, "removed_frac")[index]
+        mean = float(np.nanmean(removed)) if np.isfinite(removed).any() else 0.0
+        parts.append(f"{mean:.0%} highest-loss removed" if mean > 0 else "none removed")
+    return parts
 
 
-def save_figure(fig: Figure, out_stem: str | os.PathLike[str]) -> tuple[Path, Path]:
-    """Write ``fig`` to ``<out_stem>.png`` (DPI) and ``<out_stem>.pdf`` (vector), creating the folder; clears it."""
-    stem = Path(out_stem)
-    png, pdf = Path(f"{stem}.png"), Path(f"{stem}.pdf")
-    stem.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(png, dpi=DPI)
-    fig.savefig(pdf)
-    fig.clear()
-    return png, pdf
+def strategy_phases(ds: xr.Dataset) -> list[Phase]:
+    """The stretches inside and after the period a strategy tracked (``enp_active``), each labelled with what it
+    applied (Mixup on/off and its alpha, High-Loss Removal); empty when the run recorded no period, or when
+    nothing it records changes at the period's end (a period tracked only to be measured)."""
+    if "enp_active" not in ds.variables or not ds.sizes.get("step", 0):
+        return []
+    steps = np.asarray(ds["step"].values)
+    active = np.nan_to_num(_values(ds, "enp_active")) > 0
+    edges = np.flatnonzero(np.diff(active.astype(np.int8))) + 1
+    parts = [(index, _describe(ds, index)) for index in np.split(np.arange(len(steps)), edges)]
+    if len({tuple(words) for _, words in parts}) < 2:
+        return []
+    phases = []
+    for index, words in parts:
+        inside = bool(active[index[0]])
+        label = "period" if inside else "after"
+        phases.append(Phase(int(steps[index[0]]), int(steps[index[-1]]), inside, ": ".join([label, ", ".join(words)])))
+    return phases
 
 
-def plot_overview(
-    ds: xr.Dataset, out_stem: str | os.PathLike[str], *, threshold: float = 0.5, tau: float = 10.0
-) -> tuple[Path, Path]:
-    """Write the overview figure of run ``ds`` to ``<out_stem>.png`` (150 dpi) and ``<out_stem>.pdf``.
+def applied_hyperparameters(ds: xr.Dataset) -> list[str]:
+    """The recorded hyperparameters worth a line (:data:`HYPERPARAMETERS` order): the learning rate, and each
+    other one recorded with a finite value that varies or is non-zero (a constant zero weight decay is not)."""
+    shown = []
+    for name in HYPERPARAMETERS:
+        if name not in ds.variables or ds[name].dims != ("step",) or not ds.sizes.get("step", 0):
+            continue
+        values = _values(ds, name)
+        finite = values[np.isfinite(values)]
+        if finite.size and (name == "lr" or np.ptp(finite) > 0 or (finite != 0).any()):
+            shown.append(name)
+    return shown
 
-    Returns the two paths (PNG, PDF). ``out_stem`` gets the suffixes appended (``run/overview`` ->
-    ``run/overview.png``), so dots in it are kept; its folder is created if needed.
-    """
-    return save_figure(overview_figure(ds, threshold=threshold, tau=tau), out_stem)
+
+def hyperparameter_values(ds: xr.Dataset, name: str) -> np.ndarray:
+    """The values a hyperparameter line shows: the recorded ones, or their running count for per-step events
+    (:data:`CUMULATIVE`, e.g. PLP predictions)."""
+    values = _values(ds, name)
+    return np.cumsum(np.nan_to_num(values)) if name in CUMULATIVE else values
+
+
+def describe_run(ds: xr.Dataset) -> str:
+    """``dataset · model (width, depth, activation) · seed · run name`` from the run's config and directory."""
+    config = ds.attrs.get("config") if isinstance(ds.attrs.get("config"), dict) else {}
+    words = [str(config["dataset"])] if config.get("dataset") else []
+    if config.get("model"):
+        details = [f"{k} {config[k]}" for k in ("width", "depth") if config.get(k) is not None]
+        details += [str(config["activation"])] if config.get("activation") else []
+        words.append(f"{config['model']} ({', '.join(details)})" if details else str(config["model"]))
+    if config.get("seed") is not None:
+        words.append(f"seed {config['seed']}")
+    if ds.attrs.get("run_dir"):
+        words.append(Path(str(ds.attrs["run_dir"])).name)
+    return " · ".join(words) if words else "run"

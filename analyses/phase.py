@@ -1,7 +1,7 @@
 """The phase-transition model of the early phase of training: order parameters, fits, intervals, susceptibility.
 
-``python -m analyses.phase RUN_DIR [RUN_DIR ...]`` analyses one run or several seeds of one configuration,
-prints a one-paragraph summary and writes ``phase.png``/``phase.pdf`` next to the first run.
+``python -m analyses.phase RUN_DIR [RUN_DIR ...]`` analyses one run or several seeds of one configuration
+and prints a one-paragraph summary; it draws nothing (``python -m figures.phase`` draws the figure).
 
 **Order parameters** psi(t), each in [0, 1] and growing with order:
 
@@ -39,6 +39,28 @@ being first smoothed by the causal EMA of :func:`analyses.enlightenment.smooth_e
 steps) so that the per-batch sampling noise does not dominate; with one run, the variance across bootstrap
 resamples of the fitted logistic curve. Its peak is reported; in a true transition it lies near t_c.
 
+**Flags**: what the data cannot support is flagged per order parameter (``flags`` in the result, worded in
+the summary), with thresholds as keyword arguments of :func:`fit_transition` and :func:`analyse_phase`:
+
+- ``before_start`` / ``after_end``, *transition not observed*: t_c, or its bootstrap interval, lies before the
+  first or after the last fitted step (psi rises from the start of the record, or has not finished rising
+  at its end); the logistic then extrapolates its t_c and the interval measures nothing observed;
+- ``falls``: the fitted amplitude psi_inf is <= 0, so psi falls across t_c: a loss of order (e.g. 1/(1 + NC1)
+  falling in the first steps, or accuracy collapsing), not the disorder-to-order transition of the model;
+- ``indistinguishable``: |delta AIC| < ``min_delta_aic`` (default 2). Both models have four parameters, so
+  delta AIC = n ln(RSS_stretched / RSS_logistic) is twice the log-likelihood ratio, and within 2 the evidence
+  ratio exp(delta AIC / 2) is below e: both models keep substantial support (Burnham & Anderson 2002) and
+  the data do not tell a transition from a relaxation;
+- ``relaxation``: delta AIC <= -``min_delta_aic``: the stretched exponential, a relaxation without a critical
+  point, fits better;
+- ``few_points``: fewer than ``min_transition_points`` (default 8, twice the model's four parameters)
+  distinct fitted steps lie within t_c +- 2w, where the logistic rises from 12% to 88% of its amplitude, so
+  t_c and w rest on the levels around the rise rather than on the rise itself;
+- ``no_fit``: nothing was fitted (fewer than 8 finite points, psi constant, or no start converged).
+
+**Runs still running** (``meta.json`` status ``running``, a live writer): analysed as far as recorded, with a
+warning; ``attrs["partial"]`` is True and ``attrs["running"]`` names them.
+
 **Enlightenment Period**: t_50 of each run from :func:`analyses.enlightenment.enlightenment_period` (first
 recorded step at which the EMA-smoothed raw training accuracy reaches 50%), its fraction of training, and,
 when a strategy recorded ``enp_active``, the step at which it ended the period online (first recorded step
@@ -47,29 +69,27 @@ with ``enp_active == 0`` after it was 1).
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
-import os
 import sys
+import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from functools import reduce
+from numbers import Real
 from pathlib import Path
 
 import numpy as np
 import xarray as xr
-from matplotlib.axes import Axes
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
 from scipy.special import expit
 from tqdm.auto import tqdm
 
 from analyses.enlightenment import EnlightenmentPeriod, check_arguments, enlightenment_period, smooth_ema
-from analyses.overview import ENP_COLOR, save_figure
-from dynamics.cli import UsageParser, fail, one_line_errors
+from dynamics.cli import UsageParser, fail, flag_message, one_line, one_line_errors
 from dynamics.errors import ConfigError, DynamicsError
-from dynamics.store import CHUNK_ROWS, distinct_runs, open_run
+from dynamics.store import CHUNK_ROWS, distinct_runs, open_run, still_running
 
 USAGE_ERROR = 2
 MODELS = ("logistic", "stretched_exp")
@@ -86,6 +106,20 @@ _NEEDED = ("accuracy", "rep_linear_acc", "rep_knn_acc", "rep_nc1", "rep_cka", "f
 _SPARSE = ("rep_linear_acc", "fisher_trace", "rep_knn_acc", "rep_nc1", "rep_cka")
 """Measured at a probe's cadence, NaN elsewhere; the first two are finite whenever measured."""
 _MIN_POINTS = 8
+FLAGS: dict[str, str] = {
+    "no_fit": "no fit",
+    "before_start": "transition not observed: t_c before the first step",
+    "after_end": "transition not observed: t_c after the last step",
+    "falls": "psi falls across t_c",
+    "indistinguishable": "logistic not distinguishable from relaxation",
+    "relaxation": "relaxation (stretched exp.) fits better",
+    "few_points": "too few points in the transition",
+}
+"""What a fit cannot support (see the module docstring), with a short label; :func:`summary` words them in full."""
+MIN_DELTA_AIC = 2.0
+MIN_TRANSITION_POINTS = 8
+TRANSITION_WIDTHS = 2.0
+"""The transition window is t_c +- 2w, over which the logistic rises from 12% to 88% of its amplitude."""
 _CONFIG_KEYS_IGNORED = ("seed", "device", "flush_seconds")
 
 
@@ -284,10 +318,12 @@ class ModelFit:
 
 @dataclass(frozen=True)
 class Transition:
-    """Both models fitted to one order parameter, the AIC choice, and bootstrap intervals of t_c and w.
+    """Both models fitted to one order parameter, the AIC choice, bootstrap intervals of t_c and w, and flags.
 
     ``boot`` holds the logistic parameters (psi_0, psi_inf, t_c, w) of each bootstrap resample (NaN where a
-    refit failed); ``scheme`` names the resampling (``points``, ``blocks`` or ``runs+points``).
+    refit failed); ``scheme`` names the resampling (``points``, ``blocks`` or ``runs+points``); ``observed``
+    is the first and last fitted step; ``transition_points`` counts the distinct fitted steps within
+    t_c +- 2w; ``flags`` names, in the order of :data:`FLAGS`, what the fit cannot support.
     """
 
     fits: dict[str, ModelFit]
@@ -296,6 +332,9 @@ class Transition:
     level: float
     scheme: str
     boot: np.ndarray
+    observed: tuple[float, float]
+    transition_points: int
+    flags: tuple[str, ...]
 
     @property
     def t_c(self) -> float:
@@ -356,11 +395,53 @@ def bootstrap_weights(groups: np.ndarray, n_boot: int, rng: np.random.Generator)
     return weights
 
 
-def _check_bootstrap(n_boot: int, level: float) -> None:
+def _check_fit_arguments(n_boot: int, level: float, min_delta_aic: float, min_transition_points: int) -> None:
     if isinstance(n_boot, bool) or not isinstance(n_boot, int) or n_boot < 2:
-        raise ConfigError(f"n_boot must be an integer >= 2, got {n_boot!r}; pass e.g. n_boot=200 (--bootstrap)")
-    if not 0 < level < 1:
-        raise ConfigError(f"level must lie in (0, 1), got {level!r}; pass e.g. level=0.95 (--level)")
+        raise ConfigError(f"n_boot must be an integer >= 2, got {n_boot!r}; pass e.g. n_boot=200", key="n_boot")
+    if isinstance(level, bool) or not isinstance(level, Real) or not 0 < level < 1:
+        raise ConfigError(f"level must lie in (0, 1), got {level!r}; pass e.g. level=0.95", key="level")
+    if isinstance(min_delta_aic, bool) or not isinstance(min_delta_aic, Real) or not 0 <= min_delta_aic < math.inf:
+        raise ConfigError(
+            f"min_delta_aic must be a finite number >= 0, got {min_delta_aic!r}; pass e.g. min_delta_aic=2",
+            key="min_delta_aic",
+        )
+    if (
+        isinstance(min_transition_points, bool)
+        or not isinstance(min_transition_points, int)
+        or min_transition_points < 1
+    ):
+        raise ConfigError(
+            f"min_transition_points must be an integer >= 1, got {min_transition_points!r}; "
+            "pass e.g. min_transition_points=8",
+            key="min_transition_points",
+        )
+
+
+def _flags(
+    fits: dict[str, ModelFit],
+    t_c_interval: tuple[float, float],
+    t: np.ndarray,
+    min_delta_aic: float,
+    min_transition_points: int,
+) -> tuple[int, tuple[str, ...]]:
+    """The count of distinct fitted steps within t_c +- 2w, and the flags of the fit (module docstring)."""
+    logistic_fit = fits["logistic"].params
+    t_c, w = logistic_fit["t_c"], logistic_fit["w"]
+    if not np.isfinite([t_c, w]).all():
+        return 0, ("no_fit",)
+    first, last = float(t.min()), float(t.max())
+    low, high = t_c_interval
+    delta_aic = fits["stretched_exp"].aic - fits["logistic"].aic
+    points = int(np.count_nonzero(np.abs(np.unique(t) - t_c) <= TRANSITION_WIDTHS * w))
+    found = {
+        "before_start": t_c < first or low < first,
+        "after_end": t_c > last or high > last,
+        "falls": logistic_fit["psi_inf"] <= 0,
+        "indistinguishable": abs(delta_aic) < min_delta_aic,
+        "relaxation": delta_aic <= -min_delta_aic,
+        "few_points": points < min_transition_points,
+    }
+    return points, tuple(flag for flag in FLAGS if found.get(flag))
 
 
 def fit_transition(
@@ -373,14 +454,18 @@ def fit_transition(
     level: float = 0.95,
     seed: int = 0,
     scheme: str | None = None,
+    min_delta_aic: float = MIN_DELTA_AIC,
+    min_transition_points: int = MIN_TRANSITION_POINTS,
 ) -> Transition:
-    """Fit the logistic and the stretched-exponential models to points (t, psi); bootstrap t_c and w.
+    """Fit the logistic and the stretched-exponential models to points (t, psi); bootstrap t_c and w; flag.
 
     ``groups`` labels the run (seed) of each point (two-stage bootstrap when there are several);
     ``weights`` are per-point weights (e.g. bin sizes); ``scheme`` only names the resampling in the result.
     Non-finite points are dropped. Intervals are percentile intervals at ``level`` over ``n_boot`` resamples.
+    ``min_delta_aic`` and ``min_transition_points`` are the thresholds of the ``indistinguishable``,
+    ``relaxation`` and ``few_points`` flags (module docstring).
     """
-    _check_bootstrap(n_boot, level)
+    _check_fit_arguments(n_boot, level, min_delta_aic, min_transition_points)
     t = np.asarray(t, dtype=np.float64).ravel()
     psi = np.asarray(psi, dtype=np.float64).ravel()
     groups = np.zeros(len(t), dtype=np.int64) if groups is None else np.asarray(groups).ravel()
@@ -388,22 +473,28 @@ def fit_transition(
     if not len(t) == len(psi) == len(groups) == len(weights):
         raise ConfigError(
             f"t, psi, groups and weights differ in length ({len(t)}, {len(psi)}, {len(groups)}, "
-            f"{len(weights)}); pass one value per point"
+            f"{len(weights)}); pass one value per point",
+            key=("t", "psi", "groups", "weights"),
         )
     keep = np.isfinite(t) & np.isfinite(psi) & np.isfinite(weights) & (weights > 0)
     t, psi, groups, weights = t[keep], psi[keep], groups[keep], weights[keep]
     scheme = scheme or ("runs+points" if len(np.unique(groups)) > 1 else "points")
     nan_interval = (math.nan, math.nan)
+    observed = (float(t.min()), float(t.max())) if len(t) else nan_interval
     if len(t) < _MIN_POINTS or np.ptp(psi) == 0 or np.ptp(t) == 0:
         fits = {name: _nan_fit(name, len(t)) for name in MODELS}
-        return Transition(fits, nan_interval, nan_interval, level, scheme, np.full((n_boot, 4), np.nan))
+        return Transition(
+            fits, nan_interval, nan_interval, level, scheme, np.full((n_boot, 4), np.nan), observed, 0, ("no_fit",)
+        )
     scale = float(np.abs(t).max())
     u = t / scale
     fits, thetas = {}, {}
     for name in MODELS:
         fits[name], thetas[name] = _fit(_MODELS[name], u, psi, weights, scale)
     if not np.isfinite(thetas["logistic"]).all():
-        return Transition(fits, nan_interval, nan_interval, level, scheme, np.full((n_boot, 4), np.nan))
+        return Transition(
+            fits, nan_interval, nan_interval, level, scheme, np.full((n_boot, 4), np.nan), observed, 0, ("no_fit",)
+        )
     resample = bootstrap_weights(groups, n_boot, np.random.default_rng(seed)) * weights
     model = _MODELS["logistic"]
     theta, _ = _levenberg_marquardt(model, np.repeat(thetas["logistic"][None, :], n_boot, 0), u, psi, resample)
@@ -413,7 +504,8 @@ def fit_transition(
     for column in (2, 3):
         values = boot[:, column][np.isfinite(boot[:, column])]
         intervals.append(tuple(np.quantile(values, [tail, 1 - tail]).tolist()) if len(values) > 1 else nan_interval)
-    return Transition(fits, intervals[0], intervals[1], level, scheme, boot)
+    points, flags = _flags(fits, intervals[0], t, min_delta_aic, min_transition_points)
+    return Transition(fits, intervals[0], intervals[1], level, scheme, boot, observed, points, flags)
 
 
 # ---------------------------------------------------------------------------------- reading the runs
@@ -436,20 +528,27 @@ def _check_runs(runs: Sequence[xr.Dataset]) -> None:
 
 
 def num_classes_of(ds: xr.Dataset) -> int | None:
-    """The class count of a run: from the probes' variable attributes, else from ``meta.json`` (the count the
-    Recorder saw in the first output, or the built-in loop's results)."""
+    """The class count of a run: from the probes' variable attributes, else from ``meta.json``
+    (:func:`meta_num_classes`)."""
     for name in _NEEDED:
         if name in ds.variables and "num_classes" in ds[name].attrs:
             return int(ds[name].attrs["num_classes"])
     run_dir = ds.attrs.get("run_dir")
-    if run_dir and (Path(run_dir) / "meta.json").is_file():
-        try:
-            meta = json.loads((Path(run_dir) / "meta.json").read_text())
-        except (OSError, ValueError):
-            return None
-        for found in (meta.get("num_classes"), (meta.get("results") or {}).get("num_classes")):
-            if isinstance(found, int) and not isinstance(found, bool):
-                return found
+    return meta_num_classes(Path(run_dir)) if run_dir else None
+
+
+def meta_num_classes(run_dir: Path) -> int | None:
+    """The class count in ``run_dir/meta.json``: the count the Recorder saw in the first output (so none when
+    it never saw one), or the built-in loop's results; None when absent or unreadable."""
+    if not (run_dir / "meta.json").is_file():
+        return None
+    try:
+        meta = json.loads((run_dir / "meta.json").read_text())
+    except (OSError, ValueError):
+        return None
+    for found in (meta.get("num_classes"), (meta.get("results") or {}).get("num_classes")):
+        if isinstance(found, int) and not isinstance(found, bool):
+            return found
     return None
 
 
@@ -459,7 +558,9 @@ def order_parameters(ds: xr.Dataset, num_classes: int) -> dict[str, tuple[np.nda
     Reads only ``accuracy`` and the representation variables, never the per-layer ones.
     """
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
-        raise ConfigError(f"num_classes must be an integer >= 2, got {num_classes!r}; pass --num-classes")
+        raise ConfigError(
+            f"num_classes must be an integer >= 2, got {num_classes!r}; pass e.g. num_classes=10", key="num_classes"
+        )
     chance = 1.0 / num_classes
     steps = np.asarray(ds["step"].values) if "step" in ds.coords else np.array([], dtype=np.int64)
     series: dict[str, tuple[np.ndarray, np.ndarray]] = {}
@@ -505,7 +606,10 @@ def _period(ds: xr.Dataset, threshold: float, tau: float) -> EnlightenmentPeriod
 
     The EMA is causal, so its first crossing within a prefix of the run is its first crossing in the whole
     run: prefixes of 4096, 16384, ... steps are tried in turn, and the fraction refers to the whole run.
+    Only ``accuracy`` is passed on, without the run's directory: :func:`analyse_phase` has already warned
+    about a run still running.
     """
+    ds = xr.Dataset({"accuracy": ds["accuracy"]})
     size = 4096
     finite = np.isfinite(np.asarray(ds["accuracy"].values))
     while size < ds.sizes.get("step", 0):
@@ -574,30 +678,37 @@ def analyse_phase(
     max_points: int = 1000,
     seed: int = 0,
     progress: bool = False,
+    min_delta_aic: float = MIN_DELTA_AIC,
+    min_transition_points: int = MIN_TRANSITION_POINTS,
 ) -> xr.Dataset:
     """Phase-transition analysis of one run or several seeds of one configuration (from ``open_run``).
 
     Returns an ``xarray.Dataset`` (units in attributes) with the order parameters ``psi(run, order_parameter,
     t)`` on the fit grid ``t`` (steps), the fitted curves ``psi_fit(order_parameter, model, t)``, parameters
     and intervals (``t_c``, ``t_c_interval``, ``w``, ``w_interval``, ``logistic_params``,
-    ``stretched_params``, ``r2``, ``aic``, ``delta_aic``, ``best_model``), the susceptibility ``chi`` and its
-    peak ``chi_peak``, per run ``t_50``, ``t_50_fraction``, ``online_end``, ``steps``, and ``fisher_trace`` /
-    ``rep_cka`` when recorded; ``attrs["summary"]`` is a one-paragraph text summary. See the module
-    docstring for the model, the bootstrap and the smoothing.
+    ``stretched_params``, ``r2``, ``aic``, ``delta_aic``, ``best_model``), what the fit cannot support
+    (``flags(order_parameter, flag)``, with ``observed`` steps and ``transition_points``; thresholds
+    ``min_delta_aic`` and ``min_transition_points``), the susceptibility ``chi`` and its peak ``chi_peak``,
+    per run ``t_50``, ``t_50_fraction``, ``online_end``, ``steps``, and ``fisher_trace`` / ``rep_cka`` when
+    recorded; ``attrs["summary"]`` is a one-paragraph text summary, ``attrs["partial"]`` says whether some
+    runs were still running (named in ``attrs["running"]``; a warning names them too). See the module
+    docstring for the model, the bootstrap, the flags and the smoothing.
     """
     datasets = [runs] if isinstance(runs, xr.Dataset) else list(runs)
     if not datasets:
-        raise ConfigError("no runs given; pass at least one run directory")
+        raise ConfigError("no runs given; pass at least one run directory", key="runs")
     threshold, tau = check_arguments(threshold, tau)
-    _check_bootstrap(n_boot, level)
+    _check_fit_arguments(n_boot, level, min_delta_aic, min_transition_points)
     if isinstance(max_points, bool) or not isinstance(max_points, int) or max_points < _MIN_POINTS:
-        raise ConfigError(f"max_points must be an integer >= {_MIN_POINTS}, got {max_points!r}")
+        raise ConfigError(f"max_points must be an integer >= {_MIN_POINTS}, got {max_points!r}", key="max_points")
     _check_runs(datasets)
-    distinct_runs(ds.attrs["run_dir"] for ds in datasets if "run_dir" in ds.attrs)  # one seed counted once
+    run_dirs = [ds.attrs["run_dir"] for ds in datasets if "run_dir" in ds.attrs]
+    distinct_runs(run_dirs)  # one seed counted once
+    running = still_running(run_dirs, "phase fits")
     if num_classes is None:
         found = {num_classes_of(ds) for ds in datasets}
         if None in found or len(found) != 1:
-            raise ConfigError("the number of classes is not recorded in every run; pass num_classes (--num-classes)")
+            raise ConfigError("the number of classes is not recorded in every run; pass num_classes", key="num_classes")
         num_classes = found.pop()
     labels = [_run_label(ds, i) for i, ds in enumerate(datasets)]
     if len(set(labels)) != len(labels):
@@ -626,6 +737,8 @@ def analyse_phase(
             level=level,
             seed=seed + index,
             scheme=scheme,
+            min_delta_aic=min_delta_aic,
+            min_transition_points=min_transition_points,
         )
         if len(datasets) > 1:
             smooth = np.stack([smooth_ema(steps, row, tau) for row in values]) if name == "accuracy" else values
@@ -660,6 +773,11 @@ def analyse_phase(
             "max_points": max_points,
             "seed": seed,
             "bootstrap": "; ".join(f"{name}: {tr.scheme}" for name, tr in transitions.items()),
+            "min_delta_aic": min_delta_aic,
+            "min_transition_points": min_transition_points,
+            "transition_widths": TRANSITION_WIDTHS,
+            "partial": bool(running),
+            "running": [str(path) for path in running],
         }
     )
     result.attrs["summary"] = summary(result)
@@ -742,6 +860,24 @@ def _assemble(
             {"units": "1", "long_name": "AIC(stretched_exp) - AIC(logistic); > 0 favours logistic"},
         ),
         "best_model": (("order_parameter",), [tr.best for tr in transitions.values()], {}),
+        "flags": (
+            ("order_parameter", "flag"),
+            [[flag in tr.flags for flag in FLAGS] for tr in transitions.values()],
+            {
+                "long_name": "what the fit cannot support",
+                "description": "; ".join(f"{k}: {v}" for k, v in FLAGS.items()),
+            },
+        ),
+        "observed": (
+            ("order_parameter", "bound"),
+            [tr.observed for tr in transitions.values()],
+            {**step_attrs, "long_name": "first and last fitted step"},
+        ),
+        "transition_points": (
+            ("order_parameter",),
+            [tr.transition_points for tr in transitions.values()],
+            {"units": "1", "long_name": "distinct fitted steps within t_c +- 2w"},
+        ),
     }
     periods = [_period(ds, threshold, tau) for ds in needed]
     variables["t_50"] = (
@@ -778,6 +914,7 @@ def _assemble(
         "order_parameter": names,
         "model": list(MODELS),
         "bound": ["low", "high"],
+        "flag": list(FLAGS),
         "logistic_param": list(LOGISTIC_PARAMS),
         "stretched_param": list(STRETCHED_PARAMS),
         "seed": ("run", [math.nan if s is None else s for s in seeds]),
@@ -790,8 +927,35 @@ def _assemble(
     return result
 
 
-def _fmt(value: float, digits: int = 0) -> str:
+def fmt(value: float, digits: int = 0) -> str:
+    """``value`` with thousands separators and ``digits`` decimals; ``n/a`` when not finite."""
     return "n/a" if not np.isfinite(value) else f"{value:,.{digits}f}"
+
+
+def flag_text(result: xr.Dataset, name: str) -> list[str]:
+    """The flags of order parameter ``name`` in an :func:`analyse_phase` result, each in words with its numbers."""
+    row = result.sel(order_parameter=name)
+    t_c, low, high = float(row["t_c"]), *row["t_c_interval"].values.tolist()
+    first, last = row["observed"].values.tolist()
+    estimate = f"t_c = {fmt(t_c)} [{fmt(low)}, {fmt(high)}]"
+    delta, bound = float(row["delta_aic"]), result.attrs["min_delta_aic"]
+    amplitude = float(row["logistic_params"].sel(logistic_param="psi_inf"))
+    falls = bool(row["flags"].sel(flag="falls"))
+    words = {
+        "no_fit": f"no fit (fewer than {_MIN_POINTS} finite points, psi constant, or no start converged)",
+        "before_start": f"transition not observed: {name} {'falls' if falls else 'rises'} from the first recorded "
+        f"step ({estimate} reaches before step {fmt(first)})",
+        "after_end": f"transition not observed: {name} is still {'falling' if falls else 'rising'} at the last "
+        f"recorded step ({estimate} reaches after step {fmt(last)})",
+        "falls": f"{name} falls across t_c (psi_inf = {fmt(amplitude, 2)}): a loss of order, not a transition to it",
+        "indistinguishable": f"the logistic is not distinguishable from the stretched exponential (|delta AIC| = "
+        f"{abs(delta):.1f} < {bound:g})",
+        "relaxation": f"the stretched exponential, a relaxation without a critical point, fits better (delta AIC = "
+        f"{delta:.1f} <= -{bound:g})",
+        "few_points": f"too few points in the transition ({int(row['transition_points'])} recorded steps within "
+        f"t_c +- {result.attrs['transition_widths']:g}w, fewer than {result.attrs['min_transition_points']})",
+    }
+    return [words[flag] for flag in FLAGS if bool(row["flags"].sel(flag=flag))]
 
 
 def summary(result: xr.Dataset) -> str:
@@ -807,9 +971,9 @@ def summary(result: xr.Dataset) -> str:
     fraction = result["t_50_fraction"].values
     threshold, tau, level = result.attrs["threshold"], result.attrs["tau"], result.attrs["level"]
     if np.isfinite(t50).any():
-        spread = f" (runs: {', '.join(_fmt(v) for v in t50)})" if runs > 1 else ""
+        spread = f" (runs: {', '.join(fmt(v) for v in t50)})" if runs > 1 else ""
         enp = (
-            f"The Enlightenment Period ends at t_50 = {_fmt(np.nanmean(t50))} steps{spread}, "
+            f"The Enlightenment Period ends at t_50 = {fmt(np.nanmean(t50))} steps{spread}, "
             f"{np.nanmean(fraction):.1%} of training (first step with EMA-smoothed training accuracy, "
             f"tau = {tau:g} steps, >= {threshold:.0%})"
         )
@@ -817,7 +981,7 @@ def summary(result: xr.Dataset) -> str:
         enp = f"Smoothed training accuracy never reached {threshold:.0%}, so the Enlightenment Period has not ended"
     online = result["online_end"].values
     if np.isfinite(online).any():
-        enp += f"; a strategy ended it online at step {', '.join(_fmt(v) for v in online)}"
+        enp += f"; a strategy ended it online at step {', '.join(fmt(v) for v in online)}"
     parts = [f"{who}, {steps:,} steps. {enp}."]
     for name in result["order_parameter"].values.tolist():
         row = result.sel(order_parameter=name)
@@ -825,148 +989,45 @@ def summary(result: xr.Dataset) -> str:
         w_low, w_high = row["w_interval"].values
         best = str(row["best_model"].values)
         parts.append(
-            f"{name} ({ORDER_PARAMETERS[name]}): logistic t_c = {_fmt(float(row['t_c']))} steps "
-            f"[{_fmt(low)}, {_fmt(high)}], w = {_fmt(float(row['w']), 1)} [{_fmt(w_low, 1)}, {_fmt(w_high, 1)}], "
-            f"R^2 = {_fmt(float(row['r2'].sel(model='logistic')), 3)}; AIC prefers "
+            f"{name} ({ORDER_PARAMETERS[name]}): logistic t_c = {fmt(float(row['t_c']))} steps "
+            f"[{fmt(low)}, {fmt(high)}], w = {fmt(float(row['w']), 1)} [{fmt(w_low, 1)}, {fmt(w_high, 1)}], "
+            f"R^2 = {fmt(float(row['r2'].sel(model='logistic')), 3)}; AIC prefers "
             f"{'the logistic' if best == 'logistic' else 'the stretched exponential'} "
-            f"(delta AIC = {_fmt(float(row['delta_aic']), 1)}); chi peaks at step {_fmt(float(row['chi_peak']))}."
+            f"(delta AIC = {fmt(float(row['delta_aic']), 1)}); chi peaks at step {fmt(float(row['chi_peak']))}."
         )
+        flags = flag_text(result, name)
+        if flags:
+            parts.append(f"Not supported for {name}: {'; '.join(flags)}.")
     parts.append(
         f"Intervals: {level:.0%} percentile bootstrap over {result.attrs['bootstrap']}, "
         f"{result.attrs['n_boot']} resamples; chi is the variance of psi across "
         f"{'runs' if runs > 1 else 'bootstrap resamples of the fit'}."
     )
+    if result.attrs["partial"]:
+        parts.append(
+            f"PARTIAL: {len(result.attrs['running'])} run(s) still running ({', '.join(result.attrs['running'])}); "
+            "this covers only the steps recorded so far."
+        )
     return " ".join(parts)
-
-
-# -------------------------------------------------------------------------------------------- figure
-
-
-def _shade_period(ax: Axes, result: xr.Dataset) -> None:
-    t50 = result["t_50"].values
-    if np.isfinite(t50).any():
-        ax.axvspan(0, float(np.nanmean(t50)), color=ENP_COLOR, alpha=0.18, linewidth=0, zorder=0)
-
-
-def phase_figure(result: xr.Dataset, *, log_time: bool = False) -> Figure:
-    """psi(t) of each order parameter with both fits and the t_c interval, the Enlightenment Period shaded,
-    then chi(t) and the Fisher trace; ``log_time`` puts the step axis on a symmetric log scale.
-    """
-    import seaborn as sns  # here, not at the top: it pulls in scipy.stats for two style contexts
-
-    names = result["order_parameter"].values.tolist()
-    t = result["t"].values
-    runs = result.sizes["run"]
-    with sns.axes_style("whitegrid"), sns.plotting_context("notebook", font_scale=0.85):
-        palette = sns.color_palette("colorblind")
-        fig = Figure(figsize=(9, 2.3 * (len(names) + 2) + 0.8), layout="constrained")
-        FigureCanvasAgg(fig)
-        axes = fig.subplots(len(names) + 2, 1, sharex=True)
-        for index, name in enumerate(names):
-            ax, color = axes[index], palette[index % len(palette)]
-            row = result.sel(order_parameter=name)
-            for run in range(runs):
-                values = row["psi"].isel(run=run).values
-                finite = np.isfinite(values)
-                ax.plot(
-                    t[finite],
-                    values[finite],
-                    color=color,
-                    alpha=0.35,
-                    linewidth=0.8,
-                    marker="." if finite.sum() < 300 else None,
-                    markersize=3,
-                    label="psi per run" if run == 0 else None,
-                )
-            ax.plot(t, row["psi_fit"].sel(model="logistic").values, color="0.1", linewidth=1.6, label="logistic fit")
-            ax.plot(
-                t,
-                row["psi_fit"].sel(model="stretched_exp").values,
-                color="0.45",
-                linewidth=1.2,
-                linestyle="--",
-                label="stretched exp.",
-            )
-            low, high = row["t_c_interval"].values
-            if np.isfinite([low, high]).all():
-                ax.axvspan(low, high, color=color, alpha=0.25, linewidth=0, label=f"t_c {result.attrs['level']:.0%} CI")
-            if np.isfinite(float(row["t_c"])):
-                ax.axvline(float(row["t_c"]), color=color, linewidth=1.2)
-            _shade_period(ax, result)
-            ax.set_ylabel("psi")
-            ax.set_title(
-                f"({chr(97 + index)}) {name}: {ORDER_PARAMETERS[name]} — t_c = {_fmt(float(row['t_c']))}, "
-                f"R² = {_fmt(float(row['r2'].sel(model='logistic')), 3)}, "
-                f"best: {row['best_model'].values}",
-                loc="left",
-                fontsize="medium",
-            )
-            ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False, fontsize="small")
-        ax = axes[len(names)]
-        for index, name in enumerate(names):
-            chi = result["chi"].sel(order_parameter=name).values
-            finite = np.isfinite(chi)
-            ax.plot(t[finite], chi[finite], color=palette[index % len(palette)], linewidth=1.2, label=name)
-            peak = float(result["chi_peak"].sel(order_parameter=name))
-            if np.isfinite(peak):
-                ax.axvline(peak, color=palette[index % len(palette)], linestyle=":", linewidth=1.0)
-        _shade_period(ax, result)
-        ax.set_ylabel("χ = Var ψ")
-        ax.set_title(
-            f"({chr(97 + len(names))}) susceptibility: variance of ψ across "
-            f"{'runs' if runs > 1 else 'bootstrap resamples'} (dotted: peak)",
-            loc="left",
-            fontsize="medium",
-        )
-        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False, fontsize="small")
-        ax = axes[-1]
-        ax.set_title(
-            f"({chr(98 + len(names))}) Fisher trace (labels sampled from the model)", loc="left", fontsize="medium"
-        )
-        ax.set_ylabel("tr F")
-        if "fisher_trace" in result.variables:
-            for run in range(runs):
-                values = result["fisher_trace"].isel(run=run).values
-                finite = np.isfinite(values)
-                ax.plot(t[finite], values[finite], color=palette[0], alpha=0.8, linewidth=1.0, marker=".", markersize=3)
-            if (result["fisher_trace"].values > 0).any():
-                ax.set_yscale("log")
-        else:
-            ax.text(
-                0.5,
-                0.5,
-                "fisher_trace not recorded (run with --fisher)",
-                transform=ax.transAxes,
-                ha="center",
-                va="center",
-                color="0.4",
-            )
-        _shade_period(ax, result)
-        axes[-1].set_xlabel("optimizer step" + (" (symmetric log scale)" if log_time else ""))
-        if log_time:
-            axes[-1].set_xscale("symlog", linthresh=1.0)
-        axes[-1].set_xlim(0, max(float(t.max()), 1.0))
-        band = f"{result.attrs['level']:.0%} percentile bootstrap, {result.attrs['n_boot']} resamples"
-        fig.suptitle(
-            f"Phase transition of the early phase — n = {runs} run{'s' if runs > 1 else ''}\n"
-            f"shaded: Enlightenment Period [0, t_50] (orange, mean over runs) and t_c interval ({band})",
-            fontsize="medium",
-        )
-    return fig
-
-
-def plot_phase(result: xr.Dataset, out_stem: str | os.PathLike[str], *, log_time: bool = False) -> tuple[Path, Path]:
-    """Write the phase figure to ``<out_stem>.png`` (150 dpi) and ``<out_stem>.pdf``; returns both paths."""
-    return save_figure(phase_figure(result, log_time=log_time), out_stem)
 
 
 # ----------------------------------------------------------------------------------------------- CLI
 
+FLAG_NAMES = {
+    "num_classes": "--num-classes",
+    "n_boot": "--bootstrap",
+    "level": "--level",
+    "seed": "--seed",
+    "min_delta_aic": "--min-delta-aic",
+    "min_transition_points": "--min-transition-points",
+}
+"""The command-line flag of each parameter of :func:`analyse_phase` that the command line sets."""
 
-@one_line_errors
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m analyses.phase RUN_DIR [RUN_DIR ...]``: print the summary, write the figure; exit status."""
-    parser = UsageParser(prog="python -m analyses.phase", description=__doc__.splitlines()[0])
+
+def argument_parser(prog: str, description: str) -> UsageParser:
+    """The command line of the phase analysis: run directories and the analysis options (shared with
+    ``python -m figures.phase``, which adds its drawing options)."""
+    parser = UsageParser(prog=prog, description=description)
     parser.add_argument(
         "run_dirs", nargs="+", type=Path, metavar="RUN_DIR", help="one run, or several seeds of one configuration"
     )
@@ -974,11 +1035,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--bootstrap", type=int, default=200, help="bootstrap resamples (default: 200)")
     parser.add_argument("--level", type=float, default=0.95, help="interval level (default: 0.95)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the bootstrap (default: 0)")
-    parser.add_argument("--log-time", action="store_true", help="symmetric-log step axis in the figure")
-    parser.add_argument("--out", type=Path, default=None, help="figure path stem (default: RUN_DIR/phase)")
+    parser.add_argument(
+        "--min-delta-aic",
+        type=float,
+        default=MIN_DELTA_AIC,
+        help=f"|delta AIC| below which the two models are not distinguishable (default: {MIN_DELTA_AIC:g})",
+    )
+    parser.add_argument(
+        "--min-transition-points",
+        type=int,
+        default=MIN_TRANSITION_POINTS,
+        help=f"fewest fitted steps within t_c +- 2w (default: {MIN_TRANSITION_POINTS})",
+    )
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    try:
-        args = parser.parse_args(argv)
+    return parser
+
+
+def analyse_arguments(args: argparse.Namespace) -> xr.Dataset:
+    """:func:`analyse_phase` of the runs and options parsed by :func:`argument_parser`; its warnings (runs still
+    running) are printed as one ``warning:`` line each on stderr."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
         result = analyse_phase(
             [open_run(path) for path in distinct_runs(args.run_dirs)],
             num_classes=args.num_classes,
@@ -986,13 +1063,28 @@ def main(argv: Sequence[str] | None = None) -> int:
             level=args.level,
             seed=args.seed,
             progress=not args.no_progress,
+            min_delta_aic=args.min_delta_aic,
+            min_transition_points=args.min_transition_points,
         )
-        png, pdf = plot_phase(result, args.out or args.run_dirs[0] / "phase", log_time=args.log_time)
+    for warning in caught:
+        if issubclass(warning.category, UserWarning):
+            print(f"warning: {one_line(warning.message)}", file=sys.stderr)
+    return result
+
+
+@one_line_errors
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m analyses.phase RUN_DIR [RUN_DIR ...]``: print the summary; exit status."""
+    parser = argument_parser("python -m analyses.phase", __doc__.splitlines()[0])
+    try:
+        result = analyse_arguments(parser.parse_args(argv))
+    except ConfigError as err:
+        fail(flag_message(err, FLAG_NAMES))
+        return USAGE_ERROR
     except (DynamicsError, OSError) as err:
         fail(err)
         return USAGE_ERROR
     print(result.attrs["summary"])
-    print(f"phase figure         {png.resolve()}\n                     {pdf.resolve()}")
     return 0
 
 

@@ -1,9 +1,10 @@
 """Parameter trajectories of a recorded run: the shape of the path, its local linearity, the loss around it.
 
-``python -m analyses.trajectory RUN_DIR`` prints a summary and writes ``trajectory.png``/``trajectory.pdf``
-next to the run. Sources: the parameter snapshots (``snapshot(snap_step, flat)``, see ``dynamics.snapshots``),
-the trajectory sketch (``traj_proj``, every recorded step), ``update_norm``/``dist_from_init`` and the
-training accuracy (for the Enlightenment Period).
+``python -m analyses.trajectory RUN_DIR`` prints a summary; ``python -m figures RUN_DIR --only trajectory``
+(:mod:`figures.trajectory`) draws it. Sources: the parameter snapshots (``snapshot(snap_step, flat)``, see
+``dynamics.snapshots``), the trajectory sketch (``traj_proj``, every recorded step), ``update_norm``/
+``dist_from_init`` and the Enlightenment Period (:func:`analyses.overview.run_period`: the one a strategy tracked
+online, else that of the clean batches' smoothed accuracy).
 
 **Gram matrices.** The snapshots are read once, in column blocks, into one ``S x S`` Gram matrix of the
 displacements ``theta_s - theta_first`` per module (a module: the parameters sharing a name prefix, e.g.
@@ -38,7 +39,7 @@ snapshots, a lower bound.
 ``theta(a, b) = theta_final + a v1 + b v2`` (``v1``, ``v2`` unit vectors in parameter space, from
 :func:`principal_directions`). Evaluating it rebuilds the model and runs it on training samples, so it is not
 done here: ``python -m dynamics.surface RUN_DIR`` (:mod:`dynamics.surface`) evaluates it and writes
-``RUN_DIR/loss_surface.json``, which this module reads (:func:`read_loss_surface`) and draws. Like every
+``RUN_DIR/loss_surface.json``, which this module reads (:func:`read_loss_surface`). Like every
 analysis, this module only reads stores and files; it imports no model, data set or training code.
 """
 
@@ -46,7 +47,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -55,13 +55,10 @@ from typing import Any
 
 import numpy as np
 import xarray as xr
-from matplotlib.axes import Axes
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
 from tqdm.auto import tqdm
 
-from analyses.enlightenment import EnlightenmentPeriod, check_arguments, enlightenment_period
-from analyses.overview import ENP_COLOR, module_of, save_figure
+from analyses.enlightenment import EnlightenmentPeriod, check_arguments
+from analyses.overview import module_of, run_period
 from dynamics.cli import UsageParser, fail, one_line_errors
 from dynamics.errors import ConfigError, DynamicsError, StoreError
 from dynamics.plp_formula import plp_prediction
@@ -74,6 +71,8 @@ SURFACE_NAME = "loss_surface.json"
 """File of the loss surface in the run directory, written by ``python -m dynamics.surface``."""
 SURFACE_FORMAT = "dynamics-loss-surface"
 SURFACE_COMMAND = "python -m dynamics.surface"
+FIGURE_COMMAND = "python -m figures RUN_DIR --only trajectory"
+"""The command that draws the trajectory figure (:mod:`figures.trajectory`)."""
 _SURFACE_FLAGS = ("--resolution", "--samples", "--batch-size", "--device")
 """Options of the loss-surface evaluation, which ``python -m analyses.trajectory`` took before it moved."""
 USAGE_ERROR = 2
@@ -284,7 +283,7 @@ def sketch_linearity(ds: xr.Dataset, *, window: int = 25) -> xr.DataArray:
 
     Dims ``(step, group)``, ``step`` being the third point of each window of four consecutive recorded
     points (the initial state, a zero sketch, counts as a point before step 0); pooled over a centred
-    sliding window of ``window`` windows.
+    sliding window of ``window`` windows (of all of them when there are fewer).
     """
     if "traj_proj" not in ds.variables:
         raise ConfigError(
@@ -311,7 +310,7 @@ def sketch_linearity(ds: xr.Dataset, *, window: int = 25) -> xr.DataArray:
     weights = np.array([[module_of(p) == m for p in params] for m in modules], dtype=np.float64) * numel
     err = np.column_stack([squares(total, error), squares(proj, error) @ weights.T])  # (W, 1 + modules)
     spans = np.column_stack([squares(total, span), squares(proj, span) @ weights.T])
-    kernel = np.ones(window)
+    kernel = np.ones(min(window, len(index)))  # np.convolve's 'same' would return the kernel's length otherwise
     with np.errstate(invalid="ignore", divide="ignore"):  # a group that does not move: NaN
         values = (
             np.stack(
@@ -576,10 +575,7 @@ def analyse_trajectory(
     loss surface stored in the run directory by ``python -m dynamics.surface``, if there is one (read only)."""
     threshold, tau = check_arguments(threshold, tau)
     traj = load_trajectory(ds, progress=progress)
-    try:
-        period: EnlightenmentPeriod | None = enlightenment_period(ds, threshold=threshold, tau=tau)
-    except ConfigError:
-        period = None
+    period = run_period(ds, threshold=threshold, tau=tau)
     sketch = sketch_linearity(ds, window=window) if "traj_proj" in ds.variables else None
     movement = movement_share(ds, period, traj) if period is not None else None
     stored, note = None, None
@@ -639,7 +635,7 @@ def summary(report: TrajectoryReport) -> str:
         )
     period, movement = report.period, report.movement
     if period is None or movement is None:
-        lines.append("Enlightenment Period unknown (no training accuracy recorded)")
+        lines.append("Enlightenment Period unknown (no clean training accuracy recorded)")
     elif not period.reached:
         lines.append(
             f"Enlightenment Period not ended (smoothed accuracy < {period.threshold:.0%}): all movement is in it"
@@ -663,238 +659,27 @@ def summary(report: TrajectoryReport) -> str:
     return "\n".join(lines)
 
 
-# --------------------------------------------------------------------------------------------- figure
-
-
-def _steps_axis(ax: Axes, report: TrajectoryReport) -> None:
-    """Symmetric-log axis of steps taken (snap_step + 1), with the Enlightenment Period shaded."""
-    ax.set_xscale("symlog", linthresh=10.0)
-    ax.set_xlabel("optimizer steps taken (symmetric log)")
-    ax.set_xlim(0, max(int(report.trajectory.steps[-1]) + 1, 1))
-    period = report.period
-    if period is not None and period.reached:
-        ax.axvspan(0, period.end_step + 1, color=ENP_COLOR, alpha=0.18, linewidth=0, zorder=0)
-        ax.axvline(period.end_step + 1, color=ENP_COLOR, linewidth=1.2, zorder=0.5)
-
-
-def _group_colors(groups: Sequence[str]) -> dict[str, Any]:
-    from matplotlib import colormaps
-
-    colors = colormaps["viridis"](np.linspace(0.0, 0.85, max(len(groups) - 1, 1)))
-    return {WHOLE: "0.1", **{g: colors[i] for i, g in enumerate(groups[1:])}}
-
-
-def _panel_spectrum(ax: Axes, report: TrajectoryReport, colors: Mapping[str, Any]) -> None:
-    ratio = report.pca["explained_ratio"]
-    components = ratio["component"].values
-    ax.bar(components, ratio.sel(group=WHOLE).values, color="0.75", label=WHOLE)
-    for group in report.trajectory.groups[1:]:
-        ax.plot(
-            components,
-            ratio.sel(group=group).values,
-            "o-",
-            markersize=3,
-            linewidth=1.0,
-            color=colors[group],
-            label=group,
-        )
-    ax.set_yscale("log")
-    ax.set_xticks(components)
-    ax.set_xlabel("principal component")
-    ax.set_ylabel("explained variance ratio")
-    ax.set_title("(a) PCA spectrum of the snapshot path", loc="left")
-    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False, fontsize="small")
-
-
-def _panel_plane(ax: Axes, report: TrajectoryReport) -> None:
-    surface = report.surface
-    scores = report.pca["scores"].sel(group=WHOLE).values[:, :2]
-    path = scores - scores[-1] if surface is None else surface.path
-    ratio = report.pca["explained_ratio"].sel(group=WHOLE).values
-    if surface is not None:
-        grid = ax.contourf(surface.a, surface.b, np.log10(surface.loss), levels=20, cmap="viridis")
-        ax.figure.colorbar(grid, ax=ax, label="log10 training loss")
-        ax.set_title(f"(b) path over the loss surface ({surface.samples} training samples)", loc="left")
-    else:
-        ax.set_title("(b) path in the PC1-PC2 plane (loss surface not computed)", loc="left")
-    ax.plot(path[:, 0], path[:, 1], "-", color="white" if surface is not None else "0.3", linewidth=1.0)
-    ax.scatter(path[:, 0], path[:, 1], c=np.log1p(report.trajectory.steps + 1), cmap="magma", s=12, zorder=3)
-    ax.plot(*path[0], "s", color="white", markeredgecolor="black", markersize=7, label="initial", zorder=4)
-    ax.plot(*path[-1], "*", color="white", markeredgecolor="black", markersize=12, label="final", zorder=4)
-    period = report.period
-    if period is not None and period.reached:
-        index = int(np.searchsorted(report.trajectory.steps, period.end_step))
-        index = min(index, len(path) - 1)
-        ax.plot(
-            *path[index],
-            "o",
-            color=ENP_COLOR,
-            markeredgecolor="black",
-            markersize=8,
-            zorder=4,
-            label=f"end of the Enlightenment Period (snapshot at step {report.trajectory.steps[index]})",
-        )
-    ax.set_xlabel(f"PC1 ({ratio[0]:.0%} of the path's variance)")
-    ax.set_ylabel(f"PC2 ({ratio[1]:.0%})")
-    ax.legend(loc="best", fontsize="small", framealpha=0.8)
-
-
-def _panel_explained(ax: Axes, report: TrajectoryReport, palette: Sequence[Any]) -> None:
-    over_time = report.pca["explained_over_time"].sel(group=WHOLE)
-    x = report.trajectory.steps + 1
-    for n in (1, 2, 3):
-        values = over_time.sel(component=n).values
-        finite = np.isfinite(values)
-        ax.plot(
-            x[finite],
-            values[finite],
-            "o-",
-            markersize=2.5,
-            linewidth=1.2,
-            color=palette[n - 1],
-            label=f"first {n} PC{'s' if n > 1 else ''}",
-        )
-    ax.set_ylim(0, 1.02)
-    ax.set_ylabel("explained variance of the path so far")
-    ax.set_title("(c) how low-dimensional the path is, over time (whole model)", loc="left")
-    _steps_axis(ax, report)
-    ax.legend(loc="lower left", fontsize="small", framealpha=0.8)
-
-
-def _panel_movement(ax: Axes, report: TrajectoryReport, colors: Mapping[str, Any]) -> None:
-    movement = report.movement
-    ax.set_title("(d) share of the path length travelled", loc="left")
-    if movement is None:
-        ax.text(
-            0.5,
-            0.5,
-            "no training accuracy: Enlightenment Period unknown",
-            transform=ax.transAxes,
-            ha="center",
-            va="center",
-            color="0.4",
-        )
-        return
-    cumulative = movement.cumulative
-    x = cumulative["step"].values + 1
-    for group in cumulative["group"].values:
-        ax.plot(
-            x,
-            cumulative.sel(group=group).values,
-            color=colors[str(group)],
-            linewidth=2.0 if group == WHOLE else 1.0,
-            label=str(group),
-        )
-    if movement.end_step is not None:
-        ax.annotate(
-            f"{movement.path_share:.0%} of the path",
-            (movement.end_step + 1, movement.path_share),
-            xytext=(8, -14),
-            textcoords="offset points",
-            fontsize="small",
-        )
-    ax.set_ylim(0, 1.02)
-    ax.set_ylabel(f"cumulative path length / total ({movement.source})")
-    _steps_axis(ax, report)
-    ax.legend(loc="upper left", fontsize="small", framealpha=0.8)
-
-
-def _panel_linearity(ax: Axes, report: TrajectoryReport, colors: Mapping[str, Any], palette: Sequence[Any]) -> None:
-    lin = report.linearity
-    x = lin["step"].values + 1
-    for group in lin["group"].values:
-        values = lin.sel(group=group).values
-        finite = np.isfinite(values) & (values > 0)
-        ax.plot(
-            x[finite],
-            values[finite],
-            "o-" if group == WHOLE else "-",
-            markersize=3,
-            linewidth=2.0 if group == WHOLE else 0.9,
-            color=colors[str(group)],
-            label=f"{group} (snapshot windows)" if group == WHOLE else str(group),
-        )
-    if report.sketch_linearity is not None:
-        sketch = report.sketch_linearity.sel(group=WHOLE)
-        values = sketch.values
-        finite = np.isfinite(values) & (values > 0)
-        ax.plot(
-            sketch["step"].values[finite] + 1,
-            values[finite],
-            "--",
-            color=palette[3],
-            linewidth=1.4,
-            label=f"{WHOLE}, iteration unit (sketch, window {report.sketch_linearity.attrs['window']})",
-        )
-    ax.axhline(1.0, color="0.4", linestyle=":", linewidth=1.0)
-    ax.set_yscale("log")
-    ax.set_ylabel("|prediction − m34| / |m34 − m23|")
-    ax.set_title("(e) local linearity: relative error of PLP's three-point prediction (low = PLP safe)", loc="left")
-    _steps_axis(ax, report)
-    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=4, frameon=False, fontsize="small")
-
-
-def _describe(ds: xr.Dataset) -> str:
-    config = ds.attrs.get("config") or {}
-    parts = [str(config[k]) for k in ("dataset", "model") if isinstance(config, dict) and config.get(k)]
-    if isinstance(config, dict) and config.get("seed") is not None:
-        parts.append(f"seed {config['seed']}")
-    if ds.attrs.get("run_dir"):
-        parts.append(Path(str(ds.attrs["run_dir"])).name)
-    return " · ".join(parts) or "parameter trajectory"
-
-
-def trajectory_figure(report: TrajectoryReport) -> Figure:
-    """PCA spectrum, the path over the loss surface, explained variance over time, movement and linearity."""
-    import seaborn as sns  # here, not at the top: it pulls in scipy.stats for two style contexts
-
-    colors = _group_colors(report.trajectory.groups)
-    with sns.axes_style("whitegrid"), sns.plotting_context("notebook", font_scale=0.8):
-        palette = sns.color_palette("colorblind")
-        fig = Figure(figsize=(14, 12), layout="constrained")
-        FigureCanvasAgg(fig)
-        axes = fig.subplot_mosaic([["spectrum", "plane"], ["explained", "movement"], ["linearity", "linearity"]])
-        _panel_spectrum(axes["spectrum"], report, colors)
-        _panel_plane(axes["plane"], report)
-        _panel_explained(axes["explained"], report, palette)
-        _panel_movement(axes["movement"], report, colors)
-        _panel_linearity(axes["linearity"], report, colors, palette)
-        period = report.period
-        shade = (
-            f"shaded: Enlightenment Period, steps 0–{period.end_step}"
-            if period is not None and period.reached
-            else "Enlightenment Period not reached or unknown"
-        )
-        fig.suptitle(
-            f"{_describe(report.ds)} — parameter trajectory from {len(report.trajectory.steps)} snapshots\n{shade}",
-            fontsize="large",
-        )
-    return fig
-
-
-def plot_trajectory(report: TrajectoryReport, out_stem: str | os.PathLike[str]) -> tuple[Path, Path]:
-    """Write the trajectory figure to ``<out_stem>.png`` (150 dpi) and ``<out_stem>.pdf``; returns both paths."""
-    return save_figure(trajectory_figure(report), out_stem)
-
-
 # ------------------------------------------------------------------------------------------------ CLI
 
 
 @one_line_errors
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m analyses.trajectory RUN_DIR``: print the summary, write the figure; returns the exit status."""
+    """``python -m analyses.trajectory RUN_DIR``: print the summary (``python -m figures`` draws the figure);
+    returns the exit status."""
     parser = UsageParser(prog="python -m analyses.trajectory", description=__doc__.splitlines()[0])
     parser.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="a run recorded with snapshots")
     parser.add_argument(
         "--no-surface", action="store_true", help=f"leave out the loss surface stored by {SURFACE_COMMAND}"
     )
     parser.add_argument("--window", type=int, default=25, help="sliding window of the sketch estimate (default 25)")
-    parser.add_argument("--out", type=Path, default=None, help="figure path stem (default RUN_DIR/trajectory)")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    parser.add_argument("--out", default=None, help=argparse.SUPPRESS)  # drawing moved to python -m figures
     for flag in _SURFACE_FLAGS:  # the evaluation's settings, which moved to dynamics.surface
         parser.add_argument(flag, default=None, help=argparse.SUPPRESS)
     try:
         args = parser.parse_args(argv)
+        if args.out is not None:
+            raise ConfigError(f"this analysis only prints its summary; {FIGURE_COMMAND} --out DIR draws the figure")
         given = [flag for flag in _SURFACE_FLAGS if getattr(args, flag[2:].replace("-", "_")) is not None]
         if given:
             several = len(given) > 1
@@ -906,12 +691,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         report = analyse_trajectory(
             open_run(args.run_dir), surface=not args.no_surface, window=args.window, progress=not args.no_progress
         )
-        png, pdf = plot_trajectory(report, args.out or args.run_dir / "trajectory")
     except (DynamicsError, OSError) as err:
         fail(err)
         return USAGE_ERROR
     print(summary(report))
-    print(f"trajectory figure    {png.resolve()}\n                     {pdf.resolve()}")
+    print(f"trajectory figure    {FIGURE_COMMAND.replace('RUN_DIR', str(args.run_dir))} draws it")
     return 0
 
 

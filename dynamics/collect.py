@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 from dataclasses import fields
@@ -22,8 +23,7 @@ from typing import Any
 
 import torch
 
-from analyses.enlightenment import enlightenment_period
-from analyses.overview import plot_overview
+from analyses.overview import ONLINE, run_period
 from dynamics.cli import UsageParser, fail, flag_message, one_line_errors, os_error_message
 from dynamics.config import SECTIONS, RunConfig, make_config, read_config_file
 from dynamics.distributed import is_main_process
@@ -32,6 +32,9 @@ from dynamics.errors import ConfigError, DynamicsError, NonFiniteLossError, Stor
 from dynamics.paths import check_path
 from dynamics.store import open_run, read_json
 from dynamics.strategies import validate_strategies
+from figures.overview import NAME as OVERVIEW
+from figures.overview import draw_overview
+from figures.registry import FIGURE_DIR
 
 USAGE_ERROR = 2
 RUN_FAILED = 1
@@ -137,8 +140,17 @@ def resume_config(args: argparse.Namespace) -> RunConfig:
 
 def report(result: RunResult, figure: tuple[Path, Path] | None) -> str:
     """The closing summary: accuracies, where the Enlightenment Period ended, and the paths."""
-    period = enlightenment_period(open_run(result.run_dir))
-    if period.end_step is None:
+    period = run_period(open_run(result.run_dir))
+    if period is None:
+        enp = "unknown (no clean training accuracy was recorded)"
+    elif period.method == ONLINE:
+        enp = (
+            f"ended at step {period.end_step} of {result.steps} ({period.fraction:.1%} of training; as the strategy "
+            "tracked it while training)"
+            if period.end_step is not None
+            else "not ended (the strategy's period lasted the whole run)"
+        )
+    elif period.end_step is None:
         enp = f"not reached (smoothed training accuracy never reached {period.threshold:.0%})"
     else:
         enp = (
@@ -157,6 +169,16 @@ def report(result: RunResult, figure: tuple[Path, Path] | None) -> str:
             ),
         ]
     )
+
+
+def lmc_report(run_dir: Path, progress: bool) -> str:
+    """Measure the linear-mode-connectivity instability of the run just trained (:mod:`dynamics.studies.lmc`)
+    and summarise it; under torchrun it is left for ``python -m dynamics.lmc`` (the children train in one process)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        return f"lmc                  not measured under torchrun; run python -m dynamics.lmc {run_dir}"
+    from dynamics.studies.lmc import measure, summary  # scipy and the children's training: only when asked
+
+    return summary(measure(run_dir, progress=progress))
 
 
 def _fail(error: BaseException | str) -> None:
@@ -211,8 +233,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             config, run_dir, overwrite="overwrite" in args, progress="no_progress" not in args, resume=resume
         )
         if is_main_process():  # under torchrun, rank 0 reports and draws the run it wrote
-            figure = None if "no_figure" in args else plot_overview(open_run(run_dir), run_dir / "overview")
+            figure = None if "no_figure" in args else draw_overview(run_dir, run_dir / FIGURE_DIR / OVERVIEW)
             print(report(result, figure))
+            if config.lmc_spawn is not None:
+                print(lmc_report(run_dir, progress="no_progress" not in args))
     except ConfigError as err:
         _fail(usage_message(err))
         return USAGE_ERROR

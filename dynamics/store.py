@@ -166,7 +166,8 @@ def prepare_run_dir(run_dir: Path, overwrite: bool) -> RunLock:
         ) from None
     lock = RunLock(run_dir)
     if replace:
-        for name in ("config.json", "meta.json", DATA_NAME, "overview.png", "overview.pdf", "features", "checkpoints"):
+        outputs = ("figures", "overview.png", "overview.pdf", "loss_surface.json")  # drawn or derived from the run
+        for name in ("config.json", "meta.json", DATA_NAME, *outputs, "features", "checkpoints"):
             target = run_dir / name
             if target.is_dir():
                 shutil.rmtree(target)

@@ -5,7 +5,8 @@
 the snapshot path through the final point, ``theta(a, b) = theta_final + a v1 + b v2`` (``v1``, ``v2`` unit
 vectors in parameter space, :func:`analyses.trajectory.principal_directions`), writes
 ``RUN_DIR/loss_surface.json`` and then runs the trajectory analysis (``python -m analyses.trajectory RUN_DIR``),
-which reads it and draws the path over it. The analysis itself never builds a model.
+which reads it, and draws the path over it (``RUN_DIR/figures/trajectory.png``, :mod:`figures.trajectory`). The
+analysis itself never builds a model.
 
 The grid contains ``(0, 0)`` exactly and covers the path's extent plus ``margin`` of it on each side, with
 about ``resolution`` points per axis. It is evaluated on a fixed set of training samples (the first
@@ -46,6 +47,9 @@ from dynamics.models import build_model
 from dynamics.snapshots import ParamSlice
 from dynamics.steps import evaluate_split
 from dynamics.store import open_run, write_json_atomic
+from figures.registry import FIGURE_DIR
+from figures.trajectory import NAME as TRAJECTORY
+from figures.trajectory import draw_trajectory
 
 USAGE_ERROR = 2
 
@@ -244,7 +248,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--no-analysis",
         action="store_true",
-        help="only write the surface; do not run python -m analyses.trajectory afterwards",
+        help="only write the surface; do not run python -m analyses.trajectory and draw the figure afterwards",
     )
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
     try:
@@ -265,7 +269,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"loss surface written {path.resolve()}")
     if args.no_analysis:
         return 0
-    return analyse([str(args.run_dir), *(["--no-progress"] if args.no_progress else [])])
+    status = analyse([str(args.run_dir), *(["--no-progress"] if args.no_progress else [])])
+    if status == 0:
+        try:
+            png, pdf = draw_trajectory(args.run_dir, args.run_dir / FIGURE_DIR / TRAJECTORY)
+        except (DynamicsError, OSError) as err:
+            fail(err)
+            return USAGE_ERROR
+        print(f"trajectory figure    {png.resolve()}\n                     {pdf.resolve()}")
+    return status
 
 
 if __name__ == "__main__":

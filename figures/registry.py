@@ -20,6 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from dynamics.snapshots import GROUP as SNAPSHOT_GROUP
+from dynamics.store import DATA_NAME
+
 Kind = Literal["run", "sweep", "study"]
 Draw = Callable[[Path, Path], Sequence[Path]]
 
@@ -33,6 +36,7 @@ MODULES: tuple[str, ...] = (
     "figures.cyclical",
     "figures.per_sample",
     "figures.curvature",
+    "figures.lmc",
 )
 """The figure modules, imported by :func:`load_figures` so that their registrations run."""
 
@@ -49,6 +53,8 @@ class FigureSpec:
 
 
 FIGURES: dict[str, FigureSpec] = {}
+FIGURE_DIR = "figures"
+"""The folder inside a run, sweep or study folder that ``python -m figures`` writes its figures into."""
 
 
 def register_figure(name: str, kind: Kind, supports: Callable[[Path], bool]) -> Callable[[Draw], Draw]:
@@ -68,6 +74,13 @@ def load_figures() -> dict[str, FigureSpec]:
     for module in MODULES:
         importlib.import_module(module)
     return FIGURES
+
+
+def recorded(run_dir: Path, *names: str) -> bool:
+    """Whether the store of run ``run_dir`` holds every variable in ``names`` (snapshot variables included): a
+    look at the store's folders, cheap enough for a ``supports`` test, without opening it."""
+    store = run_dir / DATA_NAME
+    return all((store / name).is_dir() or (store / SNAPSHOT_GROUP / name).is_dir() for name in names)
 
 
 def kind_of(folder: Path) -> Kind | None:

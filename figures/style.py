@@ -19,10 +19,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 from matplotlib import rc_context
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter
 
 PALETTE: tuple[str, ...] = (
     "#0072B2",  # blue
@@ -152,6 +154,51 @@ def note(ax: Axes, text: str) -> None:
         bbox={"boxstyle": "round,pad=0.25", "facecolor": "white", "edgecolor": "0.7", "alpha": 0.85},
         zorder=10,
     )
+
+
+def shade_period(ax: Axes, end_step: float, *, start: float = 0.0, ended: bool = True) -> None:
+    """Shade the Enlightenment Period ``[start, end_step]`` (in the axes' x units) behind the data, with a line at
+    its end when it ``ended`` (a period still going on is shaded up to ``end_step``, the last step shown)."""
+    ax.axvspan(start, end_step, color=PERIOD_COLOR, alpha=0.18, linewidth=0, zorder=0, gid="period")
+    if ended:
+        ax.axvline(end_step, color=PERIOD_COLOR, linewidth=1.0, zorder=0.5)
+
+
+def log_axis(ax: Axes, *arrays: Any, axis: Literal["x", "y"] = "y") -> bool:
+    """Log scale on ``axis`` with plain-number ticks ("0.2", not 2x10^-1) unless a value of ``arrays`` (all drawn
+    values) is negative or none is positive; minor ticks are labelled when few decades are shown. Returns whether
+    the scale is now logarithmic."""
+    values = np.concatenate([np.ravel(np.asarray(a, dtype=np.float64)) for a in arrays]) if arrays else np.zeros(0)
+    finite = values[np.isfinite(values)]
+    positive = finite[finite > 0]
+    if not positive.size or (finite < 0).any():
+        return False
+    decades = float(np.log10(positive.max() / positive.min()))
+
+    def minor(value: float, _: int) -> str:
+        leading = round(value / 10 ** np.floor(np.log10(value) + 1e-9))
+        return f"{value:g}" if decades < 0.5 or (decades < 2 and leading in (2, 5)) else ""
+
+    scale = ax.xaxis if axis == "x" else ax.yaxis
+    (ax.set_xscale if axis == "x" else ax.set_yscale)("log")
+    scale.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+    scale.set_minor_formatter(FuncFormatter(minor))
+    return True
+
+
+LINEAR_STEPS = 10.0
+"""Steps drawn on a linear scale before a log-time axis turns logarithmic (step 0 stays visible)."""
+
+
+def step_axis(ax: Axes, last_step: int, *, log_time: bool = True, label: bool = True) -> None:
+    """The optimizer-step x axis from 0 to ``last_step``: symmetric-log (linear up to :data:`LINEAR_STEPS`, so an
+    Enlightenment Period of a few percent of training is as wide as the rest) or linear."""
+    if log_time:
+        ax.set_xscale("symlog", linthresh=LINEAR_STEPS, linscale=0.5)
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+    ax.set_xlim(0, max(last_step, 1))
+    if label:
+        ax.set_xlabel("optimizer step (log scale above 10)" if log_time else "optimizer step")
 
 
 def save(fig: Figure, stem: str | os.PathLike[str], caption: Caption) -> tuple[Path, Path]:

@@ -46,9 +46,10 @@ def test_capture_succeeds_and_reports(finished_run) -> None:
     run = (cwd / "run").resolve()
     out = result.stdout
     assert "final accuracy" in out and "Enlightenment Period" in out
-    assert str(run) in out and str(run / "overview.png") in out and str(run / "overview.pdf") in out
-    assert (run / "overview.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert (run / "overview.pdf").read_bytes()[:4] == b"%PDF"
+    figure = run / "figures" / "overview"
+    assert str(run) in out and f"{figure}.png" in out and f"{figure}.pdf" in out
+    assert Path(f"{figure}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert Path(f"{figure}.pdf").read_bytes()[:4] == b"%PDF"
     meta = json.loads((run / "meta.json").read_text())
     config = json.loads((run / "config.json").read_text())
     assert meta["status"] == "finished" and meta["error"] is None

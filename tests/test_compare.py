@@ -20,6 +20,7 @@ from sweep_fixtures import REPO, synthetic_sweep, tiny_real_sweep, write_manifes
 
 from analyses import stats as ours
 from analyses.compare import COLUMNS, compare, format_frame, main
+from dynamics.runlock import RunLock
 
 # final test accuracies by condition and seed; "b" lacks seed 5, so it pairs with the baseline over 5 seeds only
 FINAL = {
@@ -117,6 +118,29 @@ def test_compare_matches_scipy_on_synthetic_runs(synthetic):
             assert row["seeds_needed"] == ours.pairs_needed(0.003, ref["diff_sd"])
             assert row["power_at_effect"] == pytest.approx(ours.paired_power(0.003, ref["diff_sd"], ref["pairs"]))
     assert frame.set_index(["metric", "condition"]).loc[("final_test_accuracy", "b"), "pairs"] == 5
+
+
+def test_a_run_still_running_is_left_out_and_the_comparison_is_partial(tmp_path):
+    folder = synthetic_sweep(tmp_path / "sweep", "s", {"base": {0: [0.5], 1: [0.6]}, "a": {0: [0.55], 1: [0.6]}})
+    live = write_run(folder / "a-s2", 2, [0.7], status="running")
+    write_manifest(
+        folder,
+        "s",
+        [
+            {"run_dir": f"{c}-s{seed}", "condition": c, "seed": seed}
+            for c, seeds in (("base", (0, 1)), ("a", (0, 1, 2)))
+            for seed in seeds
+        ],
+    )
+    with pytest.warns(UserWarning, match=r"a-s2 \(killed\)"):  # marked running, but no process writes it
+        assert not compare(folder, "base").attrs["partial"]
+    lock = RunLock(live)
+    try:
+        with pytest.warns(UserWarning, match=r"a-s2 \(running\)"):
+            frame = compare(folder, "base")
+    finally:
+        lock.release()
+    assert frame.attrs["partial"] and frame.set_index("condition").loc["a", "n"] == 2
 
 
 def test_other_metrics_read_the_store_and_meta(tmp_path):

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
+import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,6 +14,7 @@ import xarray as xr
 
 from analyses import EnlightenmentPeriod, enlightenment_period, smooth_ema
 from dynamics import ConfigError
+from dynamics.runlock import RunLock
 
 ATOL = 1e-12
 
@@ -180,3 +184,22 @@ def test_bad_tau_and_missing_accuracy_are_config_errors() -> None:
     assert "\n" not in str(info.value)
     with pytest.raises(ConfigError, match="output= and target="):
         enlightenment_period(accuracy_dataset(np.arange(3), np.full(3, np.nan)))
+
+
+@pytest.mark.parametrize("status", ["running", "finished"])
+def test_a_run_still_running_warns_and_is_partial(tmp_path: Path, status: str) -> None:
+    """A run directory marked running whose write lock a live writer holds (here this process)."""
+    (tmp_path / "meta.json").write_text(json.dumps({"status": status}))
+    ds = accuracy_dataset(np.arange(400), logistic_accuracy(np.arange(400), 0)).assign_attrs(run_dir=str(tmp_path))
+    lock = RunLock(tmp_path)
+    try:
+        if status == "running":
+            with pytest.warns(UserWarning, match=r"1 run\(s\) still running"):
+                enp = enlightenment_period(ds)
+        else:
+            with warnings.catch_warnings():
+                warnings.simplefilter("error")
+                enp = enlightenment_period(ds)
+    finally:
+        lock.release()
+    assert enp.partial == (status == "running") and enp.reached

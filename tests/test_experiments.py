@@ -23,7 +23,8 @@ else:  # pragma: no cover - exercised on Python 3.10 only
     import tomli as tomllib
 
 EXPERIMENTS = Path(__file__).resolve().parent.parent / "experiments"
-FILES = sorted(EXPERIMENTS.glob("*/*.toml"))
+FILES = sorted([*EXPERIMENTS.glob("quick/*.toml"), *EXPERIMENTS.glob("full/*.toml")])
+"""The claims' sweep files (``experiments/figures/`` holds the figures' quick sweeps: tests/test_figures.py)."""
 FIELDS = {f.name for f in fields(RunConfig)}
 
 

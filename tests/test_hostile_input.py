@@ -167,7 +167,7 @@ def test_a_value_of_double_dash_is_a_usage_error(argv: list[str]) -> None:
     [
         ("figures.__main__", ["--out=--"]),
         ("analyses.interference", ["--runs=--"]),
-        ("analyses.phase", ["--out=--"]),
+        ("figures.phase", ["--out=--"]),
         ("analyses.trajectory", ["--out=--"]),
     ],
 )

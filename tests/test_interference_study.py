@@ -15,12 +15,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 from scipy import stats
 
 from analyses.enlightenment import enlightenment_period
+from analyses.interference import summarise
 from dynamics import open_run
 from dynamics.store import read_json
 from figures.__main__ import main as figures_main
+from figures.interference import study_figure
 
 TINY = [
     "--sizes",
@@ -65,10 +68,11 @@ def test_study_writes_json_figure_and_prints_its_conclusion(study) -> None:
     summary = json.loads((root / "interference_study.json").read_text())
     lines = done.stdout.strip().splitlines()
     assert lines[0] == summary["conclusion"]
-    assert lines[1:] == [str(root / f"interference_study.{suffix}") for suffix in ("json", "png", "pdf")]
-    assert all((root / f"interference_study.{suffix}").stat().st_size > 1000 for suffix in ("png", "pdf"))
+    figure = root / "figures" / "interference_scale"
+    assert lines[1:] == [str(root / "interference_study.json"), f"{figure}.png", f"{figure}.pdf"]
+    assert all(Path(f"{figure}.{suffix}").stat().st_size > 1000 for suffix in ("png", "pdf"))
     assert len(summary["runs"]) == 8 and len(summary["cells"]) == 4
-    assert len([p for p in root.iterdir() if p.is_dir()]) == 16
+    assert len([p for p in root.iterdir() if p.is_dir() and p.name != "figures"]) == 16
 
 
 def test_every_statistic_matches_a_recomputation_from_the_stores(study) -> None:
@@ -127,7 +131,7 @@ def test_every_statistic_matches_a_recomputation_from_the_stores(study) -> None:
 
 def test_rerun_skips_finished_runs_and_redraw_reads_the_same_stores(study, tmp_path) -> None:
     root, _ = study
-    stamps = {p: (p / "meta.json").stat().st_mtime_ns for p in root.iterdir() if p.is_dir()}
+    stamps = {p: (p / "meta.json").stat().st_mtime_ns for p in root.iterdir() if (p / "meta.json").exists()}
     again = train_study("--root", str(root), *TINY)
     assert again.returncode == 0, again.stderr
     assert {p: (p / "meta.json").stat().st_mtime_ns for p in stamps} == stamps
@@ -156,9 +160,25 @@ def test_figures_redraws_a_study_found_under_the_runs_root(study, tmp_path) -> N
     root, _ = study
     folder = tmp_path / "runs" / "scale"
     for strategy in ("mixup", "pause"):
-        shutil.copytree(root / f"n128-w2-{strategy}-s0", folder / f"n128-w2-{strategy}-s0")
+        for seed in (0, 1):
+            shutil.copytree(root / f"n128-w2-{strategy}-s{seed}", folder / f"n128-w2-{strategy}-s{seed}")
     shutil.copy(root / "interference_study.json", folder)
-    assert figures_main(["--runs-root", str(tmp_path / "runs"), "--out", str(tmp_path / "out")]) == 0
-    redrawn = json.loads((tmp_path / "out" / "scale" / "interference_study.json").read_text())
-    assert [(r["size"], r["width"], r["seed"]) for r in redrawn["runs"]] == [(128, 2, 0)]
-    assert (tmp_path / "out" / "scale" / "interference_study.pdf").stat().st_size > 1000
+    only = ["--only", "interference_scale", "--no-progress"]
+    assert figures_main(["--runs-root", str(tmp_path / "runs"), "--out", str(tmp_path / "out"), *only]) == 0
+    png = tmp_path / "out" / "scale" / "interference_scale.png"
+    with Image.open(png) as image:
+        text = dict(image.text)
+    assert text["Keywords"] == "n=2, interval=95% Student-t interval over seeds of the paired accuracy difference (d)"
+    summary = summarise(folder)  # the two seeds of one cell, read again from the copied runs
+    fig = study_figure(summary)
+    (heat,) = [image for ax in fig.get_axes() for image in ax.images if image.get_gid() == "accuracy_diff"]
+    diffs = [
+        read_json(folder / f"n128-w2-pause-s{s}" / "meta.json")["results"]["final_test_accuracy"]
+        - read_json(folder / f"n128-w2-mixup-s{s}" / "meta.json")["results"]["final_test_accuracy"]
+        for s in (0, 1)
+    ]
+    np.testing.assert_allclose(heat.get_array(), [[100 * np.mean(diffs)]], rtol=1e-9)
+    ratios = [r["interference"] for r in summary["runs"]]
+    (line,) = [ln for ax in fig.get_axes() for ln in ax.get_lines() if ln.get_gid() == "interference/width=2"]
+    np.testing.assert_allclose(line.get_ydata(), [np.mean(ratios)], rtol=1e-9)
+    assert summary["conclusion"].rstrip(".") in text["Description"]

@@ -1,8 +1,11 @@
 """Phase-transition analysis: the fit recovers known curves with calibrated intervals, the model choice finds
-the generating family, and real MNIST-1D captures are analysed end to end (summary, figure, CLI)."""
+the generating family, the flags name what the data cannot support, and real MNIST-1D captures are analysed
+and drawn end to end (summary, figure, CLI, a run still running)."""
 
 from __future__ import annotations
 
+import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -11,13 +14,20 @@ import numpy as np
 import pytest
 import xarray as xr
 from matplotlib.image import imread
+from matplotlib.patches import Rectangle
+from PIL import Image
 
-from analyses import analyse_phase, enlightenment_period, fit_transition, phase_figure, plot_phase
-from analyses.phase import bootstrap_weights, load_needed, logistic, main, stretched_exponential
+from analyses import analyse_phase, enlightenment_period, fit_transition
+from analyses.enlightenment import smooth_ema
+from analyses.phase import FLAGS, bootstrap_weights, load_needed, logistic, main, stretched_exponential
 from dynamics import ConfigError, open_run
 from dynamics.config import make_config
 from dynamics.engine import train
 from dynamics.probes import GeometricCadence
+from dynamics.runlock import RunLock
+from figures import phase as phase_figures
+from figures.phase import phase_figure, plot_phase
+from figures.registry import FIGURES
 
 REPO = Path(__file__).resolve().parents[1]
 CAPTURE = {
@@ -102,6 +112,45 @@ def test_bootstrap_weights_resample_points_or_runs_then_points() -> None:
     assert (draws == 0).any() and (draws >= 2).any()
 
 
+def test_a_clear_logistic_is_not_flagged_and_its_interval_holds_t_c() -> None:
+    t = np.arange(300.0)
+    psi = logistic(t, 0.05, 0.85, 150.0, 15.0) + np.random.default_rng(0).normal(0, 0.03, t.size)
+    fit = fit_transition(t, psi, n_boot=100)
+    assert fit.flags == () and fit.delta_aic > 2
+    assert fit.transition_points == np.sum(np.abs(t - fit.t_c) <= 2 * fit.w) > 50  # about steps 120..180
+    assert fit.t_c_interval[0] <= 150.0 <= fit.t_c_interval[1] and fit.observed == (0.0, 299.0)
+
+
+def test_a_stretched_exponential_is_flagged_as_relaxation() -> None:
+    t = np.arange(300.0)
+    psi = stretched_exponential(t, 0.05, 0.85, 80.0, 0.6) + np.random.default_rng(0).normal(0, 0.05, t.size)
+    fit = fit_transition(t, psi, n_boot=50)
+    assert "relaxation" in fit.flags or "indistinguishable" in fit.flags
+    assert "before_start" in fit.flags  # the concave rise starts at once: a logistic puts t_c before step 0
+
+
+def test_few_points_in_the_transition_are_flagged() -> None:
+    t = np.arange(0.0, 300.0, 15.0)  # 20 points; the rise t_c +- 2w = 150 +- 8 holds one of them
+    psi = logistic(t, 0.05, 0.85, 150.0, 4.0) + np.random.default_rng(0).normal(0, 0.02, t.size)
+    fit = fit_transition(t, psi, n_boot=50)
+    assert "few_points" in fit.flags and fit.transition_points < 8
+    assert "few_points" not in fit_transition(t, psi, n_boot=50, min_transition_points=1).flags
+
+
+def test_a_falling_order_parameter_is_flagged() -> None:
+    t = np.arange(300.0)
+    psi = logistic(t, 0.9, -0.8, 150.0, 15.0) + np.random.default_rng(0).normal(0, 0.03, t.size)
+    assert fit_transition(t, psi, n_boot=50).flags == ("falls",)
+
+
+def test_a_transition_after_the_last_step_is_not_observed() -> None:
+    """The issue's case: t_c = 173 on a 124-step run."""
+    t = np.arange(124.0)
+    psi = logistic(t, 0.05, 0.85, 173.0, 20.0) + np.random.default_rng(0).normal(0, 0.02, t.size)
+    fit = fit_transition(t, psi, n_boot=50)
+    assert "after_end" in fit.flags and "before_start" not in fit.flags
+
+
 def synthetic_run(seed: int, t_c: float, steps: int = 600, w: float = 25.0, enp_end: int | None = None) -> xr.Dataset:
     """A run as ``open_run`` returns it: batch accuracy of a logistic rise, sparse representation variables."""
     rng = np.random.default_rng(seed)
@@ -164,9 +213,10 @@ def test_bad_input_is_a_config_error() -> None:
     other.attrs["config"] = {"dataset": "other", "seed": 1}
     with pytest.raises(ConfigError, match="dataset"):
         analyse_phase([run, other])
-    for bad in ({"n_boot": 1}, {"level": 1.5}, {"max_points": 2}):
-        with pytest.raises(ConfigError):
+    for bad in ({"n_boot": 1}, {"level": 1.5}, {"max_points": 2}, {"min_delta_aic": -1}, {"min_transition_points": 0}):
+        with pytest.raises(ConfigError) as caught:
             analyse_phase(run, **bad)
+        assert caught.value.key == next(iter(bad))
     result = analyse_phase(bare, num_classes=10, n_boot=20)
     assert result["order_parameter"].values.tolist() == ["accuracy"]
 
@@ -200,17 +250,89 @@ def test_real_captures_end_to_end(captures: list[Path], tmp_path: Path) -> None:
     assert np.isfinite(result["fisher_trace"]).any() and np.isfinite(result["rep_cka"]).any()
     summary = result.attrs["summary"]
     assert "t_50 = " in summary and "logistic t_c = " in summary and "R^2 = " in summary
+    assert result["flags"].dims == ("order_parameter", "flag") and list(result["flag"].values) == list(FLAGS)
+    assert not result.attrs["partial"] and "PARTIAL" not in summary
     png, pdf = plot_phase(result, tmp_path / "phase", log_time=True)
     image = imread(png)
     assert image.shape[0] > 1000 and image[..., :3].std() > 0.05 and pdf.stat().st_size > 10_000
     assert len(phase_figure(result).axes) == 4 + 2
+    description = Image.open(png).text["Description"]
+    assert "n = 3." in description and "95% percentile bootstrap interval of t_c" in description
 
 
-def test_cli_prints_the_summary_and_writes_the_figure(captures: list[Path], capsys: pytest.CaptureFixture) -> None:
+def test_a_run_rising_from_step_0_has_no_observed_transition(captures: list[Path]) -> None:
+    """Seed 0 alone: its smoothed accuracy climbs from the first steps, so the logistic puts t_c (or its
+    interval) before step 0, which the fit flags and the summary says in words."""
+    run = open_run(captures[0])
+    smoothed = smooth_ema(run["step"].values, run["accuracy"].values, 10.0)
+    assert smoothed[30] > smoothed[0] + 0.05  # it really rises from the start
+    result = analyse_phase(run, n_boot=50)
+    accuracy = result.sel(order_parameter="accuracy")
+    assert bool(accuracy["flags"].sel(flag="before_start"))
+    assert float(accuracy["t_c_interval"].sel(bound="low")) < float(accuracy["observed"].sel(bound="low")) == 0
+    assert "transition not observed: accuracy rises from the first recorded step" in result.attrs["summary"]
+
+
+def test_the_figure_draws_the_fit_and_marks_its_flags(captures: list[Path]) -> None:
+    result = analyse_phase(open_run(captures[0]), n_boot=50)
+    fig = phase_figure(result)
+    for index, name in enumerate(result["order_parameter"].values.tolist()):
+        ax, row = fig.axes[index], result.sel(order_parameter=name)
+        line = next(line for line in ax.lines if line.get_gid() == "t_c")
+        assert line.get_xdata()[0] == pytest.approx(float(row["t_c"]))
+        band = next(patch for patch in ax.patches if patch.get_gid() == "t_c_interval")
+        assert isinstance(band, Rectangle)
+        low, high = row["t_c_interval"].values
+        assert (band.get_x(), band.get_x() + band.get_width()) == pytest.approx((low, high))
+        flags = [FLAGS[flag] for flag in FLAGS if bool(row["flags"].sel(flag=flag))]
+        notes = [" ".join(text.get_text().split()) for text in ax.texts if text.get_text().startswith("flags: ")]
+        assert notes == (["flags: " + "; ".join(flags)] if flags else [])
+        assert (line.get_linestyle() == "--") == bool(flags) and (band.get_hatch() is not None) == bool(flags)
+        period = next(patch for patch in ax.patches if patch.get_gid() == "period")
+        assert period.get_width() == pytest.approx(float(result["t_50"][0]))
+    accuracy_note = next(text.get_text() for text in fig.axes[0].texts if text.get_text().startswith("flags: "))
+    assert FLAGS["before_start"] in accuracy_note
+
+
+def test_a_run_still_running_warns_and_its_figure_is_partial(captures: list[Path], tmp_path: Path) -> None:
+    """A copy of a run marked running, with its write lock held as a live Recorder holds it."""
+    live = tmp_path / "live"
+    shutil.copytree(captures[0], live)
+    meta = json.loads((live / "meta.json").read_text())
+    (live / "meta.json").write_text(json.dumps({**meta, "status": "running"}))
+    spec = FIGURES["phase"]
+    assert (
+        spec.kind == "run" and spec.draw is phase_figures.draw and spec.supports(live) and not spec.supports(tmp_path)
+    )
+    lock = RunLock(live)
+    try:
+        with pytest.warns(UserWarning, match=r"still running .*live"):
+            png, pdf = spec.draw(live, tmp_path / "phase")
+        with pytest.warns(UserWarning, match="still running"):
+            assert enlightenment_period(open_run(live)).partial
+        with pytest.warns(UserWarning, match="still running"):
+            result = analyse_phase(open_run(live), n_boot=10)
+    finally:
+        lock.release()
+    assert result.attrs["partial"] and result.attrs["running"] == [str(live)]
+    assert "PARTIAL: 1 run(s) still running" in result.attrs["summary"]
+    assert "PARTIAL" in Image.open(png).text["Description"] and pdf.exists()
+    assert "PARTIAL" in (tmp_path / "phase.txt").read_text()
+
+
+def test_cli_prints_the_summary_and_figures_cli_writes_the_figure(
+    captures: list[Path], capsys: pytest.CaptureFixture
+) -> None:
     assert main([*map(str, captures), "--bootstrap", "50", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "Enlightenment Period ends at t_50" in out and "phase figure" not in out
+    assert not (captures[0] / "phase.png").exists()
+    assert phase_figures.main([*map(str, captures), "--bootstrap", "50", "--no-progress", "--log-time"]) == 0
     out = capsys.readouterr().out
     assert "Enlightenment Period ends at t_50" in out and "phase figure" in out
     assert (captures[0] / "phase.png").stat().st_size > 10_000 and (captures[0] / "phase.pdf").exists()
+    assert main([str(captures[0]), "--min-transition-points", "0", "--no-progress"]) == 2
+    assert "--min-transition-points must be an integer >= 1" in capsys.readouterr().err
 
 
 def test_cli_error_is_one_line_and_exit_2(tmp_path: Path) -> None:

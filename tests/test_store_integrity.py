@@ -152,7 +152,7 @@ def test_figures_exits_2_with_one_line_on_a_damaged_store(run):
     assert done.returncode == 2, done.stderr
     assert len(lines) == 1 and lines[0].startswith("error: "), done.stderr
     assert "data.zarr/loss: chunk 1 (rows 512-1023" in lines[0], lines[0]
-    assert not (run / "overview.png").exists()
+    assert not (run / "figures" / "overview.png").exists()
 
 
 def test_run_deleted_after_open_run_raises_on_read(run):

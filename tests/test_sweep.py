@@ -97,7 +97,7 @@ def test_a_killed_sweep_continues_without_rerunning_finished_runs(killed_and_con
             assert "--resume=" in [line for line in log.splitlines() if line.startswith("$ ")][-1], log
             assert json.loads((out / name / "meta.json").read_text())["resumed"]
         assert json.loads((out / name / "config.json").read_text())["threads"] == 1
-        assert not (out / name / "overview.png").exists()  # collect --no-figure
+        assert not (out / name / "figures").exists()  # collect --no-figure
     assert f"4 of 4 runs finished ({4 - len(killed_and_continued['done_before'])} now" in stdout
     assert f"python -m analyses.compare {out} --baseline mixup" in stdout
 

@@ -88,7 +88,7 @@ def test_cli_captures_resnet18_on_cifar_archive(fake_cifar, tmp_path):
         assert np.isfinite(ds[name].values).all(), name
     assert ds["act_zero_frac"].values.min() > 0.05  # ReLU layers of a fresh ResNet are about half zero
     assert ds.sizes["eval_step"] == 1 and 0 <= float(ds["val_accuracy"][0]) <= 1
-    assert (tmp_path / "run" / "overview.png").exists()
+    assert (tmp_path / "run" / "figures" / "overview.png").exists()
 
 
 def steps_loss(run: Path) -> np.ndarray:

@@ -372,8 +372,7 @@ def test_stored_surface_round_trips_exactly_and_goes_stale_with_the_snapshots(
 def test_surface_cli_writes_the_surface_then_the_analysis_reads_it(run: xr.Dataset, tmp_path, capsys) -> None:
     run_dir = Path(run.attrs["run_dir"])
     (run_dir / SURFACE_NAME).unlink(missing_ok=True)
-    out = tmp_path / "fig" / "trajectory"
-    assert main([str(run_dir), "--no-progress", "--out", str(out)]) == 0  # no surface yet: says how to get one
+    assert main([str(run_dir), "--no-progress"]) == 0  # no surface yet: says how to get one
     printed = capsys.readouterr().out
     assert f"loss surface         not computed; python -m dynamics.surface {run_dir}" in printed
     assert (
@@ -383,12 +382,12 @@ def test_surface_cli_writes_the_surface_then_the_analysis_reads_it(run: xr.Datas
         == 0
     )
     assert capsys.readouterr().out == f"loss surface written {(run_dir / SURFACE_NAME).resolve()}\n"
-    assert main([str(run_dir), "--no-progress", "--out", str(out)]) == 0
+    assert main([str(run_dir), "--no-progress"]) == 0
     printed = capsys.readouterr().out
     assert "PCA (whole model)" in printed and "linearity" in printed
     assert "grid on the PC1-PC2 plane through the final point" in printed
     assert "64 training samples" in printed and "not computed" not in printed
-    assert (tmp_path / "fig" / "trajectory.png").stat().st_size > 0 and (tmp_path / "fig" / "trajectory.pdf").exists()
+    assert f"python -m figures {run_dir} --only trajectory draws it" in printed
     report = analyse_trajectory(run)
     stored = read_loss_surface(run, report.trajectory)
     np.testing.assert_array_equal(report.surface.loss, stored.loss)
@@ -401,7 +400,9 @@ def test_surface_cli_runs_the_analysis_afterwards(run: xr.Dataset, capsys) -> No
     assert surface_main([str(run_dir), "--resolution", "2", "--samples", "32", "--device", "cpu", "--no-progress"]) == 0
     printed = capsys.readouterr().out
     assert printed.startswith("loss surface written ") and "PCA (whole model)" in printed
-    assert "32 training samples" in printed and (run_dir / "trajectory.png").exists()
+    figure = run_dir / "figures" / "trajectory.png"
+    assert "32 training samples" in printed and f"trajectory figure    {figure.resolve()}" in printed
+    assert figure.stat().st_size > 0 and figure.with_suffix(".pdf").exists()
     (run_dir / SURFACE_NAME).unlink()
 
 
@@ -413,6 +414,7 @@ def test_surface_cli_runs_the_analysis_afterwards(run: xr.Dataset, capsys) -> No
         ["RUN", "--bogus"],
         ["RUN", "--resolution", "3"],
         ["RUN", "--samples", "64", "--device", "cpu"],
+        ["RUN", "--out", "fig"],
     ],
 )
 def test_cli_errors_are_one_line_and_exit_2(run: xr.Dataset, args: list[str], capsys) -> None:
@@ -422,6 +424,8 @@ def test_cli_errors_are_one_line_and_exit_2(run: xr.Dataset, args: list[str], ca
     assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err
     if "--samples" in args or "--resolution" in args:  # the evaluation's options moved to dynamics.surface
         assert "python -m dynamics.surface RUN_DIR" in err
+    if "--out" in args:  # drawing moved to python -m figures
+        assert "python -m figures RUN_DIR --only trajectory --out DIR draws the figure" in err
 
 
 @pytest.mark.parametrize("args", [["/nonexistent/run"], ["RUN", "--resolution", "1"], ["RUN", "--device", "tpu"]])

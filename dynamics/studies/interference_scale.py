@@ -5,10 +5,10 @@ x seed, two runs with the same data and seed: *always-Mixup* (with the interfere
 :mod:`dynamics.probes.interference`) and *Mixup Pause* (no Mixup until the online-detected Enlightenment
 Period ends, then the same Mixup). Runs go to ``--root`` (one directory per run, ``n<size>-w<width>-<strategy>
 -s<seed>``; finished runs are skipped, so an interrupted study resumes). Then it hands the runs to the
-analysis, :mod:`analyses.interference` (which only reads them): ``interference_study.json`` and
-``interference_study.png/.pdf`` go to ``--out`` (default the runs' folder), and the one sentence that says
-whether the data support the claim is printed. ``python -m analyses.interference --runs DIR`` redraws
-without training.
+analysis, :mod:`analyses.interference` (which only reads them), and the figure, :mod:`figures.interference`:
+``interference_study.json`` and ``figures/interference_scale.png/.pdf`` go to ``--out`` (default the runs'
+folder), and the one sentence that says whether the data support the claim is printed. ``python -m
+analyses.interference --runs DIR`` summarises and ``python -m figures DIR`` draws again without training.
 
 *Budget*: every run trains about ``steps`` optimizer steps (epochs = round(steps / steps per epoch), at least
 1), so larger sets see fewer epochs: a fixed-compute comparison that keeps the quick preset on two CPU cores
@@ -26,11 +26,13 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from analyses.interference import STRATEGIES, finished, summarise, write_study
+from analyses.interference import STRATEGIES, finished, summarise, write_summary
 from dynamics.cli import RUN_FAILED, UsageParser, fail, one_line_errors
 from dynamics.config import make_config
 from dynamics.engine import train
 from dynamics.errors import ConfigError, DynamicsError
+from figures.interference import STUDY_NAME, draw_study
+from figures.registry import FIGURE_DIR
 
 USAGE_ERROR = 2
 
@@ -169,7 +171,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(root)
             return 0
         summary = summarise(root)
-        paths = write_study(summary, args.out or root)
+        out = args.out or root
+        paths = [write_summary(summary, out), *draw_study(root, out / FIGURE_DIR / STUDY_NAME)]
     except ConfigError as err:
         fail(err)
         return USAGE_ERROR
