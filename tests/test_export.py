@@ -232,8 +232,9 @@ def test_follow_tails_a_run_being_written_until_it_finishes(tmp_path, capsys) ->
     captured = capsys.readouterr()
     lines = captured.out.strip().splitlines()
     assert lines[0] == f"exported steps 0-9 (1 evaluation) of {run_dir}", lines
-    assert len(lines) >= 3 and all(line.startswith("exported steps ") for line in lines[:-1]), lines
-    assert lines[-1].startswith("exported steps ") or lines[-1] == f"nothing new in {run_dir} (finished)", lines
+    # under load a round may find only an evaluation committed after the steps it already exported
+    assert len(lines) >= 3 and all(line.startswith("exported ") for line in lines[:-1]), lines
+    assert lines[-1].startswith("exported ") or lines[-1] == f"nothing new in {run_dir} (finished)", lines
     assert captured.err == ""
     ds = open_run(run_dir)
     assert ds.attrs["status"] == "finished" and ds.sizes["step"] == 30 and ds.sizes["eval_step"] == 3
