@@ -327,8 +327,14 @@ def _train(
     torch.manual_seed(config.seed)
     with parameters_as({"name": "model", "input_shape": "dataset", "kind": "dataset"}):
         options = model_options(config, data)
+        lanczos = config.lanczos_steps if config.sharpness or config.hessian_density else 0
         costs = training_costs(
-            config.optimizer, config.momentum, probe_names(config.probes), config.sketch_dim, config.sketch_mode
+            config.optimizer,
+            config.momentum,
+            probe_names(config.probes),
+            config.sketch_dim,
+            config.sketch_mode,
+            lanczos_steps=lanczos,
         )
         check_model_fits(config.model, **options, costs=costs, device=device)  # before anything is allocated
         model = build_model(config.model, **options).to(device)

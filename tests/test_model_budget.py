@@ -83,6 +83,13 @@ def test_what_cannot_fit_is_refused_naming_the_estimate_and_the_option() -> None
     assert check_model_fits("cnn", **_options("cnn", "signal"), memory=2**34) > 0
 
 
+def test_the_lanczos_basis_is_counted_only_when_asked() -> None:
+    """sharpness/hessian_density keep lanczos_steps + 1 float32 vectors, stacked once more: 8 bytes each."""
+    assert len(training_costs("sgd", 0.0)) == 1
+    lanczos = training_costs("sgd", 0.0, lanczos_steps=20)[-1]
+    assert lanczos.bytes_per_parameter == 8.0 * 21 and lanczos.key == "lanczos_steps"
+
+
 def test_training_costs_count_the_copies() -> None:
     assert training_costs("sgd", 0.0)[0].bytes_per_parameter == 8
     assert training_costs("sgd", 0.9)[0].bytes_per_parameter == 12

@@ -130,16 +130,21 @@ def training_costs(
     probes: Sequence[str] = (),
     sketch_dim: int = 8,
     sketch_mode: str = "sign",
+    lanczos_steps: int = 0,
 ) -> list[Cost]:
     """What each parameter element costs in training: float32 weights, gradients, the optimizer's state (SGD's
     momentum buffer, AdamW's two moments), the copies the ``dist_from_init`` and ``update_norm`` probes keep,
-    and the trajectory sketch's directions (``sketch_dim`` bits, floats or one int32 by ``sketch_mode``)."""
+    the trajectory sketch's directions (``sketch_dim`` bits, floats or one int32 by ``sketch_mode``), and the
+    Lanczos basis of the sharpness and spectral-density probes (``lanczos_steps`` > 0: ``lanczos_steps + 1``
+    float32 vectors, held twice while they are stacked for reorthogonalisation)."""
     state = 2 if optimizer == "adamw" else 1 if momentum > 0 else 0
     copies = 2 + state + sum(name in probes for name in ("dist_from_init", "update_norm"))
     costs = [Cost("weights, gradients, optimizer state", 4.0 * copies)]
     if "sketch" in probes:
         per = {"dense": 4.0 * sketch_dim, "hashed": 4.0}.get(sketch_mode, sketch_dim / 8)
         costs.append(Cost("the trajectory sketch", per, "sketch_dim"))
+    if lanczos_steps > 0:
+        costs.append(Cost("the Lanczos basis of the curvature probes", 8.0 * (lanczos_steps + 1), "lanczos_steps"))
     return costs
 
 
