@@ -53,7 +53,7 @@ import xarray as xr
 
 from analyses import stats
 from dynamics.cli import UsageParser, flag_message, one_line_errors
-from dynamics.errors import ConfigError, DynamicsError, StoreError
+from dynamics.errors import ConfigError, DynamicsError, StoreError, parameters_as
 from dynamics.store import distinct_runs, open_run, read_json, run_state
 
 USAGE_ERROR = 2
@@ -388,7 +388,8 @@ def seed_curves(
     ``values(seed, x)``, ``mean``, ``ci_low``, ``ci_high`` and ``n`` (finite seeds) over ``x``, that dimension,
     with attrs ``variable`` and ``level``.
     """
-    groups, _ = load_runs(sweep_dirs, (variable,))
+    with parameters_as({"metric": "variable"}):
+        groups, _ = load_runs(sweep_dirs, (variable,))
     out: dict[str, xr.Dataset] = {}
     for label, runs in groups.items():
         series: dict[int, pd.Series] = {}
