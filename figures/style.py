@@ -127,16 +127,21 @@ def colors_for(names: Sequence[str]) -> dict[str, str]:
 
 
 def mark_partial(fig: Figure) -> None:
-    """Stamp ``PARTIAL`` in the top-right corner: some runs drawn were still running."""
+    """Stamp ``PARTIAL`` across the figure, faint (a draft's watermark): some runs drawn were still running. It
+    takes no room from the layout, so it moves and covers nothing; the caption says the same in words."""
     fig.text(
-        0.995,
-        0.995,
+        0.5,
+        0.5,
         "PARTIAL: runs still running",
-        ha="right",
-        va="top",
-        color=PARTIAL_COLOR,
-        fontsize=7,
+        ha="center",
+        va="center",
+        rotation=25,
+        fontsize=3.0 * fig.get_figwidth(),
         fontweight="bold",
+        color=PARTIAL_COLOR,
+        alpha=0.2,
+        zorder=100,
+        gid="partial",
     )
 
 
