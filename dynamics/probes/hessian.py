@@ -23,6 +23,7 @@ Random vectors come from a caller's ``torch.Generator``: the global RNG is untou
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -34,8 +35,9 @@ from torch import nn
 
 from dynamics.errors import ConfigError
 from dynamics.probes.base import Context
+from dynamics.probes.cadence import FixedCadence, GeometricCadence, SparseProbe
 from dynamics.probes.isolation import preserved_state
-from dynamics.probes.probe_set import side_pass
+from dynamics.probes.probe_set import ProbeSet, side_pass
 
 MeanLoss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 """Maps model outputs and targets of a batch to their mean loss (a scalar)."""
@@ -115,6 +117,30 @@ def probe_hessian(
     the global RNG forked and buffers restored afterwards (:func:`side_pass`, :func:`preserved_state`)."""
     with side_pass(context), preserved_state(context.model, inputs.device), torch.enable_grad():
         yield HessianOperator(context.model, inputs, targets, params=context.params, batch_size=batch_size)
+
+
+class CurvatureProbe(SparseProbe):
+    """What the curvature probes share: the probe set's training samples, whose mean loss they differentiate, a
+    private seeded generator of their random vectors (saved with a checkpoint) and the chunk size of a
+    Hessian-vector product's forward passes."""
+
+    state_attrs = (*SparseProbe.state_attrs, "generator")
+
+    def __init__(
+        self, probe_set: ProbeSet, cadence: GeometricCadence | FixedCadence, every: int, seed: int, batch_size: int
+    ) -> None:
+        super().__init__(cadence, every)
+        self.probe_set = probe_set
+        self.seed = seed
+        self.batch_size = batch_size
+        self.generator: torch.Generator | None = None
+
+    def attach(self, context: Context) -> None:
+        self.generator = torch.Generator(device=self.probe_set.x_train.device).manual_seed(self.seed)
+
+    def hessian(self, context: Context) -> contextlib.AbstractContextManager[HessianOperator]:
+        """:func:`probe_hessian` on the probe set's training samples."""
+        return probe_hessian(context, self.probe_set.x_train, self.probe_set.y_train, self.batch_size)
 
 
 @dataclass(frozen=True)

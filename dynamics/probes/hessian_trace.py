@@ -20,8 +20,8 @@ import torch
 
 from dynamics.errors import ConfigError
 from dynamics.probes.base import Context, Variable
-from dynamics.probes.cadence import GeometricCadence, SparseProbe
-from dynamics.probes.hessian import density_grid, hutchinson, probe_hessian, slq, spectral_density
+from dynamics.probes.cadence import GeometricCadence
+from dynamics.probes.hessian import CurvatureProbe, density_grid, hutchinson, slq, spectral_density
 from dynamics.probes.probe_set import ProbeSet
 
 DENSITY_BINS = 200
@@ -35,7 +35,7 @@ def _positive(value: int, key: str, least: int = 1) -> None:
         raise ConfigError(f"{key} must be an integer >= {least}, got {value!r}", key=key)
 
 
-class HessianTrace(SparseProbe):
+class HessianTrace(CurvatureProbe):
     """``hessian_trace(step)`` and ``hessian_trace_se(step)``: Hutchinson's estimate of tr H and its standard error.
 
     Args:
@@ -48,7 +48,6 @@ class HessianTrace(SparseProbe):
     """
 
     name = "hessian_trace"
-    state_attrs = (*SparseProbe.state_attrs, "generator")
 
     def __init__(
         self,
@@ -60,16 +59,9 @@ class HessianTrace(SparseProbe):
         seed: int = 0,
         batch_size: int = 256,
     ) -> None:
-        super().__init__(cadence or GeometricCadence(), every)
+        super().__init__(probe_set, cadence or GeometricCadence(), every, seed, batch_size)
         _positive(samples, "samples", 2)
-        self.probe_set = probe_set
         self.samples = samples
-        self.seed = seed
-        self.batch_size = batch_size
-        self.generator: torch.Generator | None = None
-
-    def attach(self, context: Context) -> None:
-        self.generator = torch.Generator(device=self.probe_set.x_train.device).manual_seed(self.seed)
 
     def variables(self, context: Context) -> list[Variable]:
         common = {
@@ -98,12 +90,12 @@ class HessianTrace(SparseProbe):
         ]
 
     def measure_now(self, context: Context) -> dict[str, torch.Tensor]:
-        with probe_hessian(context, self.probe_set.x_train, self.probe_set.y_train, self.batch_size) as hessian:
+        with self.hessian(context) as hessian:
             trace, error = hutchinson(hessian, self.samples, self.generator)
         return {"hessian_trace": trace, "hessian_trace_se": error}
 
 
-class HessianDensity(SparseProbe):
+class HessianDensity(CurvatureProbe):
     """``hessian_density(step, density_bin)`` on the grid ``hessian_density_grid(step, density_bin)``, by SLQ.
 
     Args:
@@ -117,7 +109,6 @@ class HessianDensity(SparseProbe):
     """
 
     name = "hessian_density"
-    state_attrs = (*SparseProbe.state_attrs, "generator")
 
     def __init__(
         self,
@@ -130,18 +121,11 @@ class HessianDensity(SparseProbe):
         seed: int = 0,
         batch_size: int = 256,
     ) -> None:
-        super().__init__(cadence or GeometricCadence(growth=1.0), every)
+        super().__init__(probe_set, cadence or GeometricCadence(growth=1.0), every, seed, batch_size)
         _positive(vectors, "vectors")
         _positive(steps, "steps")
-        self.probe_set = probe_set
         self.vectors = vectors
         self.steps = steps
-        self.seed = seed
-        self.batch_size = batch_size
-        self.generator: torch.Generator | None = None
-
-    def attach(self, context: Context) -> None:
-        self.generator = torch.Generator(device=self.probe_set.x_train.device).manual_seed(self.seed)
 
     def coords(self, context: Context) -> dict[str, list[str]]:
         return {"density_bin": [str(i) for i in range(DENSITY_BINS)]}
@@ -175,7 +159,7 @@ class HessianDensity(SparseProbe):
         ]
 
     def measure_now(self, context: Context) -> dict[str, torch.Tensor]:
-        with probe_hessian(context, self.probe_set.x_train, self.probe_set.y_train, self.batch_size) as hessian:
+        with self.hessian(context) as hessian:
             nodes, weights = slq(hessian, self.vectors, self.steps, self.generator)
         grid, sigma = density_grid(nodes, weights, DENSITY_BINS, SIGMA_FRACTION)
         device = self.probe_set.x_train.device

@@ -36,8 +36,8 @@ import torch
 
 from dynamics.errors import ConfigError
 from dynamics.probes.base import Context, Variable
-from dynamics.probes.cadence import GeometricCadence, SparseProbe
-from dynamics.probes.hessian import probe_hessian, top_eigenvalues
+from dynamics.probes.cadence import GeometricCadence
+from dynamics.probes.hessian import CurvatureProbe, top_eigenvalues
 from dynamics.probes.probe_set import ProbeSet
 
 
@@ -87,7 +87,7 @@ def stability(optimizer: torch.optim.Optimizer | None, params: list[torch.Tensor
     return Stability((2 + 2 * beta1) / ((1 - beta1) * lr), wd, torch.cat(scales))
 
 
-class Sharpness(SparseProbe):
+class Sharpness(CurvatureProbe):
     """``sharpness(step, eig)``, and where the optimizer allows ``eos_threshold``/``eos_ratio`` (and for Adam
     ``sharpness_precond``), on the probe set's training samples at the cadence's steps.
 
@@ -102,7 +102,6 @@ class Sharpness(SparseProbe):
     """
 
     name = "sharpness"
-    state_attrs = (*SparseProbe.state_attrs, "generator")
 
     def __init__(
         self,
@@ -115,20 +114,13 @@ class Sharpness(SparseProbe):
         seed: int = 0,
         batch_size: int = 256,
     ) -> None:
-        super().__init__(cadence or GeometricCadence(), every)
+        super().__init__(probe_set, cadence or GeometricCadence(), every, seed, batch_size)
         if isinstance(k, bool) or not isinstance(k, int) or k < 1:
             raise ConfigError(f"k must be a positive integer, got {k!r}", key="k")
         if isinstance(steps, bool) or not isinstance(steps, int) or steps < k:
             raise ConfigError(f"steps must be an integer >= k ({k}), got {steps!r}", key="steps")
-        self.probe_set = probe_set
         self.k = k
         self.steps = steps
-        self.seed = seed
-        self.batch_size = batch_size
-        self.generator: torch.Generator | None = None
-
-    def attach(self, context: Context) -> None:
-        self.generator = torch.Generator(device=self.probe_set.x_train.device).manual_seed(self.seed)
 
     def coords(self, context: Context) -> dict[str, list[str]]:
         return {"eig": [str(i) for i in range(self.k)]}
@@ -193,7 +185,7 @@ class Sharpness(SparseProbe):
 
     def measure_now(self, context: Context) -> dict[str, torch.Tensor]:
         bound = stability(context.optimizer, context.params)
-        with probe_hessian(context, self.probe_set.x_train, self.probe_set.y_train, self.batch_size) as hessian:
+        with self.hessian(context) as hessian:
             top = top_eigenvalues(hessian, self.k, self.steps, self.generator)
             values = {"sharpness": top}
             if _adaptive(context.optimizer):
